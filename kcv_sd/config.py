@@ -1,0 +1,83 @@
+"""UNet configurations: SD1.5 (KerasCV's weights) and tiny ones for fast tests.
+
+The flags cover the numeric differences between weight families, so that a
+diffusers-converted checkpoint can be reproduced exactly by the same code.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """Shape and numerics of an SD1.x UNet.
+
+    Attributes:
+        block_channels: channels of each resolution level, top to bottom.
+        attention_levels: which levels carry a spatial transformer.
+        layers_per_block: residual blocks per level on the way down (one more
+            on the way up, as in every SD1.x UNet).
+        num_heads: attention heads; head size is channels // num_heads.
+        context_dim: width of the text encoding the cross-attention reads.
+        timestep_dim: width of the sinusoidal timestep embedding (an input).
+        time_embed_dim: width of the projected timestep embedding.
+        latent_channels: channels of the VAE latent.
+        norm_groups: GroupNormalization groups everywhere.
+        norm_epsilon: epsilon of the GroupNorms in residual blocks and the exit.
+        transformer_norm_epsilon: epsilon of the GroupNorm that opens each
+            spatial transformer (KerasCV 1e-5, diffusers/CompVis 1e-6).
+        gelu_approximate: GEGLU gate with the tanh approximation (KerasCV) or
+            the exact erf GELU (diffusers).
+    """
+
+    block_channels: tuple = (320, 640, 1280, 1280)
+    attention_levels: tuple = (True, True, True, False)
+    layers_per_block: int = 2
+    num_heads: int = 8
+    context_dim: int = 768
+    timestep_dim: int = 320
+    time_embed_dim: int = 1280
+    latent_channels: int = 4
+    norm_groups: int = 32
+    norm_epsilon: float = 1e-5
+    transformer_norm_epsilon: float = 1e-5
+    gelu_approximate: bool = True
+
+    def __post_init__(self):
+        if len(self.block_channels) != len(self.attention_levels):
+            raise ValueError("block_channels and attention_levels differ in length")
+        for channels in self.block_channels:
+            if channels % self.num_heads or channels % self.norm_groups:
+                raise ValueError(
+                    f"channels {channels} must divide by num_heads "
+                    f"({self.num_heads}) and norm_groups ({self.norm_groups})"
+                )
+
+    @property
+    def downsample_factor(self):
+        """Latent pixels per smallest-level pixel: sizes must divide by it."""
+        return 2 ** (len(self.block_channels) - 1)
+
+    @property
+    def num_skip_connections(self):
+        """Skip tensors the encoder hands to the decoder (12 for SD1.5)."""
+        levels = len(self.block_channels)
+        return 1 + levels * self.layers_per_block + (levels - 1)
+
+
+# KerasCV's `DiffusionModel` (SD1.4/1.5 architecture, KerasCV numerics).
+SD15 = UNetConfig()
+
+# The same architecture with the numerics of diffusers / original checkpoints.
+SD15_DIFFUSERS = dataclasses.replace(
+    SD15, transformer_norm_epsilon=1e-6, gelu_approximate=False
+)
+
+# A few thousand parameters, same topology: for tests that exercise wiring.
+TINY = UNetConfig(
+    block_channels=(8, 16, 16, 16),
+    num_heads=2,
+    context_dim=16,
+    timestep_dim=8,
+    time_embed_dim=16,
+    norm_groups=4,
+)

@@ -1,0 +1,16 @@
+"""Errors a user can act on: each message names the problem and the fix.
+
+The CLI turns these into one line on stderr and a non-zero exit code.
+"""
+
+
+class KcvSdError(Exception):
+    """Base of every error that is the user's input or environment, not a bug."""
+
+
+class WeightsNotFoundError(KcvSdError, FileNotFoundError):
+    """A weights or vocabulary file is neither cached nor downloadable."""
+
+
+class InvalidArgumentError(KcvSdError, ValueError):
+    """An argument outside what the pipeline supports."""

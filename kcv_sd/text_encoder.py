@@ -1,0 +1,39 @@
+"""The CLIP text encoder, assembled from KerasCV's own blocks.
+
+The SD1.5 configuration is layer-for-layer KerasCV's `TextEncoder`, so its
+`kcv_encoder.h5` loads unchanged; the tiny configuration exists for tests.
+"""
+
+import dataclasses
+
+import keras
+from keras_cv.src.models.stable_diffusion.text_encoder import (
+    CLIPEmbedding,
+    CLIPEncoderLayer,
+    quick_gelu,
+)
+
+from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoderConfig:
+    embed_dim: int = 768
+    num_heads: int = 12
+    num_layers: int = 12
+    vocab_size: int = 49408
+
+
+SD15_TEXT = TextEncoderConfig()
+TINY_TEXT = TextEncoderConfig(embed_dim=16, num_heads=2, num_layers=2)
+
+
+def build_text_encoder(config=SD15_TEXT, name="text_encoder"):
+    """Functional model: `tokens`, `positions` (B, 77) int32 -> (B, 77, embed_dim)."""
+    tokens = keras.Input((MAX_PROMPT_LENGTH,), dtype="int32", name="tokens")
+    positions = keras.Input((MAX_PROMPT_LENGTH,), dtype="int32", name="positions")
+    x = CLIPEmbedding(config.vocab_size, config.embed_dim, MAX_PROMPT_LENGTH)([tokens, positions])
+    for _ in range(config.num_layers):
+        x = CLIPEncoderLayer(config.embed_dim, config.num_heads, activation=quick_gelu)(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+    return keras.Model({"tokens": tokens, "positions": positions}, x, name=name)

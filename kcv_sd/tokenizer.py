@@ -1,0 +1,191 @@
+"""CLIP prompt tokenizer for Stable Diffusion, using KerasCV's BPE tokenizer.
+
+The BPE logic is KerasCV's own ``SimpleTokenizer``, so prompt ids match
+``keras_cv.models.StableDiffusion`` exactly. This module only adds what
+KerasCV lacks: finding the vocabulary file without a network connection, and
+clear errors.
+
+The vocabulary ``bpe_simple_vocab_16e6.txt.gz`` is looked up in this order:
+
+1. an explicit ``bpe_path``;
+2. the Keras download cache (``$KERAS_HOME/datasets``, default ``~/.keras``);
+3. a copy extracted earlier into ``$KERAS_HOME/kcv_sd``, or a fresh one taken
+   from the ``instant-clip-tokenizer`` package, whose compiled extension embeds
+   the same merges text;
+4. a download with ``keras.utils.get_file`` (KerasCV's URL and hash).
+
+Prompt-length policy: a prompt longer than 77 tokens (start and end tokens
+included) raises ``PromptTooLongError``, as KerasCV does; nothing is silently
+truncated. An empty prompt is allowed here; the pipeline decides whether it
+makes sense.
+"""
+
+import functools
+import gzip
+import importlib
+import importlib.machinery
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer
+
+from kcv_sd.cache import cached_download, keras_home
+from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
+
+MAX_PROMPT_LENGTH = 77
+
+VOCABULARY_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
+VOCABULARY_URL = (
+    "https://github.com/openai/CLIP/blob/main/clip/"
+    "bpe_simple_vocab_16e6.txt.gz?raw=true"
+)
+VOCABULARY_SHA256 = (
+    "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+)
+
+# SimpleTokenizer reads merges lines [1 : 49152 - 256 - 2 + 1]: the vocabulary
+# is 49152 ids, less 256 byte symbols and 2 special tokens.
+_MERGES_HEADER = b"#version: 0.2\n"
+_MERGES_USED_BY_KERAS_CV = 49152 - 256 - 2
+# A merge line is two non-blank symbols separated by one space.
+_MERGE_LINE = re.compile(r"\S+ \S+")
+
+
+class PromptTooLongError(InvalidArgumentError):
+    """A prompt has more tokens than the CLIP text encoder accepts.
+
+    A ``ValueError`` (via ``InvalidArgumentError``) so the CLI reports it as a
+    user error rather than a crash.
+    """
+
+    def __init__(self, token_count):
+        super().__init__(
+            f"The prompt is {token_count} tokens long, but the limit is "
+            f"{MAX_PROMPT_LENGTH} tokens including the start and end tokens. "
+            "Shorten the prompt."
+        )
+        self.token_count = token_count
+
+
+def _instant_clip_tokenizer_extension():
+    """Path of the package's compiled extension, or None if not installed."""
+    try:
+        package = importlib.import_module("instant_clip_tokenizer")
+    except ImportError:
+        return None
+    package_dir = Path(package.__file__).parent
+    extensions = (
+        path
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+        for path in package_dir.glob(f"*{suffix}")
+    )
+    return next(extensions, None)
+
+
+def _extract_merges(binary_path):
+    """Merges text embedded in a compiled binary, or None if absent/short.
+
+    The text has no terminator of its own in the binary; it ends at the first
+    line that is not a merge (the next embedded string starts there).
+    """
+    data = binary_path.read_bytes()
+    start = data.find(_MERGES_HEADER)
+    if start < 0:
+        return None
+    merges = []
+    for raw_line in data[start + len(_MERGES_HEADER) :].split(b"\n"):
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError:
+            break
+        if not _MERGE_LINE.fullmatch(line):
+            break
+        merges.append(line)
+    if len(merges) < _MERGES_USED_BY_KERAS_CV:
+        return None
+    return _MERGES_HEADER + "".join(f"{m}\n" for m in merges).encode("utf-8")
+
+
+def _write_atomically(path, content):
+    """Write via a temp file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name)
+    try:
+        with os.fdopen(fd, "wb") as temp_file:
+            temp_file.write(content)
+        os.replace(temp_name, path)
+    except BaseException:
+        os.unlink(temp_name)
+        raise
+
+
+def _extracted_vocabulary():
+    """Vocabulary from instant-clip-tokenizer, extracted once; else None."""
+    extracted_path = keras_home() / "kcv_sd" / VOCABULARY_FILENAME
+    if extracted_path.is_file():
+        return extracted_path
+    extension = _instant_clip_tokenizer_extension()
+    if extension is None:
+        return None
+    merges = _extract_merges(extension)
+    if merges is None:
+        return None
+    _write_atomically(extracted_path, gzip.compress(merges, mtime=0))
+    return extracted_path
+
+
+def find_vocabulary_file(bpe_path=None):
+    """Path of the BPE vocabulary, in the module docstring's lookup order."""
+    if bpe_path is not None:
+        bpe_path = Path(bpe_path)
+        if not bpe_path.is_file():
+            raise WeightsNotFoundError(
+                f"CLIP vocabulary file {bpe_path} does not exist. Pass the "
+                f"path of {VOCABULARY_FILENAME}, or omit it to use the cache."
+            )
+        return bpe_path
+    keras_cache_dir = keras_home() / "datasets"
+    cached_path = keras_cache_dir / VOCABULARY_FILENAME
+    if cached_path.is_file():
+        return cached_path
+    return _extracted_vocabulary() or cached_download(
+        VOCABULARY_FILENAME,
+        VOCABULARY_URL,
+        VOCABULARY_SHA256,
+        offline_hint=", or run `pip install instant-clip-tokenizer` for an offline vocabulary",
+    )
+
+
+class ClipTokenizer:
+    """Turns prompts into the fixed-length ids the text encoder takes."""
+
+    def __init__(self, bpe_path=None):
+        vocabulary = find_vocabulary_file(bpe_path)
+        self._bpe = SimpleTokenizer(bpe_path=str(vocabulary))
+
+    def encode(self, text):
+        """Token ids of ``text``, start and end tokens included, unpadded."""
+        return self._bpe.encode(text)
+
+    def pad(self, text):
+        """Ids of ``text`` padded to 77 with the end token, as KerasCV does."""
+        ids = self.encode(text)
+        if len(ids) > MAX_PROMPT_LENGTH:
+            raise PromptTooLongError(len(ids))
+        padded = np.full(MAX_PROMPT_LENGTH, self._bpe.end_of_text, np.int32)
+        padded[: len(ids)] = ids
+        return padded
+
+    def pad_batch(self, texts):
+        """``pad`` for several prompts, stacked to shape (len(texts), 77)."""
+        rows = [self.pad(text) for text in texts]
+        return np.array(rows, np.int32).reshape(len(texts), MAX_PROMPT_LENGTH)
+
+
+@functools.lru_cache(maxsize=None)
+def get_tokenizer():
+    """Shared tokenizer: loading the vocabulary takes a noticeable moment."""
+    return ClipTokenizer()

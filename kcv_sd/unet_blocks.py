@@ -1,0 +1,180 @@
+"""Layers of the SD1.x UNet, shape-agnostic and precision-aware.
+
+Each layer creates its sublayers in the order KerasCV's `DiffusionModel`
+blocks do, so `layer.weights` lists variables in the order of KerasCV's
+`.h5` files (see `kcv_sd.weights`). Unlike KerasCV, spatial sizes are read
+at run time, so one model serves every latent size.
+"""
+
+import keras
+from keras import ops
+
+# Sigmoid-free tanh approximation of GELU used by KerasCV's GEGLU.
+_SQRT_2_OVER_PI = 0.7978845608
+_GELU_CUBIC = 0.044715
+
+
+class PaddedConv2D(keras.layers.Layer):
+    """Zero padding then a valid convolution (symmetric, unlike 'same' at stride 2)."""
+
+    def __init__(self, filters, kernel_size, padding=0, strides=1,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.padding2d = keras.layers.ZeroPadding2D(padding, dtype=self.dtype_policy)
+        self.conv2d = keras.layers.Conv2D(
+            filters, kernel_size, strides=strides,
+            kernel_initializer=kernel_initializer, dtype=self.dtype_policy,
+        )
+
+    def call(self, inputs):
+        return self.conv2d(self.padding2d(inputs))
+
+
+def _dense(units, initializer, use_bias=True, dtype=None):
+    return keras.layers.Dense(
+        units, use_bias=use_bias, kernel_initializer=initializer, dtype=dtype
+    )
+
+
+def _group_norm(groups, epsilon, dtype=None):
+    # Keras computes GroupNorm statistics in float32 even under float16.
+    return keras.layers.GroupNormalization(groups=groups, epsilon=epsilon, dtype=dtype)
+
+
+class ResBlock(keras.layers.Layer):
+    """GroupNorm-SiLU-conv twice, with the timestep embedding added between."""
+
+    def __init__(self, input_channels, output_channels, groups, epsilon,
+                 initializer, **kwargs):
+        super().__init__(**kwargs)
+        policy = self.dtype_policy
+        self.norm1 = _group_norm(groups, epsilon, policy)
+        self.conv1 = PaddedConv2D(output_channels, 3, padding=1,
+                                  kernel_initializer=initializer, dtype=policy)
+        self.embedding_projection = _dense(output_channels, initializer, dtype=policy)
+        self.norm2 = _group_norm(groups, epsilon, policy)
+        self.conv2 = PaddedConv2D(output_channels, 3, padding=1,
+                                  kernel_initializer=initializer, dtype=policy)
+        self.skip_projection = None
+        if input_channels != output_channels:
+            self.skip_projection = PaddedConv2D(
+                output_channels, 1, kernel_initializer=initializer, dtype=policy
+            )
+
+    def call(self, inputs):
+        x, embedding = inputs
+        h = self.conv1(ops.silu(self.norm1(x)))
+        h = h + self.embedding_projection(ops.silu(embedding))[:, None, None]
+        h = self.conv2(ops.silu(self.norm2(h)))
+        skip = x if self.skip_projection is None else self.skip_projection(x)
+        return h + skip
+
+
+class Attention(keras.layers.Layer):
+    """Multi-head (cross-)attention; softmax always runs in float32."""
+
+    def __init__(self, num_heads, head_size, initializer, **kwargs):
+        super().__init__(**kwargs)
+        policy = self.dtype_policy
+        width = num_heads * head_size
+        self.to_q = _dense(width, initializer, use_bias=False, dtype=policy)
+        self.to_k = _dense(width, initializer, use_bias=False, dtype=policy)
+        self.to_v = _dense(width, initializer, use_bias=False, dtype=policy)
+        self.out_proj = _dense(width, initializer, dtype=policy)
+        self.num_heads = num_heads
+        self.head_size = head_size
+
+    def _split_heads(self, x):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        x = ops.reshape(x, (batch, length, self.num_heads, self.head_size))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def call(self, inputs, context=None):
+        context = inputs if context is None else context
+        q = self._split_heads(self.to_q(inputs))
+        k = self._split_heads(self.to_k(context))
+        v = self._split_heads(self.to_v(context))
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * (self.head_size ** -0.5)
+        weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
+        attended = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+        batch, length = ops.shape(attended)[0], ops.shape(attended)[1]
+        merged = ops.reshape(attended, (batch, length, self.num_heads * self.head_size))
+        return self.out_proj(merged)
+
+
+class GEGLU(keras.layers.Layer):
+    """Gated GELU feed-forward input; tanh-approximate or exact gate."""
+
+    def __init__(self, output_dim, approximate, initializer, **kwargs):
+        super().__init__(**kwargs)
+        self.output_dim = output_dim
+        self.approximate = approximate
+        self.dense = _dense(output_dim * 2, initializer, dtype=self.dtype_policy)
+
+    def call(self, inputs):
+        x = self.dense(inputs)
+        x, gate = x[..., : self.output_dim], x[..., self.output_dim:]
+        if self.approximate:
+            inner = gate * _SQRT_2_OVER_PI * (1 + _GELU_CUBIC * (gate ** 2))
+            return x * 0.5 * gate * (1 + ops.tanh(inner))
+        return x * ops.gelu(gate, approximate=False)
+
+
+class TransformerBlock(keras.layers.Layer):
+    """Self-attention, cross-attention on the text, GEGLU feed-forward."""
+
+    def __init__(self, num_heads, head_size, gelu_approximate, initializer, **kwargs):
+        super().__init__(**kwargs)
+        policy = self.dtype_policy
+        width = num_heads * head_size
+        self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
+        self.attn1 = Attention(num_heads, head_size, initializer, dtype=policy)
+        self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
+        self.attn2 = Attention(num_heads, head_size, initializer, dtype=policy)
+        self.norm3 = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
+        self.geglu = GEGLU(width * 4, gelu_approximate, initializer, dtype=policy)
+        self.dense = _dense(width, initializer, dtype=policy)
+
+    def call(self, inputs):
+        x, context = inputs
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context=context) + x
+        return self.dense(self.geglu(self.norm3(x))) + x
+
+
+class SpatialTransformer(keras.layers.Layer):
+    """Flattens the feature map to tokens, runs a transformer block, restores it."""
+
+    def __init__(self, channels, num_heads, groups, epsilon, gelu_approximate,
+                 initializer, **kwargs):
+        super().__init__(**kwargs)
+        policy = self.dtype_policy
+        self.norm = _group_norm(groups, epsilon, policy)
+        self.proj_in = PaddedConv2D(channels, 1, kernel_initializer=initializer, dtype=policy)
+        self.transformer_block = TransformerBlock(
+            num_heads, channels // num_heads, gelu_approximate, initializer, dtype=policy
+        )
+        self.proj_out = PaddedConv2D(channels, 1, kernel_initializer=initializer, dtype=policy)
+
+    def call(self, inputs):
+        x, context = inputs
+        batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+        channels = x.shape[-1]
+        h = self.proj_in(self.norm(x))
+        h = ops.reshape(h, (batch, height * width, channels))
+        h = self.transformer_block([h, context])
+        h = ops.reshape(h, (batch, height, width, channels))
+        return self.proj_out(h) + x
+
+
+class Upsample(keras.layers.Layer):
+    """Nearest-neighbour 2x, then a 3x3 convolution."""
+
+    def __init__(self, channels, initializer, **kwargs):
+        super().__init__(**kwargs)
+        self.ups = keras.layers.UpSampling2D(2, dtype=self.dtype_policy)
+        self.conv = PaddedConv2D(channels, 3, padding=1,
+                                 kernel_initializer=initializer, dtype=self.dtype_policy)
+
+    def call(self, inputs):
+        return self.conv(self.ups(inputs))
