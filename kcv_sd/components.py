@@ -1,0 +1,109 @@
+"""The models of a pipeline, built for a model family and given weights.
+
+Every model is built with zero kernels and then filled, either from files or
+from a seeded numpy generator ("random"), so no build pays for TensorFlow's
+random initialisers twice and random weights are reproducible.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from kcv_sd import config as unet_configs
+from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.precision import dtype_policy_scope
+from kcv_sd.text_encoder import SD15_TEXT, TINY_TEXT, build_text_encoder
+from kcv_sd.unet import UNet
+from kcv_sd.vae import SD15_VAE, TINY_VAE, build_decoder
+from kcv_sd.weights import kerascv_file, load_legacy_h5, weighted_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    unet: unet_configs.UNetConfig
+    text: object
+    vae: object
+    kerascv_weights: bool  # whether KerasCV's published files fit
+
+
+FAMILIES = {
+    "sd15": ModelFamily(unet_configs.SD15, SD15_TEXT, SD15_VAE, kerascv_weights=True),
+    "tiny": ModelFamily(unet_configs.TINY, TINY_TEXT, TINY_VAE, kerascv_weights=False),
+}
+
+
+@dataclasses.dataclass
+class Components:
+    family: ModelFamily
+    text_encoder: object
+    unet: UNet
+    decoder: object
+    weights: str
+    precision: str
+
+
+def family_by_name(name):
+    if name not in FAMILIES:
+        raise InvalidArgumentError(f"Unknown model {name!r}. Use one of: {', '.join(FAMILIES)}.")
+    return FAMILIES[name]
+
+
+def randomize(layers, seed):
+    """Glorot-uniform kernels, unit scales, zero offsets, from one numpy seed."""
+    rng = np.random.default_rng(seed)
+    for layer in layers:
+        for variable in layer.weights:
+            shape = tuple(variable.shape)
+            if len(shape) >= 2:
+                receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+                fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+                value = rng.uniform(-limit, limit, shape).astype(np.float32)
+            elif variable.path.endswith("gamma"):
+                value = np.ones(shape, np.float32)
+            else:
+                value = np.zeros(shape, np.float32)
+            variable.assign(value)
+
+
+def load_components(model="sd15", weights="kerascv", precision="float32", seed=0):
+    """Build text encoder, UNet and decoder and fill their weights.
+
+    Args:
+        model: a family name from `FAMILIES` ("sd15" or "tiny").
+        weights: "kerascv" (KerasCV's files, downloaded once into the Keras
+            cache), a folder holding those files, or "random".
+        precision: the UNet's dtype policy; text encoder and decoder stay
+            float32 (they run once per image and the VAE overflows in float16).
+        seed: numpy seed for "random" weights.
+    """
+    family = family_by_name(model)
+    if weights != "random":
+        if not family.kerascv_weights:
+            raise InvalidArgumentError(f"Model {model!r} has no published weights; use weights='random'.")
+        if weights != "kerascv" and not Path(weights).is_dir():
+            raise InvalidArgumentError(
+                f"weights={weights!r} is neither 'kerascv', 'random' nor an existing folder."
+            )
+        # Resolve every file before building anything: a missing file fails fast.
+        files = {name: kerascv_file(name, weights) for name in ("text_encoder", "unet", "decoder")}
+
+    with dtype_policy_scope("float32"):
+        text_encoder = build_text_encoder(family.text)
+        decoder = build_decoder(family.vae)
+    with dtype_policy_scope(precision):
+        unet = UNet(family.unet, initializer="zeros")
+        unet.model()  # creates the variables
+
+    parts = {
+        "text_encoder": weighted_layers(text_encoder),
+        "unet": unet.kerascv_layer_order(),
+        "decoder": weighted_layers(decoder),
+    }
+    for offset, (name, layers) in enumerate(parts.items()):
+        if weights == "random":
+            randomize(layers, seed + offset)
+        else:
+            load_legacy_h5(layers, files[name])
+    return Components(family, text_encoder, unet, decoder, weights, precision)
