@@ -1,0 +1,19 @@
+"""Converters from PyTorch checkpoints (diffusers and original formats) to our Keras models.
+
+Every converter maps each source key to one Keras weight through explicit
+tables and fails, naming the keys, unless both sides are fully covered.
+"""
+
+from kcv_sd.convert.controlnet_loader import convert_controlnet, load_controlnet
+from kcv_sd.convert.errors import CheckpointError
+from kcv_sd.convert.state_dict import read_state_dict
+from kcv_sd.convert.unet_diffusers import convert_diffusers_unet, load_diffusers_unet
+
+__all__ = [
+    "CheckpointError",
+    "convert_controlnet",
+    "convert_diffusers_unet",
+    "load_controlnet",
+    "load_diffusers_unet",
+    "read_state_dict",
+]

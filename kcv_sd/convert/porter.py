@@ -1,0 +1,79 @@
+"""Assigning checkpoint tensors to Keras variables, with an audit of both sides.
+
+A converter ports every variable from a named key. Problems are collected,
+not raised one at a time, so one error names every missing, unused or
+mis-shaped key and every variable no key reached.
+"""
+
+import numpy as np
+
+from kcv_sd.convert.errors import CheckpointError
+
+_SHOWN = 8  # keys listed per kind of problem
+
+
+def torch_conv_kernel(weight):
+    """PyTorch conv weight (out, in, h, w) -> Keras kernel (h, w, in, out)."""
+    return np.transpose(weight, (2, 3, 1, 0))
+
+
+def torch_dense_kernel(weight):
+    """PyTorch Linear weight (out, in) -> Keras Dense kernel (in, out)."""
+    return np.transpose(weight)
+
+
+def _listing(items):
+    items = sorted(items)
+    shown = ", ".join(items[:_SHOWN])
+    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return shown + more
+
+
+class WeightPorter:
+    """Hands out a state dict's tensors by key and records what was used.
+
+    Args:
+        state_dict: {key: numpy array}, PyTorch layouts.
+        source: what the tensors came from, for messages.
+    """
+
+    def __init__(self, state_dict, source):
+        self.state_dict = state_dict
+        self.source = source
+        self.unused = set(state_dict)
+        self.missing = []
+        self.mismatched = []
+        self.assigned = set()
+
+    def port(self, variable, key, transform=None):
+        """Assign `state_dict[key]`, through `transform`, to `variable`."""
+        if key not in self.state_dict:
+            self.missing.append(key)
+            return
+        self.unused.discard(key)
+        value = self.state_dict[key]
+        converted = value if transform is None else transform(value)
+        if tuple(converted.shape) != tuple(variable.shape):
+            self.mismatched.append(
+                f"{key} {tuple(value.shape)} (needs {tuple(variable.shape)} in Keras layout)"
+            )
+            return
+        variable.assign(np.asarray(converted, dtype=variable.dtype))
+        self.assigned.add(id(variable))
+
+    def finish(self, variables):
+        """Raise `CheckpointError` unless every key and every variable was used."""
+        problems = []
+        if self.missing:
+            problems.append(f"missing keys: {_listing(self.missing)}")
+        if self.unused:
+            problems.append(f"unexpected keys: {_listing(self.unused)}")
+        if self.mismatched:
+            problems.append(f"shape mismatches: {_listing(self.mismatched)}")
+        unassigned = [v.path for v in variables if id(v) not in self.assigned]
+        if unassigned and not problems:
+            problems.append(f"Keras weights no key maps to: {_listing(unassigned)}")
+        if problems:
+            raise CheckpointError(
+                f"{self.source} does not fit the model: " + "; ".join(problems) + "."
+            )

@@ -1,0 +1,51 @@
+"""Reading PyTorch checkpoints into {key: numpy array}, without torch when possible.
+
+`.safetensors` files are read with `safetensors.numpy`. Pickled `.pth`,
+`.ckpt` and `.bin` files need torch and run a restricted unpickler
+(`weights_only=True`); they are read only when the caller allows it.
+"""
+
+from pathlib import Path
+
+from safetensors.numpy import load_file
+
+from kcv_sd.convert.errors import CheckpointError
+from kcv_sd.errors import WeightsNotFoundError
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+
+def read_state_dict(path, allow_pickle=False):
+    """All tensors of a checkpoint file as numpy arrays, keyed as in the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"Checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{path.name} is a pickled PyTorch file. Prefer its .safetensors "
+                "version, or pass allow_pickle=True to read it with torch "
+                "(weights_only=True)."
+            )
+        return _read_pickle(path)
+    raise CheckpointError(
+        f"{path.name}: unknown checkpoint type; expected .safetensors or one of "
+        f"{', '.join(PICKLE_SUFFIXES)}."
+    )
+
+
+def _read_pickle(path):
+    import torch  # only this path needs torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    # Lightning checkpoints (original SD/ControlNet .ckpt) nest the weights.
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    # numpy has no bfloat16: those tensors widen to float32.
+    return {
+        key: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+        for key, value in checkpoint.items()
+        if isinstance(value, torch.Tensor)
+    }

@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny random models are built once per test session."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from kcv_sd.components import load_components  # noqa: E402
+from kcv_sd.pipeline import Pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_components():
+    return load_components("tiny", "random", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_components):
+    return Pipeline(components=tiny_components, jit_compile=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_xla_pipeline(tiny_components):
+    return Pipeline(components=tiny_components, jit_compile=True)

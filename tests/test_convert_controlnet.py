@@ -1,0 +1,65 @@
+"""diffusers ControlNets with random weights, converted, give diffusers' residuals."""
+
+import numpy as np
+import pytest
+
+from controlnet import SD15, ControlNet
+from kcv_sd.convert import convert_controlnet
+from test_convert_reference import (
+    TINY_CONTROLNETS,
+    control_image,
+    diffusers_controlnet,
+    diffusers_residuals,
+    numpy_state_dict,
+    random_inputs,
+)
+
+TOLERANCE = 1e-4
+
+
+def assert_residuals_match(controlnet, reference, config, height, width, seed=0):
+    inputs, timesteps = random_inputs(config.unet, height=height, width=width, seed=seed)
+    image = control_image(2, height, width, seed=seed + 1)
+    expected = diffusers_residuals(reference, inputs, timesteps, image)
+    ours = controlnet.model()({**inputs, "control_image": image})
+    assert list(ours) == controlnet.output_names
+    for name, want in zip(controlnet.output_names, expected):
+        got = np.asarray(ours[name])
+        assert got.shape == want.shape, name
+        assert np.abs(want).max() > 0.1, f"{name} is too small to prove anything"
+        np.testing.assert_allclose(got, want, atol=TOLERANCE, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CONTROLNETS))
+def test_tiny_controlnet_matches_diffusers(name):
+    config = TINY_CONTROLNETS[name]
+    reference = diffusers_controlnet(config, seed=3)
+    controlnet = convert_controlnet(numpy_state_dict(reference), config)
+    # Two sizes through one model: the spatial size is dynamic.
+    assert_residuals_match(controlnet, reference, config, height=8, width=16)
+    assert_residuals_match(controlnet, reference, config, height=16, width=8, seed=5)
+
+
+def test_sd15_controlnet_matches_diffusers_on_all_340_keys():
+    reference = diffusers_controlnet(SD15, seed=0)
+    state_dict = numpy_state_dict(reference)
+    assert len(state_dict) == 340
+    controlnet = convert_controlnet(state_dict, SD15)
+    del state_dict
+    assert controlnet.model().count_params() == sum(p.numel() for p in reference.parameters())
+    # 16x8 latent: the middle block still attends over two positions.
+    assert_residuals_match(controlnet, reference, SD15, height=16, width=8)
+
+
+def test_converted_weights_reload_from_a_keras_file(tmp_path):
+    config = TINY_CONTROLNETS["two-levels"]
+    reference = diffusers_controlnet(config, seed=4)
+    converted = convert_controlnet(numpy_state_dict(reference), config)
+    path = tmp_path / "controlnet.weights.h5"
+    converted.model().save_weights(path)
+    del reference, converted
+
+    reloaded = ControlNet(config, initializer="zeros")
+    reloaded.model().load_weights(path)
+    reference = diffusers_controlnet(config, seed=4)
+    assert_residuals_match(reloaded, reference, config, height=8, width=8)

@@ -1,0 +1,155 @@
+"""Text-to-image on the tiny config: sizes, XLA, precision, seeds, batching, CFG."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kcv_sd
+from kcv_sd.components import load_components
+from kcv_sd.pipeline import Pipeline, guide
+from kcv_sd.unet import timestep_embedding
+
+FAST = dict(num_inference_steps=2, seed=7)
+
+
+@pytest.mark.parametrize("width,height", [(320, 192), (448, 832)])
+def test_sizes_not_multiple_of_128(tiny_pipeline, width, height):
+    images = tiny_pipeline("a room", width=width, height=height, output_type="np", **FAST)
+    assert images.shape == (1, height, width, 3)
+    assert images.dtype == np.uint8
+
+
+def test_pil_output(tiny_pipeline):
+    images = tiny_pipeline("a room", width=128, height=64, **FAST)
+    assert [im.size for im in images] == [(128, 64)]
+
+
+def test_xla_on_and_off_agree(tiny_pipeline, tiny_xla_pipeline):
+    args = dict(width=320, height=192, output_type="latent", **FAST)
+    eager = tiny_pipeline("a street", **args)
+    compiled = tiny_xla_pipeline("a street", **args)
+    np.testing.assert_allclose(compiled, eager, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_xla_flag_really_switches_compilation(tiny_components, jit):
+    pipeline = Pipeline(components=tiny_components, jit_compile=jit)
+    for fn in (pipeline.denoise_step(True), pipeline._decode, pipeline._encode):
+        function_def = fn.get_concrete_function().function_def
+        assert function_def.attr["_XlaMustCompile"].b is jit
+
+
+def test_step_traces_once_for_all_steps_sizes_and_calls(tiny_components):
+    pipeline = Pipeline(components=tiny_components)
+    for width in (128, 192):
+        pipeline("a", width=width, height=64, num_inference_steps=3, output_type="latent")
+    pipeline("b", width=128, height=64, num_inference_steps=2, output_type="latent")
+    assert pipeline.denoise_step(True).experimental_get_tracing_count() == 1
+    assert pipeline._decode.experimental_get_tracing_count() == 0
+
+
+def test_decoder_traces_once_across_sizes(tiny_components):
+    pipeline = Pipeline(components=tiny_components)
+    for width in (128, 192):
+        pipeline("a", width=width, height=64, num_inference_steps=1, output_type="np")
+    assert pipeline._decode.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_precision_policies_are_finite_and_scoped(precision):
+    keras.config.set_dtype_policy("float32")
+    pipeline = Pipeline(model="tiny", weights="random", precision=precision)
+    assert keras.config.dtype_policy().name == "float32"
+    images = pipeline("a", width=128, height=64, output_type="latent", **FAST)
+    assert np.isfinite(images).all()
+    compute_dtype = pipeline.components.unet.conv_in.compute_dtype
+    assert compute_dtype == {"float32": "float32", "mixed_float16": "float16",
+                             "mixed_bfloat16": "bfloat16"}[precision]
+
+
+def test_caller_policy_survives_a_mixed_pipeline():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        Pipeline(model="tiny", weights="random", precision="mixed_float16")
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(tiny_pipeline):
+    args = dict(width=128, height=64, num_inference_steps=2, output_type="np")
+    a = tiny_pipeline("a cat", seed=3, **args)
+    b = tiny_pipeline("a cat", seed=3, **args)
+    c = tiny_pipeline("a cat", seed=4, **args)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_seed_gives_kerascv_initial_noise(tiny_pipeline):
+    """KerasCV draws keras.random.normal(shape, seed); 0 steps would be identity,
+    so compare the noise the pipeline starts from via an explicit `latents`."""
+    shape = (1, 8, 16, 4)
+    noise = keras.random.normal(shape, seed=11)
+    from_seed = tiny_pipeline("x", width=128, height=64, seed=11, num_inference_steps=1, output_type="latent")
+    from_noise = tiny_pipeline("x", width=128, height=64, latents=noise, num_inference_steps=1, output_type="latent")
+    np.testing.assert_array_equal(from_seed, from_noise)
+
+
+def test_batch_of_prompts_and_images_per_prompt(tiny_pipeline):
+    images = tiny_pipeline(["a", "b"], width=64, height=64, num_images_per_prompt=2,
+                           output_type="np", **FAST)
+    assert images.shape == (4, 64, 64, 3)
+    assert not np.array_equal(images[0], images[1])  # different noise per image
+
+
+def test_batched_cfg_equals_two_separate_unet_calls(tiny_pipeline):
+    """One 2B UNet call must equal KerasCV's two B calls combined."""
+    cfg = tiny_pipeline.config
+    rng = np.random.default_rng(0)
+    latent = tf.constant(rng.standard_normal((2, 8, 8, 4)), tf.float32)
+    cond, uncond = tf.split(tiny_pipeline.encode_prompts(["a", "b", "", ""]), 2)
+    t_embed = timestep_embedding(np.array([500.0]), cfg.timestep_dim)
+    coefficients = tf.constant([0.6, 0.8, 0.5, 0.866], tf.float32)
+    stepped = tiny_pipeline.denoise_step(True)(
+        latent, t_embed, tf.concat([uncond, cond], 0), tf.constant(7.5), coefficients)
+
+    unet = tiny_pipeline.components.unet.model()
+    t_batch = tf.repeat(t_embed, 2, axis=0)
+    noise_cond = unet({"latent": latent, "timestep_embedding": t_batch, "context": cond})
+    noise_uncond = unet({"latent": latent, "timestep_embedding": t_batch, "context": uncond})
+    expected = tiny_pipeline.scheduler.step(latent, guide(noise_uncond, noise_cond, 7.5), coefficients)
+    np.testing.assert_allclose(stepped, expected, atol=1e-5)
+
+
+def test_negative_prompt_steers(tiny_pipeline):
+    args = dict(width=64, height=64, output_type="latent", **FAST)
+    plain = tiny_pipeline("a cat", **args)
+    steered = tiny_pipeline("a cat", negative_prompt="blurry", **args)
+    per_prompt = tiny_pipeline(["a cat", "a dog"], negative_prompt=["blurry", "dark"], **args)
+    assert np.abs(plain - steered).max() > 1e-4
+    np.testing.assert_allclose(per_prompt[:1], steered, atol=1e-3)  # batch-size rounding
+
+
+def test_guidance_scale_one_skips_the_unconditional_branch(tiny_pipeline):
+    args = dict(width=64, height=64, output_type="latent", **FAST)
+    tiny_pipeline("a cat", guidance_scale=1.0, **args)
+    assert False in tiny_pipeline._steps
+    plain = tiny_pipeline("a cat", guidance_scale=1.0, **args)
+    guided = tiny_pipeline("a cat", guidance_scale=1.0 + 1e-7, **args)
+    np.testing.assert_allclose(plain, guided, atol=1e-4)
+
+
+def test_generate_caches_its_pipeline():
+    a = kcv_sd.generate("a", width=64, height=64, model="tiny", weights="random", output_type="np", **FAST)
+    pipeline = kcv_sd.get_pipeline("tiny", "random", "float32", False)
+    b = kcv_sd.generate("a", width=64, height=64, model="tiny", weights="random", output_type="np", **FAST)
+    assert kcv_sd.get_pipeline("tiny", "random", "float32", False) is pipeline
+    np.testing.assert_array_equal(a, b)
+
+
+def test_random_weights_are_reproducible():
+    first = load_components("tiny", "random", seed=5).unet.model().weights
+    second = load_components("tiny", "random", seed=5).unet.model().weights
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,118 @@
+"""The UNet on tiny configs: any size, ControlNet residual wiring, layer order."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from kcv_sd import config
+from kcv_sd.precision import dtype_policy_scope
+from kcv_sd.unet import UNet, control_input_names, timestep_embedding
+
+
+def unet_inputs(cfg, batch, height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "latent": rng.standard_normal((batch, height, width, cfg.latent_channels)).astype("float32"),
+        "timestep_embedding": np.asarray(timestep_embedding(np.linspace(1, 900, batch), cfg.timestep_dim)),
+        "context": rng.standard_normal((batch, 77, cfg.context_dim)).astype("float32"),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_unet(tiny_components):
+    return tiny_components.unet
+
+
+@pytest.mark.parametrize("height,width", [(24, 40), (104, 56), (8, 8)])
+def test_one_model_serves_every_multiple_of_64(tiny_unet, height, width):
+    inputs = unet_inputs(tiny_unet.config, 2, height, width)
+    out = tiny_unet.model()(inputs)
+    assert tuple(out.shape) == (2, height, width, 4)
+    assert out.dtype == "float32"
+
+
+def test_zero_residuals_give_the_plain_unet(tiny_unet):
+    inputs = unet_inputs(tiny_unet.config, 1, 16, 24)
+    plain = np.asarray(tiny_unet.model()(inputs))
+    controlled_model = tiny_unet.model(with_control=True)
+    shapes = controlled_shapes(tiny_unet, 16, 24)
+    zeros = {name: np.zeros(shape, "float32") for name, shape in shapes.items()}
+    controlled = np.asarray(controlled_model({**inputs, **zeros}))
+    np.testing.assert_array_equal(controlled, plain)
+
+
+def controlled_shapes(unet, height, width):
+    """Residual shapes for a latent of (height, width), from the skip structure."""
+    cfg = unet.config
+    shapes, scale = [(1, height, width, unet.skip_channels[0])], 1
+    index = 1
+    for level in range(len(cfg.block_channels)):
+        for _ in range(cfg.layers_per_block):
+            shapes.append((1, height // scale, width // scale, unet.skip_channels[index]))
+            index += 1
+        if level < len(cfg.block_channels) - 1:
+            scale *= 2
+            shapes.append((1, height // scale, width // scale, unet.skip_channels[index]))
+            index += 1
+    shapes.append((1, height // scale, width // scale, cfg.block_channels[-1]))
+    return dict(zip(control_input_names(cfg), shapes))
+
+
+@pytest.mark.parametrize("which", ["control_0", "control_5", "control_11", "control_mid"])
+def test_each_residual_reaches_the_output(tiny_unet, which):
+    inputs = unet_inputs(tiny_unet.config, 1, 16, 24)
+    shapes = controlled_shapes(tiny_unet, 16, 24)
+    residuals = {name: np.zeros(shape, "float32") for name, shape in shapes.items()}
+    model = tiny_unet.model(with_control=True)
+    base = np.asarray(model({**inputs, **residuals}))
+    residuals[which] = np.ones(shapes[which], "float32")
+    moved = np.asarray(model({**inputs, **residuals}))
+    assert np.abs(moved - base).max() > 1e-4
+
+
+def test_kerascv_order_lists_every_weighted_layer_once(tiny_unet):
+    ordered = tiny_unet.kerascv_layer_order()
+    assert len({id(layer) for layer in ordered}) == len(ordered)
+    model_weights = {id(v) for v in tiny_unet.model().weights}
+    ordered_weights = [id(v) for layer in ordered for v in layer.weights]
+    assert len(ordered_weights) == len(model_weights)
+    assert set(ordered_weights) == model_weights
+
+
+def test_sd15_has_twelve_skips_and_kerascv_layer_count():
+    assert config.SD15.num_skip_connections == 12
+    assert len(control_input_names(config.SD15)) == 13
+
+
+def test_config_rejects_channels_that_do_not_divide():
+    with pytest.raises(ValueError, match="divide"):
+        dataclasses.replace(config.TINY, block_channels=(8, 16, 16, 18))
+
+
+@pytest.mark.parametrize("precision,dtype", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_computes_in_half_and_outputs_float32(precision, dtype):
+    before = keras.config.dtype_policy().name
+    with dtype_policy_scope(precision):
+        unet = UNet(config.TINY)
+        model = unet.model()
+    assert keras.config.dtype_policy().name == before
+    resblock = unet.down_levels[0][0][0][0]
+    assert resblock.conv1.compute_dtype == dtype
+    assert resblock.conv1.conv2d.kernel.dtype == "float32"
+    out = model(unet_inputs(config.TINY, 1, 8, 16))
+    assert out.dtype == "float32"
+    assert np.isfinite(np.asarray(out)).all()
+
+
+def test_exact_and_approximate_gelu_differ_only_slightly():
+    approx = UNet(config.TINY)
+    exact = UNet(dataclasses.replace(config.TINY, gelu_approximate=False))
+    exact_model = exact.model()
+    approx_model = approx.model()
+    for src, dst in zip(approx_model.weights, exact_model.weights):
+        dst.assign(src)
+    inputs = unet_inputs(config.TINY, 1, 8, 8)
+    a, b = np.asarray(approx_model(inputs)), np.asarray(exact_model(inputs))
+    assert 0 < np.abs(a - b).max() < 1e-2
