@@ -14,10 +14,14 @@ from test_convert_reference import (
     random_inputs,
 )
 
-TOLERANCE = 1e-4
+# Float32 round-off is ~1e-6 here; a wrong numerics flag (tanh GELU, GroupNorm
+# epsilon 1e-5) shifts residuals by ~5e-5, so tiny configs are held to 1e-5.
+TINY_TOLERANCE = 1e-5
+SD15_TOLERANCE = 1e-4
 
 
-def assert_residuals_match(controlnet, reference, config, height, width, seed=0):
+def assert_residuals_match(controlnet, reference, config, height, width, seed=0,
+                           tolerance=TINY_TOLERANCE):
     inputs, timesteps = random_inputs(config.unet, height=height, width=width, seed=seed)
     image = control_image(2, height, width, seed=seed + 1)
     expected = diffusers_residuals(reference, inputs, timesteps, image)
@@ -27,7 +31,7 @@ def assert_residuals_match(controlnet, reference, config, height, width, seed=0)
         got = np.asarray(ours[name])
         assert got.shape == want.shape, name
         assert np.abs(want).max() > 0.1, f"{name} is too small to prove anything"
-        np.testing.assert_allclose(got, want, atol=TOLERANCE, rtol=0, err_msg=name)
+        np.testing.assert_allclose(got, want, atol=tolerance, rtol=0, err_msg=name)
 
 
 @pytest.mark.parametrize("name", sorted(TINY_CONTROLNETS))
@@ -48,7 +52,8 @@ def test_sd15_controlnet_matches_diffusers_on_all_340_keys():
     del state_dict
     assert controlnet.model().count_params() == sum(p.numel() for p in reference.parameters())
     # 16x8 latent: the middle block still attends over two positions.
-    assert_residuals_match(controlnet, reference, SD15, height=16, width=8)
+    assert_residuals_match(controlnet, reference, SD15, height=16, width=8,
+                           tolerance=SD15_TOLERANCE)
 
 
 def test_converted_weights_reload_from_a_keras_file(tmp_path):

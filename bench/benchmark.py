@@ -1,0 +1,52 @@
+"""One benchmark: the machine probe, then every planned run, each in a fresh process."""
+
+import dataclasses
+import datetime
+import os
+import time
+
+from bench import environment
+from bench.published import published_table
+from bench.records import build_record, skipped_record
+from bench.subprocess_run import run_worker
+
+MATMUL_SIZE = 2048
+SCHEMA_VERSION = 1
+
+
+def run_benchmark(workload, runs, log_path, echo, timeout_s, command):
+    started = time.time()
+    workload_spec = dataclasses.asdict(workload)
+    echo(f"[probe] devices, {MATMUL_SIZE}x{MATMUL_SIZE} float32 matmul, FLOP count (fresh process)")
+    probe = run_worker("bench.probe_worker", {**workload_spec, "matmul_size": MATMUL_SIZE},
+                       log_path, echo, timeout_s)
+    if probe["status"] != "ok":
+        echo(f"[probe] failed: {probe['error']}; continuing without matmul yardstick")
+    flops = probe.get("unet_step_flops")
+
+    records = []
+    for index, run in enumerate(runs, 1):
+        prefix = f"[{index}/{len(runs)}] {run.label}"
+        if run.skip_reason:
+            echo(f"{prefix}: skipped ({run.skip_reason})")
+            records.append(skipped_record(run.system, run.xla, run.precision, run.skip_reason))
+            continue
+        echo(f"{prefix}: fresh process")
+        spec = {"system": run.system, "config": {"xla": run.xla, "precision": run.precision},
+                "workload": workload_spec, "token_ids": probe.get("token_ids")}
+        raw = run_worker("bench.cold_worker", spec, log_path, lambda line: echo(f"    {line}"), timeout_s)
+        records.append(build_record(run.system, run.xla, run.precision, raw, workload, flops, probe))
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "started_at": datetime.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
+        "duration_s": time.time() - started,
+        "runner_pid": os.getpid(),
+        "workload": {**workload_spec, "weights": "random"},
+        "environment": {**environment.describe(), "devices": probe.get("devices")},
+        "machine": {"matmul": probe.get("matmul"), "probe_error": probe.get("error")},
+        "unet_step_flops": flops,
+        "results": records,
+        "published": published_table(),
+    }

@@ -1,0 +1,71 @@
+"""BENCHMARKS.md, written whole from one run's report so it never drifts by hand."""
+
+from bench import table
+
+DEFINITIONS = """\
+- **Cold start**: wall time from spawning a fresh Python process to the first
+  finished image(s), split into interpreter start-up, imports, build with
+  weights, and the first call. The first call is split again into its
+  first-call overhead (tracing and compilation: first image minus the warm
+  median) and the image itself (the warm median).
+- **Warm**: later images in the same process; the first image is the warm-up
+  and is excluded. Median with min-max over the repeats.
+- **Stages**: text encoding (prompt and empty negative prompt), one guided
+  denoising step (UNet on both halves, guidance, update), VAE decoding, each
+  synchronised; host overhead is the warm median minus text encoding, steps x
+  step time and decoding (tokenization, noise, scheduling, Python glue).
+- **UNet GFLOP/s**: an analytic count of the UNet's convolutions, dense layers
+  and attention matmuls (`bench/flops.py`) for one guided step, divided by the
+  step's median time, beside a float32 matmul on the same device.
+- All systems use **random weights** of the SD1.5 architecture: pretrained
+  weights cannot be downloaded on this machine. Timings depend on the
+  architecture, not on weight values; the images are noise."""
+
+
+def _machine(report):
+    env, matmul = report["environment"], report["machine"]["matmul"] or {}
+    devices = ", ".join(d["model"] or d["name"] for d in env.get("devices") or []) or "unknown"
+    lines = [
+        f"- CPU: {env['cpu_model']}, {env['cpu_count']} logical cores, {env['memory_gib']} GiB memory",
+        f"- Devices seen by TensorFlow: {devices}",
+        f"- Python {env['python']} on {env['platform']}",
+        "- " + ", ".join(f"{name} {version}" for name, version in env["versions"].items() if version),
+    ]
+    if matmul:
+        rates = ", ".join(f"{dtype} {rate / 1e9:.0f}" for dtype, rate in matmul["flops_per_s_by_dtype"].items())
+        lines.append(f"- Matmul yardstick: {matmul['size']}x{matmul['size']} float32 "
+                     f"{matmul['float32_flops_per_s'] / 1e9:.0f} GFLOP/s; "
+                     f"{matmul['compare_size']}^2 by dtype (GFLOP/s): {rates}")
+    return "\n".join(lines)
+
+
+def _workload(report):
+    w = report["workload"]
+    flops = report["unet_step_flops"]
+    flops_text = f"; one guided UNet step = {flops / 1e9:.1f} GFLOP (analytic)" if flops else ""
+    return (f"model {w['model']}, {w['width']}x{w['height']}, {w['steps']} steps, batch {w['batch']} "
+            f"(images per prompt), guidance {w['guidance_scale']}, {w['repeats']} warm repeats, "
+            f"weights: {w['weights']}{flops_text}")
+
+
+def render(report):
+    records = report["results"]
+    sections = [
+        "# Benchmarks",
+        "Written by `kcv-bench --write-benchmarks-md`; do not edit by hand, rerun instead. "
+        f"This run: `{report['command']}` on {report['started_at']}, "
+        f"{report['duration_s'] / 60:.1f} minutes.",
+        "## Machine", _machine(report),
+        "## Workload", _workload(report),
+        "## Results (measured here)", table.as_markdown(*table.summary_rows(records)),
+        "### Cold start, part by part (seconds)", table.as_markdown(*table.cold_rows(records)),
+        "### Warm stages (seconds, medians)", table.as_markdown(*table.stage_rows(records)),
+        "## Published figures (not measured here)",
+        f"{report['published']['source']}: {report['published']['workload']['images']} images, "
+        f"{report['published']['workload']['steps']} steps, 512x512, pretrained weights. "
+        "`kcv-bench --preset tutorial` runs this workload.",
+        table.as_markdown(*table.published_rows(report["published"])),
+        "## Definitions", DEFINITIONS,
+        "Raw figures: `results.json` and `results.csv`; chart: `cold_warm.png`, in the output folder.",
+    ]
+    return "\n\n".join(sections) + "\n"

@@ -1,0 +1,89 @@
+"""`kcv-bench`: cold start, warm images and per-stage time of kcv-sd and its peers."""
+
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from bench import table
+from bench.benchmark import run_benchmark
+from bench.configs import PRESETS, parse_configs, parse_peers
+from bench.files import write_csv, write_json
+from bench.plan import plan_runs
+
+PNG_NAME = "cold_warm.png"
+
+
+def command_line():
+    program = "python -m bench" if sys.argv[0].endswith("__main__.py") else Path(sys.argv[0]).name
+    return shlex.join([program, *sys.argv[1:]])
+
+
+def resolve_workload(preset, **overrides):
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return dataclasses.replace(PRESETS[preset].workload, **given)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True,
+              help="quick: SD1.5 at 128x128, ~10 min on 2 CPU cores; tiny: tiny model, seconds; "
+                   "tutorial: the published workload (512x512, 50 steps, 3 images).")
+@click.option("--quick", "preset", flag_value="quick", help="Same as --preset quick.")
+@click.option("--tiny", "preset", flag_value="tiny", help="Same as --preset tiny (smoke test).")
+@click.option("--width", type=int, help="Image width (preset's by default).")
+@click.option("--height", type=int, help="Image height (preset's by default).")
+@click.option("--steps", type=int, help="Denoising steps.")
+@click.option("--batch", type=int, help="Images per prompt (one prompt).")
+@click.option("--repeats", type=int, help="Warm runs after the excluded warm-up, and stage passes.")
+@click.option("--configs", help='Configuration grid(s), e.g. "xla=off,on;precision=float32,mixed_bfloat16"; '
+                                'join grids with "+"; "all" is every combination.')
+@click.option("--peers", help='Comma list of kerascv, diffusers, or "none".')
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
+              show_default=True, help="Folder for results.json, results.csv, cold_warm.png, workers.log.")
+@click.option("--timeout", type=int, default=3600, show_default=True, help="Seconds allowed per process.")
+@click.option("--write-benchmarks-md", is_flag=True, help="Also write BENCHMARKS.md in the current folder.")
+def main(preset, width, height, steps, batch, repeats, configs, peers, output, timeout, write_benchmarks_md):
+    """Benchmark kcv-sd beside stock KerasCV and diffusers, all with random weights.
+
+    Every configuration (jit_compile x precision) and every peer runs in its
+    own fresh Python process: the cold start is measured from spawning it to
+    the first image, then warm images and per-stage times in that process.
+    """
+    workload = resolve_workload(preset, width=width, height=height, steps=steps, batch=batch, repeats=repeats)
+    try:
+        config_list = parse_configs(configs or PRESETS[preset].configs)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--configs")
+    try:
+        peer_list = parse_peers(peers or PRESETS[preset].peers)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--peers")
+    runs = plan_runs(config_list, peer_list, workload)
+
+    output.mkdir(parents=True, exist_ok=True)
+    log_path = output / "workers.log"
+    log_path.write_text("")
+    click.echo(f"kcv-bench: {len(runs)} runs of {workload}; worker logs in {log_path}")
+    report = run_benchmark(workload, runs, log_path, click.echo, timeout, command_line())
+
+    records = report["results"]
+    report["files"] = {"json": "results.json", "csv": "results.csv", "plot": PNG_NAME, "log": log_path.name}
+    write_json(report, output / "results.json")
+    write_csv(records, output / "results.csv")
+    from bench.plot import plot_cold_warm  # matplotlib only once there is something to draw
+
+    plot_cold_warm(records, f"{workload.model} {workload.width}x{workload.height}, {workload.steps} steps, "
+                            f"batch {workload.batch}, random weights", output / PNG_NAME)
+    if write_benchmarks_md:
+        from bench.benchmarks_md import render
+
+        Path("BENCHMARKS.md").write_text(render(report))
+
+    click.echo("\n" + table.as_text(*table.summary_rows(records)))
+    click.echo("\nCold start parts:\n" + table.as_text(*table.cold_rows(records)))
+    click.echo("\nWarm stages:\n" + table.as_text(*table.stage_rows(records)))
+    click.echo("\nPublished (not measured here):\n" + table.as_text(*table.published_rows(report["published"])))
+    click.echo(f"\nWrote {output}/results.json, results.csv, {PNG_NAME}"
+               + (" and BENCHMARKS.md" if write_benchmarks_md else ""))

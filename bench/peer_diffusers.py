@@ -1,0 +1,117 @@
+"""diffusers' `StableDiffusionPipeline`, built from SD1.5 configs with random weights.
+
+No CLIPTokenizer can be downloaded here, so the pipeline has none: the CLIP
+text model encodes token ids made by kcv-sd's tokenizer (the same ids, passed
+in the spec) and the pipeline gets `prompt_embeds` and `negative_prompt_embeds`.
+Text encoding still runs inside every timed image. Mixed precisions map to
+diffusers' usual whole-pipeline `torch_dtype`.
+"""
+
+import time
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+FRAMEWORKS = ("torch", "diffusers", "transformers")
+
+TORCH_DTYPES = {"float32": torch.float32, "mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}
+
+
+def sd15_unet():
+    return UNet2DConditionModel(
+        sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+
+
+def sd15_vae():
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+
+
+def sd15_text_encoder():
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+    ))
+
+
+def sd15_scheduler():
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+class Runner:
+    def __init__(self, spec):
+        self.workload = spec["workload"]
+        precision = spec["config"]["precision"]
+        if precision not in TORCH_DTYPES:
+            raise ValueError(f"no torch dtype for precision {precision!r}")
+        self.dtype = TORCH_DTYPES[precision]
+        self.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.pipe = StableDiffusionPipeline(
+            vae=sd15_vae(), text_encoder=sd15_text_encoder(), tokenizer=None, unet=sd15_unet(),
+            scheduler=sd15_scheduler(), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        ).to(self.torch_device, self.dtype)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.token_ids = torch.tensor(spec["token_ids"], device=self.torch_device)
+        self.notes = ["no CLIPTokenizer offline: prompt_embeds passed directly (same token ids)",
+                      f"torch_dtype={str(self.dtype).removeprefix('torch.')}"]
+        self.device = torch.cuda.get_device_name() if self.torch_device == "cuda" else "CPU"
+
+    def _sync(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def _encode(self):
+        embeddings = self.pipe.text_encoder(self.token_ids)[0]
+        return embeddings[:1], embeddings[1:]
+
+    @torch.inference_mode()
+    def generate(self, seed):
+        w = self.workload
+        prompt_embeds, negative_embeds = self._encode()
+        images = self.pipe(
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+            width=w["width"], height=w["height"], num_inference_steps=w["steps"],
+            guidance_scale=w["guidance_scale"], num_images_per_prompt=w["batch"],
+            generator=torch.Generator().manual_seed(seed), output_type="np",
+        ).images
+        self._sync()
+        return images
+
+    @torch.inference_mode()
+    def stages(self, seed):
+        """Text encoding, each guided UNet step with the DDIM update, VAE decoding."""
+        w, pipe = self.workload, self.pipe
+        start = time.perf_counter()
+        prompt_embeds, negative_embeds = self._encode()
+        self._sync()
+        text_encoding_s = time.perf_counter() - start
+
+        batch = w["batch"]
+        context = torch.cat([negative_embeds.repeat(batch, 1, 1), prompt_embeds.repeat(batch, 1, 1)])
+        shape = (batch, 4, w["height"] // 8, w["width"] // 8)
+        latent = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.torch_device, self.dtype)
+        pipe.scheduler.set_timesteps(w["steps"], device=self.torch_device)
+        step_s = []
+        for t in pipe.scheduler.timesteps:
+            start = time.perf_counter()
+            noise = pipe.unet(torch.cat([latent] * 2), t, encoder_hidden_states=context).sample
+            uncond, cond = noise.chunk(2)
+            noise = uncond + w["guidance_scale"] * (cond - uncond)
+            latent = pipe.scheduler.step(noise, t, latent).prev_sample
+            self._sync()
+            step_s.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        pipe.vae.decode(latent / pipe.vae.config.scaling_factor).sample
+        self._sync()
+        return {"text_encoding_s": text_encoding_s, "step_s": step_s,
+                "decode_s": time.perf_counter() - start}

@@ -1,0 +1,79 @@
+"""Stock `keras_cv.models.StableDiffusion`, set up as the KerasCV tutorial does.
+
+jit_compile is on and mixed precision is a global policy set before the
+models are built, exactly the tutorial's recipe; this process is fresh, so the
+policy cannot leak. Pretrained weights cannot be downloaded here, so the
+three models are KerasCV's own classes with `download_weights=False`
+(Keras' random initialisers), and the tokenizer is kcv-sd's offline copy of
+KerasCV's BPE tokenizer. Image sizes must be multiples of 128 (see `bench.plan`).
+"""
+
+import time
+
+import keras
+import keras_cv
+import numpy as np
+import tensorflow as tf
+from keras_cv.models.stable_diffusion import Decoder, DiffusionModel, TextEncoder
+
+from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
+
+FRAMEWORKS = ("tensorflow", "keras", "keras_cv")
+
+
+def _compiled(model):
+    """What StableDiffusion's lazy properties do with jit_compile=True."""
+    model.compile(jit_compile=True)
+    return model
+
+
+class Runner:
+    def __init__(self, spec):
+        self.workload = w = spec["workload"]
+        precision = spec["config"]["precision"]
+        if precision != "float32":
+            keras.mixed_precision.set_global_policy(precision)
+        sd = keras_cv.models.StableDiffusion(img_height=w["height"], img_width=w["width"], jit_compile=True)
+        sd._diffusion_model = _compiled(DiffusionModel(w["height"], w["width"], MAX_PROMPT_LENGTH,
+                                                       download_weights=False))
+        sd._text_encoder = _compiled(TextEncoder(MAX_PROMPT_LENGTH, download_weights=False))
+        sd._decoder = _compiled(Decoder(w["height"], w["width"], download_weights=False))
+        sd._tokenizer = get_tokenizer()._bpe
+        self.sd = sd
+        gpus = tf.config.list_logical_devices("GPU")
+        self.device = gpus[0].name if gpus else "CPU"
+        self.notes = ["random weights from Keras initialisers (download_weights=False)"]
+
+    def generate(self, seed):
+        w = self.workload
+        return self.sd.text_to_image(w["prompt"], batch_size=w["batch"], num_steps=w["steps"],
+                                     unconditional_guidance_scale=w["guidance_scale"], seed=seed)
+
+    def stages(self, seed):
+        """The calls `text_to_image` makes, timed one by one.
+
+        Each step is the two UNet calls plus guidance; the DDIM update, a few
+        elementwise operations on the small latent, is left to host overhead.
+        """
+        w, sd = self.workload, self.sd
+        start = time.perf_counter()
+        context = sd._expand_tensor(sd.encode_text(w["prompt"]), w["batch"])
+        unconditional = np.repeat(sd._get_unconditional_context(), w["batch"], axis=0)
+        text_encoding_s = time.perf_counter() - start
+
+        latent = sd._get_initial_diffusion_noise(w["batch"], seed)
+        step_s = []
+        for timestep in range(w["steps"]):
+            start = time.perf_counter()
+            t_embed = sd._get_timestep_embedding(999 - timestep, w["batch"])
+            inputs = {"latent": latent, "timestep_embedding": t_embed}
+            noise_uncond = sd.diffusion_model.predict_on_batch({**inputs, "context": unconditional})
+            noise_cond = sd.diffusion_model.predict_on_batch({**inputs, "context": context})
+            latent = noise_uncond + w["guidance_scale"] * (noise_cond - noise_uncond)
+            step_s.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        sd.decoder.predict_on_batch(latent)
+        return {"text_encoding_s": text_encoding_s, "step_s": step_s,
+                "decode_s": time.perf_counter() - start}
+

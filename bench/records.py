@@ -1,0 +1,89 @@
+"""One result row per system and configuration, derived from a worker's raw timings.
+
+The cold start is split as measured (interpreter start-up, imports, build
+with weights, first image); the first image is further split into its
+first-call overhead (compile/trace) and the image itself, taking the warm
+median as the image's cost. Host overhead is the warm median less the timed
+stages, so it holds tokenization, noise, scheduling and Python glue.
+"""
+
+import statistics
+
+from bench.stats import summarize
+
+MIXED_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+
+
+def precision_note(precision, probe):
+    """A label for a 16-bit precision whose matmuls are no faster than float32's here."""
+    dtype = MIXED_DTYPES.get(precision)
+    rates = (probe or {}).get("matmul", {}).get("flops_per_s_by_dtype")
+    if dtype is None or not rates:
+        return None
+    ratio = rates[dtype] / rates["float32"]
+    if ratio < 1:
+        return f"no fast {dtype} on this device ({dtype} matmul at {ratio:.2f}x float32)"
+    return None
+
+
+def _cold(raw, warm_median):
+    cold = {
+        "interpreter_s": raw["started_at"] - raw["spawned_at"],
+        "import_s": raw["import_s"],
+        "build_s": raw["build_s"],
+        "first_call_s": raw["first_call_s"],
+        "total_s": raw["first_image_at"] - raw["spawned_at"],
+    }
+    if warm_median is not None:
+        cold["first_call_overhead_s"] = raw["first_call_s"] - warm_median
+        cold["generate_s"] = warm_median
+    return cold
+
+
+def _stages(passes, steps, warm_median):
+    if not passes:
+        return None
+    stages = {
+        "text_encoding_s": statistics.median(p["text_encoding_s"] for p in passes),
+        "step_s": statistics.median(s for p in passes for s in p["step_s"]),
+        "decode_s": statistics.median(p["decode_s"] for p in passes),
+        "passes": len(passes),
+    }
+    timed = stages["text_encoding_s"] + steps * stages["step_s"] + stages["decode_s"]
+    stages["host_overhead_s"] = warm_median - timed
+    return stages
+
+
+def build_record(system, xla, precision, raw, workload, unet_step_flops, probe):
+    record = {
+        "system": system, "xla": xla, "precision": precision,
+        "status": raw.get("status", "failed"), "error": raw.get("error"),
+        "failed_during": raw.get("phase") if raw.get("status") != "ok" else None,
+        "traceback": raw.get("traceback"), "pid": raw.get("pid"), "device": raw.get("device"),
+        "notes": list(raw.get("notes", [])),
+        "cold": None, "warm": None, "stages": None, "unet": None,
+    }
+    note = precision_note(precision, probe)
+    if note:
+        record["notes"].append(note)
+    warm = summarize(raw.get("warm_s", []))
+    if warm:
+        warm["warmup_runs_excluded"] = 1
+        record["warm"] = warm
+    warm_median = warm["median_s"] if warm else None
+    if "first_image_at" in raw:
+        record["cold"] = _cold(raw, warm_median)
+    if warm_median is not None:
+        record["stages"] = _stages(raw.get("stages"), workload.steps, warm_median)
+    if record["stages"] and unet_step_flops:
+        achieved = unet_step_flops / record["stages"]["step_s"]
+        matmul = (probe or {}).get("matmul", {}).get("float32_flops_per_s")
+        record["unet"] = {"flops_per_step": unet_step_flops, "achieved_flops_per_s": achieved,
+                          "fraction_of_float32_matmul": achieved / matmul if matmul else None}
+    return record
+
+
+def skipped_record(system, xla, precision, reason):
+    return {"system": system, "xla": xla, "precision": precision, "status": "skipped",
+            "error": reason, "failed_during": None, "traceback": None, "pid": None, "device": None,
+            "notes": [], "cold": None, "warm": None, "stages": None, "unet": None}

@@ -1,0 +1,82 @@
+"""Result records as tables: plain text for the terminal, Markdown for BENCHMARKS.md."""
+
+XLA_TEXT = {True: "on", False: "off", None: "n/a"}
+
+
+def seconds(value):
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _get(record, part, key):
+    return (record.get(part) or {}).get(key)
+
+
+def _status(record):
+    if record["status"] == "ok":
+        return "ok"
+    return f"{record['status']}: {record['error']}"
+
+
+def summary_rows(records):
+    headers = ["system", "xla", "precision", "cold start s", "warm median s", "warm min-max s",
+               "UNet step s", "UNet GFLOP/s", "% of f32 matmul", "status / notes"]
+    rows = []
+    for r in records:
+        warm = r["warm"] or {}
+        unet = r["unet"] or {}
+        fraction = unet.get("fraction_of_float32_matmul")
+        notes = "; ".join([_status(r)] + r["notes"]) if r["notes"] or r["status"] != "ok" else "ok"
+        rows.append([
+            r["system"], XLA_TEXT[r["xla"]], r["precision"], seconds(_get(r, "cold", "total_s")),
+            seconds(warm.get("median_s")),
+            f"{seconds(warm.get('min_s'))}-{seconds(warm.get('max_s'))}" if warm else "-",
+            seconds(_get(r, "stages", "step_s")),
+            f"{unet['achieved_flops_per_s'] / 1e9:.1f}" if unet else "-",
+            f"{100 * fraction:.1f}%" if fraction else "-",
+            notes,
+        ])
+    return headers, rows
+
+
+def cold_rows(records):
+    headers = ["system", "xla", "precision", "interpreter s", "import s", "build + weights s",
+               "first-call overhead s", "image s", "cold total s"]
+    rows = [[r["system"], XLA_TEXT[r["xla"]], r["precision"]]
+            + [seconds(_get(r, "cold", key)) for key in
+               ("interpreter_s", "import_s", "build_s", "first_call_overhead_s", "generate_s", "total_s")]
+            for r in records if r["cold"]]
+    return headers, rows
+
+
+def stage_rows(records):
+    headers = ["system", "xla", "precision", "text encoding s", "denoise step s", "decode s",
+               "host overhead s", "warm median s"]
+    rows = [[r["system"], XLA_TEXT[r["xla"]], r["precision"]]
+            + [seconds(_get(r, "stages", key)) for key in
+               ("text_encoding_s", "step_s", "decode_s", "host_overhead_s")]
+            + [seconds(_get(r, "warm", "median_s"))]
+            for r in records if r["stages"]]
+    return headers, rows
+
+
+def published_rows(published):
+    headers = ["GPU (published)", "KerasCV warm s", "diffusers warm s", "KerasCV cold s", "diffusers cold s"]
+    rows = [[row["gpu"]] + [seconds(row[key]) for key in
+                            ("kerascv_warm_s", "diffusers_warm_s", "kerascv_cold_s", "diffusers_cold_s")]
+            for row in published["rows"]]
+    return headers, rows
+
+
+def as_text(headers, rows):
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in [headers, ["-" * w for w in widths], *rows]]
+    return "\n".join(lines)
+
+
+def as_markdown(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell).replace("|", "/") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

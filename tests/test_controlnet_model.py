@@ -1,0 +1,71 @@
+"""The Keras ControlNet: any size, residuals named and shaped for the UNet's inputs."""
+
+import numpy as np
+import pytest
+
+from controlnet import TINY, ControlNet, ControlNetConfig
+from kcv_sd.components import randomize
+from kcv_sd.precision import dtype_policy_scope
+from kcv_sd.unet import UNet, control_input_names
+from test_convert_reference import control_image, random_inputs
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet():
+    return ControlNet(TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    unet = UNet(TINY.unet)
+    unet.model(with_control=True)
+    randomize(unet.kerascv_layer_order(), seed=0)
+    return unet
+
+
+def run(controlnet, height, width):
+    inputs, _ = random_inputs(controlnet.config.unet, height=height, width=width)
+    residuals = controlnet.model()({**inputs, "control_image": control_image(2, height, width)})
+    return inputs, residuals
+
+
+@pytest.mark.parametrize("height,width", [(16, 16), (16, 24)])
+def test_residuals_fit_the_unet_control_inputs(tiny_controlnet, tiny_unet, height, width):
+    _, residuals = run(tiny_controlnet, height, width)
+    assert list(residuals) == control_input_names(TINY.unet)
+    unet_inputs = tiny_unet.model(with_control=True).input
+    for name, residual in residuals.items():
+        assert residual.shape[-1] == unet_inputs[name].shape[-1], name
+    assert residuals["control_0"].shape[1:3] == (height, width)
+    factor = TINY.unet.downsample_factor
+    assert residuals["control_mid"].shape[1:3] == (height // factor, width // factor)
+
+
+def test_untrained_controlnet_leaves_the_unet_alone(tiny_controlnet):
+    _, residuals = run(tiny_controlnet, 8, 16)
+    for name, residual in residuals.items():
+        assert not np.any(np.asarray(residual)), f"{name}: zero convolutions start at zero"
+
+
+def test_residuals_steer_the_unet(tiny_unet):
+    controlnet = ControlNet(TINY)
+    controlnet.model()
+    randomize([controlnet.conditioning_embedding, *controlnet.zero_convs,
+               controlnet.mid_zero_conv], seed=1)
+    inputs, residuals = run(controlnet, 8, 16)
+    plain = np.asarray(tiny_unet.model()(inputs))
+    residuals = {name: np.asarray(r) for name, r in residuals.items()}
+    steered = np.asarray(tiny_unet.model(with_control=True)({**inputs, **residuals}))
+    assert np.abs(steered - plain).max() > 1e-3
+
+
+def test_mixed_precision_residuals_are_float16():
+    with dtype_policy_scope("mixed_float16"):
+        controlnet = ControlNet(TINY)
+    _, residuals = run(controlnet, 16, 16)
+    assert {np.asarray(r).dtype for r in residuals.values()} == {np.dtype("float16")}
+
+
+def test_conditioning_needs_four_stages():
+    with pytest.raises(ValueError, match="4 stages"):
+        ControlNetConfig(conditioning_channels=(16, 32, 64))

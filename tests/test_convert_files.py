@@ -1,0 +1,68 @@
+"""Checkpoint files: safetensors without torch, pickles only when allowed."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from kcv_sd.convert import (
+    CheckpointError,
+    convert_controlnet,
+    load_controlnet,
+    load_diffusers_unet,
+    read_state_dict,
+)
+from kcv_sd.errors import WeightsNotFoundError
+from test_convert_reference import (
+    TINY_CONTROLNETS,
+    diffusers_controlnet,
+    diffusers_unet,
+    numpy_state_dict,
+)
+
+CONFIG = TINY_CONTROLNETS["two-levels"]
+
+
+def weights_of(model):
+    return [np.asarray(v) for v in model.model().weights]
+
+
+def test_safetensors_controlnet_and_unet_load(tmp_path):
+    controlnet_path = tmp_path / "diffusion_pytorch_model.safetensors"
+    reference = numpy_state_dict(diffusers_controlnet(CONFIG))
+    save_file(reference, controlnet_path)
+    controlnet = load_controlnet(controlnet_path, CONFIG)
+    kernel = np.transpose(reference["conv_in.weight"], (2, 3, 1, 0))
+    np.testing.assert_array_equal(np.asarray(controlnet.conv_in.conv2d.kernel), kernel)
+
+    unet_path = tmp_path / "unet.safetensors"
+    save_file(numpy_state_dict(diffusers_unet(CONFIG.unet)), unet_path)
+    unet = load_diffusers_unet(unet_path, CONFIG.unet)
+    assert unet.model().count_params() > 0
+
+
+def test_half_precision_weights_widen_to_float32():
+    state_dict = {k: v.astype(np.float16) for k, v in
+                  numpy_state_dict(diffusers_controlnet(CONFIG)).items()}
+    controlnet = convert_controlnet(state_dict, CONFIG)
+    assert {w.dtype for w in weights_of(controlnet)} == {np.dtype("float32")}
+    bias = state_dict["controlnet_mid_block.bias"].astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(controlnet.mid_zero_conv.conv2d.bias), bias)
+
+
+def test_pickles_need_permission(tmp_path):
+    path = tmp_path / "control_v11p_sd15_canny.pth"
+    torch.save({"state_dict": {"x": torch.ones(2, dtype=torch.bfloat16)}}, path)
+    with pytest.raises(CheckpointError, match="allow_pickle=True"):
+        read_state_dict(path)
+    tensors = read_state_dict(path, allow_pickle=True)
+    assert tensors["x"].dtype == np.float32 and tensors["x"].tolist() == [1.0, 1.0]
+
+
+def test_missing_and_unknown_files(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        read_state_dict(tmp_path / "absent.safetensors")
+    odd = tmp_path / "weights.npz"
+    odd.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="unknown checkpoint type"):
+        read_state_dict(odd)
