@@ -1,5 +1,7 @@
 """The hint encoder: a control image (B, 8h, 8w, 3) becomes a latent-size feature map."""
 
+import itertools
+
 import keras
 from keras import ops
 
@@ -26,7 +28,7 @@ class ConditioningEmbedding(keras.layers.Layer):
 
         self.conv_in = conv(stage_channels[0])
         self.blocks = []
-        for channels, next_channels in zip(stage_channels[:-1], stage_channels[1:]):
+        for channels, next_channels in itertools.pairwise(stage_channels):
             self.blocks += [conv(channels), conv(next_channels, strides=2)]
         self.conv_out = conv(output_channels, kernel_initializer="zeros")
 

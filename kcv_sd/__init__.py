@@ -1,5 +1,12 @@
 """kcv-sd: fast, controllable Stable Diffusion 1.x on Keras 3, built around KerasCV."""
 
+import os
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) drowns the
+# CLI's output; an explicit TF_CPP_MIN_LOG_LEVEL from the user still wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 from kcv_sd.errors import InvalidArgumentError, KcvSdError, WeightsNotFoundError
 from kcv_sd.generate import generate, get_pipeline
 from kcv_sd.pipeline import Pipeline

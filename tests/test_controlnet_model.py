@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from test_convert_reference import control_image, random_inputs
 
 from controlnet import TINY, ControlNet, ControlNetConfig
 from kcv_sd.components import randomize
 from kcv_sd.precision import dtype_policy_scope
 from kcv_sd.unet import UNet, control_input_names
-from test_convert_reference import control_image, random_inputs
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,9 @@
 """Conditioning scale and guess mode scale residuals exactly as diffusers does."""
 
+import itertools
+
 import numpy as np
 import pytest
-
-from controlnet import control_scales, scale_residuals
-from kcv_sd.unet import control_input_names
 from test_convert_reference import (
     TINY_CONTROLNETS,
     control_image,
@@ -12,6 +11,9 @@ from test_convert_reference import (
     diffusers_residuals,
     random_inputs,
 )
+
+from controlnet import control_scales, scale_residuals
+from kcv_sd.unet import control_input_names
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def test_guess_mode_ramps_from_a_tenth_to_the_scale():
     scales = control_scales(13, conditioning_scale=0.8, guess_mode=True)
     assert len(scales) == 13
     assert scales[0] == pytest.approx(0.08) and scales[-1] == pytest.approx(0.8)
-    assert all(a < b for a, b in zip(scales, scales[1:]))
+    assert all(a < b for a, b in itertools.pairwise(scales))
     assert control_scales(13, 0.8) == [0.8] * 13
 
 

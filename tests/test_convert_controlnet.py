@@ -2,9 +2,6 @@
 
 import numpy as np
 import pytest
-
-from controlnet import SD15, ControlNet
-from kcv_sd.convert import convert_controlnet
 from test_convert_reference import (
     TINY_CONTROLNETS,
     control_image,
@@ -13,6 +10,9 @@ from test_convert_reference import (
     numpy_state_dict,
     random_inputs,
 )
+
+from controlnet import SD15, ControlNet
+from kcv_sd.convert import convert_controlnet
 
 # Float32 round-off is ~1e-6 here; a wrong numerics flag (tanh GELU, GroupNorm
 # epsilon 1e-5) shifts residuals by ~5e-5, so tiny configs are held to 1e-5.

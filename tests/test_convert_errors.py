@@ -5,9 +5,6 @@ import dataclasses
 import numpy as np
 import pytest
 from diffusers import ControlNetModel
-
-from kcv_sd.convert import CheckpointError, convert_controlnet, convert_diffusers_unet
-from kcv_sd.errors import KcvSdError
 from test_convert_reference import (
     TINY_CONTROLNETS,
     diffusers_controlnet,
@@ -16,6 +13,9 @@ from test_convert_reference import (
     numpy_state_dict,
     randomize_,
 )
+
+from kcv_sd.convert import CheckpointError, convert_controlnet, convert_diffusers_unet
+from kcv_sd.errors import KcvSdError
 
 CONFIG = TINY_CONTROLNETS["two-levels"]
 
@@ -47,7 +47,14 @@ def test_unrelated_tensors_are_not_a_controlnet():
 
 
 def test_a_controlnet_is_not_a_unet(controlnet_weights):
-    refused(controlnet_weights, "not a diffusers UNet", convert_diffusers_unet, CONFIG.unet)
+    refused(controlnet_weights, "not a diffusers UNet.*a diffusers ControlNet",
+            convert_diffusers_unet, CONFIG.unet)
+
+
+def test_a_stable_diffusion_checkpoint_is_not_a_controlnet():
+    original_sd = {"model.diffusion_model.out.0.weight": np.zeros(4, np.float32),
+                   "first_stage_model.decoder.conv_out.weight": np.zeros(4, np.float32)}
+    refused(original_sd, "not a ControlNet.*original-format \\(CompVis\\) Stable Diffusion")
 
 
 def test_sdxl_controlnet_is_not_supported():
@@ -97,8 +104,16 @@ def test_shape_mismatch_is_named(controlnet_weights):
                         r"\(needs \(1, 1, 32, 32\) in Keras layout\)")
 
 
-def test_a_smaller_model_reports_every_problem_at_once(controlnet_weights):
+def test_another_shape_of_model_reports_every_problem_at_once(controlnet_weights):
     wider = dataclasses.replace(CONFIG, conditioning_channels=(8, 8, 16, 64))
     message = refused(controlnet_weights, "shape mismatches", config=wider)
     assert "controlnet_cond_embedding.conv_out.weight" in message
     assert "controlnet_cond_embedding.blocks.5.weight" in message
+
+
+def test_linear_projections_are_a_shape_mismatch_not_a_crash():
+    kwargs = diffusers_unet_kwargs(CONFIG.unet)
+    linear = ControlNetModel(**kwargs, use_linear_projection=True,
+                             conditioning_embedding_out_channels=CONFIG.conditioning_channels)
+    state_dict = numpy_state_dict(randomize_(linear, seed=0))
+    refused(state_dict, r"down_blocks.1.attentions.0.proj_in.weight \(32, 32\)")

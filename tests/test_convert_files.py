@@ -4,6 +4,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import save_file
+from safetensors.torch import save_file as save_torch_file
+from test_convert_reference import (
+    TINY_CONTROLNETS,
+    diffusers_controlnet,
+    diffusers_unet,
+    numpy_state_dict,
+)
 
 from kcv_sd.convert import (
     CheckpointError,
@@ -13,12 +20,6 @@ from kcv_sd.convert import (
     read_state_dict,
 )
 from kcv_sd.errors import WeightsNotFoundError
-from test_convert_reference import (
-    TINY_CONTROLNETS,
-    diffusers_controlnet,
-    diffusers_unet,
-    numpy_state_dict,
-)
 
 CONFIG = TINY_CONTROLNETS["two-levels"]
 
@@ -59,9 +60,20 @@ def test_pickles_need_permission(tmp_path):
     assert tensors["x"].dtype == np.float32 and tensors["x"].tolist() == [1.0, 1.0]
 
 
+def test_bfloat16_safetensors_read_without_torch(tmp_path):
+    path = tmp_path / "bf16.safetensors"
+    save_torch_file({"x": torch.tensor([1.5, -2.0], dtype=torch.bfloat16)}, path)
+    tensors = read_state_dict(path)
+    assert tensors["x"].astype(np.float32).tolist() == [1.5, -2.0]
+
+
 def test_missing_and_unknown_files(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
         read_state_dict(tmp_path / "absent.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        read_state_dict(truncated)
     odd = tmp_path / "weights.npz"
     odd.write_bytes(b"")
     with pytest.raises(CheckpointError, match="unknown checkpoint type"):

@@ -12,11 +12,15 @@ import pytest
 import torch
 from diffusers import ControlNetModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+from test_convert_reference import (
+    TINY_CONTROLNETS,
+    diffusers_controlnet,
+    numpy_state_dict,
+)
 
 from controlnet import SD15
 from kcv_sd.convert import CheckpointError, convert_controlnet
 from kcv_sd.convert.controlnet_original import rename_original_keys
-from test_convert_reference import TINY_CONTROLNETS, diffusers_controlnet, numpy_state_dict
 
 RESBLOCK = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
             "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}

@@ -36,17 +36,17 @@ def diffusers_unet_kwargs(config):
     assert config.timestep_dim == config.block_channels[0]
     assert config.time_embed_dim == 4 * config.block_channels[0]
     assert (config.transformer_norm_epsilon, config.gelu_approximate) == (1e-6, False)
-    return dict(
-        in_channels=config.latent_channels,
-        down_block_types=tuple("CrossAttnDownBlock2D" if attention else "DownBlock2D"
-                               for attention in config.attention_levels),
-        block_out_channels=config.block_channels,
-        layers_per_block=config.layers_per_block,
-        attention_head_dim=config.num_heads,  # diffusers' name for the head count
-        norm_num_groups=config.norm_groups,
-        norm_eps=config.norm_epsilon,
-        cross_attention_dim=config.context_dim,
-    )
+    return {
+        "in_channels": config.latent_channels,
+        "down_block_types": tuple("CrossAttnDownBlock2D" if attention else "DownBlock2D"
+                                  for attention in config.attention_levels),
+        "block_out_channels": config.block_channels,
+        "layers_per_block": config.layers_per_block,
+        "attention_head_dim": config.num_heads,  # diffusers' name for the head count
+        "norm_num_groups": config.norm_groups,
+        "norm_eps": config.norm_epsilon,
+        "cross_attention_dim": config.context_dim,
+    }
 
 
 def randomize_(module, seed):

@@ -4,12 +4,7 @@ without ControlNet residuals."""
 import numpy as np
 import pytest
 import torch
-
 from diffusers import UNet2DConditionModel
-
-from kcv_sd.config import SD15_DIFFUSERS
-from kcv_sd.convert import convert_diffusers_unet
-from kcv_sd.unet import control_input_names
 from test_convert_reference import (
     TINY_CONTROLNETS,
     control_image,
@@ -21,6 +16,10 @@ from test_convert_reference import (
     numpy_state_dict,
     random_inputs,
 )
+
+from kcv_sd.config import SD15_DIFFUSERS
+from kcv_sd.convert import convert_diffusers_unet
+from kcv_sd.unet import control_input_names
 
 TOLERANCE = 1e-4
 

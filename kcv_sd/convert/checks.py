@@ -14,10 +14,12 @@ SDXL_MARKERS = ("add_embedding.linear_1.weight", "label_emb.0.0.weight",
 
 TEXT_WIDTH_FAMILIES = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 
-# A few keys that tell what a non-ControlNet file is, for the error message.
+# A few keys that tell what a file is when it is not what was asked for.
 LOOKS_LIKE = {
+    "controlnet_cond_embedding.conv_in.weight": "a diffusers ControlNet",
+    "control_model.input_hint_block.0.weight": "an original-format ControlNet",
     "conv_norm_out.weight": "a diffusers UNet (UNet2DConditionModel)",
-    "model.diffusion_model.out.0.weight": "a Stable Diffusion checkpoint without a ControlNet",
+    "model.diffusion_model.out.0.weight": "an original-format (CompVis) Stable Diffusion checkpoint",
     "decoder.conv_out.weight": "a VAE",
     "text_model.embeddings.token_embedding.weight": "a CLIP text encoder",
 }

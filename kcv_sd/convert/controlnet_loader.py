@@ -3,7 +3,10 @@
 from controlnet.config import SD15
 from kcv_sd.convert.checks import check_text_width, describe, reject_sdxl
 from kcv_sd.convert.controlnet_diffusers import convert_diffusers_controlnet
-from kcv_sd.convert.controlnet_original import control_model_tensors, rename_original_keys
+from kcv_sd.convert.controlnet_original import (
+    control_model_tensors,
+    rename_original_keys,
+)
 from kcv_sd.convert.errors import CheckpointError
 from kcv_sd.convert.state_dict import read_state_dict
 
@@ -12,7 +15,10 @@ ORIGINAL_PREFIXES = ("control_model.", "input_hint_block.", "zero_convs.")
 
 
 def controlnet_format(state_dict, source):
-    """"diffusers" or "original"; refuses SDXL and non-ControlNet checkpoints."""
+    """The naming a ControlNet state dict uses, "diffusers" or "original".
+
+    Refuses SDXL ControlNets and checkpoints that are no ControlNet at all.
+    """
     reject_sdxl(state_dict, source)
     if any(key.startswith(DIFFUSERS_PREFIXES) for key in state_dict):
         return "diffusers"

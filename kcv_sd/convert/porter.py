@@ -52,8 +52,9 @@ class WeightPorter:
             return
         self.unused.discard(key)
         value = self.state_dict[key]
-        converted = value if transform is None else transform(value)
-        if tuple(converted.shape) != tuple(variable.shape):
+        fits = value.ndim == len(variable.shape)  # layout transforms keep the rank
+        converted = value if transform is None or not fits else transform(value)
+        if not fits or tuple(converted.shape) != tuple(variable.shape):
             self.mismatched.append(
                 f"{key} {tuple(value.shape)} (needs {tuple(variable.shape)} in Keras layout)"
             )

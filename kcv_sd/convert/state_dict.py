@@ -1,12 +1,14 @@
 """Reading PyTorch checkpoints into {key: numpy array}, without torch when possible.
 
-`.safetensors` files are read with `safetensors.numpy`. Pickled `.pth`,
+`.safetensors` files are read with `safetensors.numpy` (bfloat16 through
+ml_dtypes, which Keras imports). Pickled `.pth`,
 `.ckpt` and `.bin` files need torch and run a restricted unpickler
 (`weights_only=True`); they are read only when the caller allows it.
 """
 
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from kcv_sd.convert.errors import CheckpointError
@@ -21,7 +23,10 @@ def read_state_dict(path, allow_pickle=False):
     if not path.is_file():
         raise WeightsNotFoundError(f"Checkpoint {path} does not exist.")
     if path.suffix == ".safetensors":
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as error:  # often a truncated download
+            raise CheckpointError(f"{path.name} is not a valid safetensors file: {error}.") from error
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise CheckpointError(

@@ -9,7 +9,12 @@ from kcv_sd.convert.checks import check_text_width, describe, reject_sdxl
 from kcv_sd.convert.encoder_table import port_encoder
 from kcv_sd.convert.errors import CheckpointError
 from kcv_sd.convert.porter import WeightPorter
-from kcv_sd.convert.ports import port_conv, port_norm, port_resblock, port_spatial_transformer
+from kcv_sd.convert.ports import (
+    port_conv,
+    port_norm,
+    port_resblock,
+    port_spatial_transformer,
+)
 from kcv_sd.convert.state_dict import read_state_dict
 from kcv_sd.unet import UNet
 
@@ -36,7 +41,7 @@ def convert_diffusers_unet(state_dict, config=SD15_DIFFUSERS, source="the state 
             key or shape that does not match the configuration.
     """
     reject_sdxl(state_dict, source)
-    if "conv_norm_out.weight" not in state_dict or "up_blocks.0.resnets.0.conv1.weight" not in state_dict:
+    if not any(key.startswith("up_blocks.") for key in state_dict):
         raise CheckpointError(
             f"{source} is not a diffusers UNet2DConditionModel; {describe(state_dict)}."
         )

@@ -1,0 +1,92 @@
+"""`kcv-sd`: the command line. User errors print one line and exit 2."""
+
+import functools
+import random
+import sys
+from pathlib import Path
+
+import click
+
+from kcv_sd.errors import InvalidArgumentError, KcvSdError
+from kcv_sd.precision import PRECISIONS
+
+
+def _user_errors(command):
+    """Turn the project's errors into one line on stderr, no traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KcvSdError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(2)
+
+    return run
+
+
+def output_paths(output, count):
+    """One path per image: `out.png`, or `out-0.png`, `out-1.png`, ... for several."""
+    output = Path(output)
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+
+
+def check_outputs(paths, overwrite):
+    for path in paths:
+        if path.suffix.lower() != ".png":
+            raise InvalidArgumentError(f"Output {path} must end in .png (the metadata is PNG text).")
+        if not path.parent.is_dir():
+            raise InvalidArgumentError(f"Output folder {path.parent} does not exist: create it first.")
+        if path.exists() and not overwrite:
+            raise InvalidArgumentError(f"{path} already exists: pass --overwrite or choose another --output.")
+
+
+@click.group()
+@click.version_option(package_name="kcv-sd")
+def main():
+    """Fast, controllable Stable Diffusion 1.5 on Keras 3 (KerasCV-compatible)."""
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--negative-prompt", default=None, help="What to steer away from.")
+@click.option("--width", default=512, show_default=True, help="Multiple of 64, 64..2048.")
+@click.option("--height", default=512, show_default=True, help="Multiple of 64, 64..2048.")
+@click.option("--steps", default=50, show_default=True, help="DDIM steps.")
+@click.option("--guidance", default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--seed", type=int, default=None, help="Noise seed (default: a random one, recorded in the PNG).")
+@click.option("--num-images", default=1, show_default=True, help="Images for the prompt.")
+@click.option("-o", "--output", default="kcv-sd.png", show_default=True,
+              help="PNG path; several images get -0, -1, ... suffixes.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--model", default="sd15", show_default=True, help="Model family: sd15, or tiny for smoke tests.")
+@click.option("--weights", default="kerascv", show_default=True,
+              help="'kerascv' (download once, cached), a folder of KerasCV .h5 files, or 'random'.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True)
+@click.option("--xla/--no-xla", default=False, show_default=True, help="Compile with XLA.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_user_errors
+def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_images,
+             output, overwrite, model, weights, precision, xla, progress):
+    """Generate images from PROMPT and write them as PNG with reproduction metadata."""
+    paths = output_paths(output, num_images)
+    check_outputs(paths, overwrite)
+    seed = random.randrange(2**31) if seed is None else seed
+
+    from kcv_sd import __version__
+    from kcv_sd.generate import get_pipeline
+    from kcv_sd.png import save_png
+
+    pipeline = get_pipeline(model, weights, precision, xla)
+    images = pipeline(prompt, negative_prompt=negative_prompt, width=width, height=height,
+                      num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                      num_images_per_prompt=num_images, progress=progress)
+    parameters = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+                      steps=steps, guidance=guidance, seed=seed, num_images=num_images,
+                      model=model, weights=weights, precision=precision, xla=xla,
+                      sampler="ddim-kerascv", kcv_sd_version=__version__)
+    for index, (image, path) in enumerate(zip(images, paths)):
+        save_png(image, path, {**parameters, "image_index": index})
+        click.echo(str(path))

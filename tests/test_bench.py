@@ -1,0 +1,225 @@
+"""Tests for kcv-bench: one real tiny run in fresh processes, plus its pure parts.
+
+No assertion here is about how fast anything is: only that the right things
+were measured, in the right processes, and recorded.
+"""
+
+import csv
+import json
+import os
+
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from bench import plan
+from bench.cli import main
+from bench.configs import Config, Workload, parse_configs, parse_peers
+from bench.flops import unet_flops
+from bench.records import build_record, precision_note
+from bench.subprocess_run import run_worker
+from kcv_sd.config import UNetConfig
+from kcv_sd.unet import UNet
+
+# Two levels, attention on the lower one, one resblock per level down.
+HAND_CONFIG = UNetConfig(block_channels=(4, 8), attention_levels=(False, True), layers_per_block=1,
+                         num_heads=2, context_dim=6, timestep_dim=4, time_embed_dim=8,
+                         latent_channels=4, norm_groups=2)
+
+
+def test_flops_match_a_hand_count():
+    # latent 4x4 (2x2 on level 1), batch 1, 3 context tokens; 2 FLOPs per multiply-add.
+    conv3 = 2 * 9  # per output pixel, per input channel, per output channel
+    transformer_2x2 = (
+        2 * (2 * 4 * 8 * 8)  # proj_in, proj_out: 1x1 convs over 4 pixels
+        + 4 * (2 * 4 * 8 * 8) + 2 * 2 * 4 * 4 * 8  # self-attention: q, k, v, out; scores and values
+        + 2 * (2 * 4 * 8 * 8) + 2 * (2 * 3 * 6 * 8) + 2 * 2 * 4 * 3 * 8  # cross: q, out; k, v; matmuls
+        + 2 * 4 * 8 * 64 + 2 * 4 * 32 * 8  # GEGLU 8 -> 64, dense 32 -> 8
+    )
+    expected = (
+        2 * 4 * 8 + 2 * 8 * 8  # timestep dense layers
+        + conv3 * 16 * 4 * 4  # conv_in
+        + 2 * conv3 * 16 * 4 * 4 + 2 * 8 * 4  # level 0 resblock 4 -> 4, with its embedding projection
+        + conv3 * 4 * 4 * 4  # stride-2 downsample, 2x2 output
+        + conv3 * 4 * 4 * 8 + 2 * 8 * 8 + conv3 * 4 * 8 * 8 + 2 * 4 * 4 * 8  # level 1 resblock 4 -> 8
+        + transformer_2x2
+        + 2 * (2 * conv3 * 4 * 8 * 8 + 2 * 8 * 8) + transformer_2x2  # middle
+        + conv3 * 4 * 16 * 8 + 2 * 8 * 8 + conv3 * 4 * 8 * 8 + 2 * 4 * 16 * 8 + transformer_2x2  # up 16 -> 8
+        + conv3 * 4 * 12 * 8 + 2 * 8 * 8 + conv3 * 4 * 8 * 8 + 2 * 4 * 12 * 8 + transformer_2x2  # up 12 -> 8
+        + conv3 * 16 * 8 * 8  # upsample conv at 4x4
+        + conv3 * 16 * 12 * 4 + 2 * 8 * 4 + conv3 * 16 * 4 * 4 + 2 * 16 * 12 * 4  # up 12 -> 4
+        + conv3 * 16 * 8 * 4 + 2 * 8 * 4 + conv3 * 16 * 4 * 4 + 2 * 16 * 8 * 4  # up 8 -> 4
+        + conv3 * 16 * 4 * 4  # conv_out
+    )
+    assert expected == 173440
+    assert unet_flops(HAND_CONFIG, 4, 4, batch=1, context_length=3) == expected
+    assert unet_flops(HAND_CONFIG, 4, 4, batch=3, context_length=3) == 3 * expected
+
+
+def _graph_matmul_flops(config, height, width, batch, context_length):
+    """FLOPs of every Conv2D, MatMul and BatchMatMul in the traced UNet graph."""
+    model = UNet(config, initializer="zeros").model()
+    traced = tf.function(lambda latent, t, context: model(
+        {"latent": latent, "timestep_embedding": t, "context": context}))
+    graph = traced.get_concrete_function(
+        tf.TensorSpec((batch, height, width, config.latent_channels)),
+        tf.TensorSpec((batch, config.timestep_dim)),
+        tf.TensorSpec((batch, context_length, config.context_dim)),
+    ).graph
+    total = 0
+    for op in graph.get_operations():
+        out = op.outputs[0].shape.as_list() if op.outputs else []
+        if op.type == "Conv2D":
+            kh, kw, cin, _ = op.inputs[1].shape.as_list()
+            total += 2 * out[0] * out[1] * out[2] * out[3] * kh * kw * cin
+        elif op.type == "MatMul":
+            a = op.inputs[0].shape.as_list()
+            total += 2 * out[0] * out[1] * (a[0] if op.get_attr("transpose_a") else a[1])
+        elif op.type.startswith("BatchMatMul"):
+            a = op.inputs[0].shape.as_list()
+            inner = a[-2] if op.get_attr("adj_x") else a[-1]
+            total += 2 * inner * int(tf.reduce_prod(out))
+    return total
+
+
+@pytest.mark.parametrize("config", [HAND_CONFIG, UNetConfig(block_channels=(8, 16, 16, 16), num_heads=2,
+                                                            context_dim=16, timestep_dim=8,
+                                                            time_embed_dim=16, norm_groups=4)])
+def test_flops_match_the_traced_graph(config):
+    assert unet_flops(config, 8, 8, batch=2, context_length=77) == _graph_matmul_flops(config, 8, 8, 2, 77)
+
+
+def test_config_grids():
+    assert parse_configs("xla=off,on;precision=float32") == [Config(False, "float32"), Config(True, "float32")]
+    assert len(parse_configs("all")) == 6
+    union = parse_configs("xla=on;precision=float32 + xla=off,on;precision=float32,mixed_bfloat16")
+    assert union == [Config(True, "float32"), Config(False, "float32"), Config(False, "mixed_bfloat16"),
+                     Config(True, "mixed_bfloat16")]
+    assert parse_configs("xla=off;precision=float64") == [Config(False, "float64")]  # measured, then fails
+    for bad in ("xla=maybe", "speed=fast", "xla="):
+        with pytest.raises(ValueError):
+            parse_configs(bad)
+    assert parse_peers("none") == []
+    with pytest.raises(ValueError):
+        parse_peers("kerascv,onnx")
+
+
+def test_missing_peer_is_planned_as_skipped(monkeypatch):
+    monkeypatch.setitem(plan.PEER_MODULES, "diffusers", ("no_such_module_for_kcv_bench",))
+    workload = Workload("sd15", 128, 128, steps=1, batch=1, repeats=1)
+    runs = plan.plan_runs([Config(False, "float32")], ["diffusers"], workload)
+    assert [(r.system, r.skip_reason) for r in runs] == [
+        ("kcv-sd", None), ("diffusers", "not installed (no_such_module_for_kcv_bench)")]
+
+
+def test_precision_label_comes_from_measured_matmuls():
+    probe = {"matmul": {"flops_per_s_by_dtype": {"float32": 100.0, "float16": 20.0, "bfloat16": 300.0}}}
+    assert "no fast float16 on this device" in precision_note("mixed_float16", probe)
+    assert precision_note("mixed_bfloat16", probe) is None
+    assert precision_note("float32", probe) is None
+
+
+def test_cold_start_split_and_host_overhead():
+    raw = {"status": "ok", "pid": 1, "spawned_at": 100.0, "started_at": 100.1, "import_s": 2.0,
+           "build_s": 3.0, "first_call_s": 10.0, "first_image_at": 115.2, "warm_s": [4.0, 6.0, 5.0],
+           "stages": [{"text_encoding_s": 0.5, "step_s": [1.0, 1.0], "decode_s": 1.5}], "notes": []}
+    workload = Workload("tiny", 64, 64, steps=2, batch=1, repeats=3)
+    record = build_record("kcv-sd", False, "float32", raw, workload, 2e9, None)
+    assert record["cold"]["total_s"] == pytest.approx(15.2)
+    assert record["cold"]["interpreter_s"] == pytest.approx(0.1)
+    assert record["cold"]["first_call_overhead_s"] == pytest.approx(5.0)
+    assert record["warm"]["median_s"] == 5.0 and record["warm"]["runs"] == 3
+    assert record["stages"]["host_overhead_s"] == pytest.approx(5.0 - 0.5 - 2 * 1.0 - 1.5)
+    assert record["unet"]["achieved_flops_per_s"] == pytest.approx(2e9)
+
+
+def test_a_worker_that_dies_is_recorded(tmp_path):
+    result = run_worker("bench.no_such_worker", {}, tmp_path / "log", lambda line: None, timeout_s=60)
+    assert result["status"] == "failed"
+    assert "exited with code" in result["error"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One real tiny benchmark: a good configuration, an invalid one, a peer to skip."""
+    folder = tmp_path_factory.mktemp("bench")
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        result = CliRunner().invoke(main, [
+            "--tiny", "--configs", "xla=off;precision=float32,float64", "--peers", "kerascv",
+            "--repeats", "2", "--output", "out", "--write-benchmarks-md",
+        ])
+    finally:
+        os.chdir(previous)
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "out" / "results.json").read_text())
+    return folder, result.output, report
+
+
+def _records(report):
+    return {(r["system"], r["precision"]): r for r in report["results"]}
+
+
+def test_report_schema(tiny_run):
+    _, _, report = tiny_run
+    assert {"schema_version", "command", "workload", "environment", "machine", "unet_step_flops",
+            "results", "published"} <= set(report)
+    env = report["environment"]
+    assert env["weights"] == "random" and report["workload"]["weights"] == "random"
+    assert {"tensorflow", "keras", "keras-cv", "torch"} <= set(env["versions"])
+    assert env["cpu_count"] and env["devices"]
+    assert report["machine"]["matmul"]["float32_flops_per_s"] > 0
+    good = _records(report)[("kcv-sd", "float32")]
+    assert good["status"] == "ok"
+    assert {"interpreter_s", "import_s", "build_s", "first_call_s", "first_call_overhead_s",
+            "generate_s", "total_s"} <= set(good["cold"])
+    assert {"median_s", "min_s", "max_s", "q1_s", "q3_s"} <= set(good["warm"])
+    assert {"text_encoding_s", "step_s", "decode_s", "host_overhead_s"} <= set(good["stages"])
+    assert good["unet"]["flops_per_step"] == report["unet_step_flops"] > 0
+    assert len(report["published"]["rows"]) == 2
+
+
+def test_cold_runs_are_fresh_processes(tiny_run):
+    _, _, report = tiny_run
+    pids = [r["pid"] for r in report["results"] if r["pid"] is not None]
+    assert len(pids) == 2 and len(set(pids)) == 2
+    assert os.getpid() not in pids and report["runner_pid"] not in pids
+
+
+def test_warm_up_is_excluded(tiny_run):
+    _, _, report = tiny_run
+    good = _records(report)[("kcv-sd", "float32")]
+    assert good["warm"]["runs"] == 2 and len(good["warm"]["times_s"]) == 2
+    assert good["warm"]["warmup_runs_excluded"] == 1
+    assert good["stages"]["passes"] == 2
+
+
+def test_failing_configuration_is_recorded_and_the_run_goes_on(tiny_run):
+    _, output, report = tiny_run
+    records = _records(report)
+    bad = records[("kcv-sd", "float64")]
+    assert bad["status"] == "failed" and "float64" in bad["error"]
+    assert bad["failed_during"] == "build"
+    assert records[("kcv-sd", "float32")]["status"] == "ok"
+    assert records[("kerascv", "float32")]["status"] == "skipped"
+    assert "failed: InvalidArgumentError" in output
+
+
+def test_files_are_written(tiny_run):
+    folder, output, report = tiny_run
+    out = folder / "out"
+    assert (out / "cold_warm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "results.csv") as rows:
+        assert len(list(csv.DictReader(rows))) == len(report["results"])
+    markdown = (folder / "BENCHMARKS.md").read_text()
+    assert "Published figures (not measured here)" in markdown and "random" in markdown
+    assert "cold start s" in output and "Published (not measured here)" in output
+
+
+def test_help():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--quick", "--tiny", "--preset", "--configs", "--peers", "--repeats", "--output",
+                   "--write-benchmarks-md"):
+        assert option in result.output

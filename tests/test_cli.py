@@ -1,0 +1,74 @@
+"""The CLI: files with metadata, no silent overwrite, one-line errors."""
+
+import pytest
+from click.testing import CliRunner
+
+from kcv_sd.cli import main
+from kcv_sd.png import read_parameters
+
+TINY = ["--model", "tiny", "--weights", "random", "--width", "64", "--height", "64",
+        "--steps", "2", "--no-progress"]
+
+
+def run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_generate_writes_png_with_reproducible_metadata(tmp_path):
+    out = tmp_path / "cat.png"
+    result = run(["generate", "a cat", "-o", str(out), "--seed", "5", *TINY])
+    assert result.exit_code == 0, result.output
+    params = read_parameters(out)
+    assert params["prompt"] == "a cat" and params["seed"] == 5 and params["steps"] == 2
+    assert params["width"] == 64 and params["model"] == "tiny" and params["guidance"] == 7.5
+    again = tmp_path / "again.png"
+    run(["generate", "a cat", "-o", str(again), "--seed", "5", *TINY])
+    assert out.read_bytes() == again.read_bytes()
+
+
+def test_unseeded_run_records_the_seed_it_drew(tmp_path):
+    out = tmp_path / "a.png"
+    assert run(["generate", "a", "-o", str(out), *TINY]).exit_code == 0
+    assert isinstance(read_parameters(out)["seed"], int)
+
+
+def test_several_images_get_numbered_names(tmp_path):
+    out = tmp_path / "batch.png"
+    result = run(["generate", "a", "-o", str(out), "--num-images", "2", *TINY])
+    assert result.exit_code == 0
+    assert (tmp_path / "batch-0.png").exists() and (tmp_path / "batch-1.png").exists()
+    assert read_parameters(tmp_path / "batch-1.png")["image_index"] == 1
+
+
+def test_existing_output_is_not_overwritten_without_flag(tmp_path):
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"precious")
+    result = CliRunner().invoke(main, ["generate", "a", "-o", str(out), *TINY])
+    assert result.exit_code == 2
+    assert "already exists" in result.output and "--overwrite" in result.output
+    assert "Traceback" not in result.output
+    assert out.read_bytes() == b"precious"
+    assert run(["generate", "a", "-o", str(out), "--overwrite", *TINY]).exit_code == 0
+    assert out.read_bytes() != b"precious"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--width", "100"], "width=100"),
+    (["--steps", "0"], "num_inference_steps=0"),
+    (["--guidance", "-1"], "guidance_scale=-1"),
+    (["-o", "/no/such/dir/x.png"], "does not exist"),
+    (["-o", "x.jpg"], "must end in .png"),
+])
+def test_bad_input_is_one_line(tmp_path, args, message):
+    base = [*TINY, "-o", str(tmp_path / "x.png")]
+    result = CliRunner().invoke(main, ["generate", "a", *base, *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_long_prompt_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["generate", "word " * 90, *TINY, "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert "limit is 77 tokens" in result.output
