@@ -14,7 +14,7 @@ from PIL import Image
 from kcv_sd.components import load_components
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.precision import check_precision
-from kcv_sd.schedulers import KerasCVDDIM
+from kcv_sd.schedulers import SAMPLERS
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 from kcv_sd.unet import timestep_embedding
 
@@ -69,7 +69,6 @@ class Pipeline:
             components = load_components(model, weights, check_precision(precision))
         self.components = components
         self.jit_compile = bool(jit_compile)
-        self.scheduler = KerasCVDDIM()
         self.tokenizer = get_tokenizer()
         self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
@@ -91,37 +90,47 @@ class Pipeline:
         """Text encodings (N, 77, context_dim) of a list of prompts."""
         return self._encode(tf.constant(self.tokenizer.pad_batch(prompts)))
 
-    def denoise_step(self, guided):
-        """The compiled step: UNet (both CFG halves batched), guidance, DDIM update."""
-        if guided not in self._steps:
+    def denoise_step(self, guided, sampler="ddim"):
+        """The compiled step: UNet (both CFG halves batched), guidance, sampler update.
+
+        Signature: (latent, state, t_embed, context, guidance_scale,
+        coefficients) -> (latent, state), `state` being the sampler's tuple.
+        """
+        key = (guided, sampler)
+        if key not in self._steps:
+            scheduler = SAMPLERS[sampler]
             unet = self.components.unet.model()
-            step = self.scheduler.step
             c = self.config
 
-            def run(latent, t_embed, context, guidance_scale, coefficients):
+            def run(latent, state, t_embed, context, guidance_scale, coefficients):
                 batch = tf.shape(latent)[0]
                 copies = 2 if guided else 1
-                model_latent = tf.concat([latent] * copies, axis=0)
+                model_latent = tf.concat([scheduler.model_input(latent, coefficients)] * copies, axis=0)
                 t_batch = tf.repeat(t_embed, copies * batch, axis=0)
                 noise = unet({"latent": model_latent, "timestep_embedding": t_batch, "context": context})
                 noise = tf.cast(noise, tf.float32)
                 if guided:
                     noise = guide(noise[:batch], noise[batch:], guidance_scale)
-                return step(latent, noise, coefficients)
+                return scheduler.step(latent, noise, coefficients, state)
 
+            latent_spec = tf.TensorSpec((None, None, None, c.latent_channels), tf.float32)
+            example_row = scheduler.schedule(2).coefficients[0]
+            state_size = len(scheduler.initial_state(tf.zeros((1, 8, 8, c.latent_channels))))
             signature = [
-                tf.TensorSpec((None, None, None, c.latent_channels), tf.float32),
+                latent_spec,
+                tuple([latent_spec] * state_size),
                 tf.TensorSpec((1, c.timestep_dim), tf.float32),
                 tf.TensorSpec((None, None, c.context_dim), tf.float32),
                 tf.TensorSpec((), tf.float32),
-                tf.TensorSpec((4,), tf.float32),
+                tf.TensorSpec(example_row.shape, tf.float32),
             ]
-            self._steps[guided] = self._compile(run, signature)
-        return self._steps[guided]
+            self._steps[key] = self._compile(run, signature)
+        return self._steps[key]
 
     def __call__(self, prompt, negative_prompt=None, width=512, height=512,
                  num_inference_steps=50, guidance_scale=7.5, seed=None,
-                 num_images_per_prompt=1, latents=None, output_type="pil", progress=False):
+                 num_images_per_prompt=1, latents=None, output_type="pil", sampler="ddim",
+                 progress=False):
         """Generate images; see `kcv_sd.generate` for the arguments."""
         prompts = _as_prompt_list(prompt, "prompt")
         negatives = [""] * len(prompts)
@@ -142,6 +151,8 @@ class Pipeline:
             raise InvalidArgumentError(f"guidance_scale={guidance_scale!r}: use a number >= 0 (7.5 is usual).")
         if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
             raise InvalidArgumentError(f"num_images_per_prompt={num_images_per_prompt!r}: use an integer >= 1.")
+        if sampler not in SAMPLERS:
+            raise InvalidArgumentError(f"sampler={sampler!r}: use one of {', '.join(SAMPLERS)}.")
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgumentError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
 
@@ -161,7 +172,8 @@ class Pipeline:
         else:
             context = encodings
 
-        latent = self.denoise(latent, context, num_inference_steps, guidance_scale, guided, progress)
+        latent = self.denoise(latent, context, num_inference_steps, guidance_scale, guided,
+                              sampler, progress)
         if output_type == "latent":
             return latent.numpy()
         pixels = to_uint8(self._decode(latent))
@@ -169,17 +181,20 @@ class Pipeline:
             return pixels
         return [Image.fromarray(image) for image in pixels]
 
-    def denoise(self, latent, context, num_steps, guidance_scale, guided, progress=False):
-        """Run the sampler from `latent` over `num_steps` steps."""
-        schedule = self.scheduler.schedule(num_steps)
-        step = self.denoise_step(guided)
+    def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim", progress=False):
+        """Run `sampler` from unit `noise` over `num_steps` steps."""
+        scheduler = SAMPLERS[sampler]
+        schedule = scheduler.schedule(num_steps)
+        step = self.denoise_step(guided, sampler)
         scale = tf.constant(guidance_scale, tf.float32)
+        latent = noise * schedule.init_noise_sigma if schedule.init_noise_sigma != 1 else noise
+        state = scheduler.initial_state(latent)
         steps = range(len(schedule))
         if progress:
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc="denoising", unit="step")
         for i in steps:
-            t_embed = timestep_embedding(np.array([schedule.timesteps[i]], np.float32), self.config.timestep_dim)
-            latent = step(latent, t_embed, context, scale, tf.constant(schedule.coefficients[i]))
+            t_embed = timestep_embedding(schedule.timesteps[i : i + 1], self.config.timestep_dim)
+            latent, state = step(latent, state, t_embed, context, scale, tf.constant(schedule.coefficients[i]))
         return latent

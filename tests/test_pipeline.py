@@ -8,6 +8,7 @@ import tensorflow as tf
 import kcv_sd
 from kcv_sd.components import load_components
 from kcv_sd.pipeline import Pipeline, guide
+from kcv_sd.schedulers import KerasCVDDIM
 from kcv_sd.unet import timestep_embedding
 
 FAST = dict(num_inference_steps=2, seed=7)
@@ -111,14 +112,14 @@ def test_batched_cfg_equals_two_separate_unet_calls(tiny_pipeline):
     cond, uncond = tf.split(tiny_pipeline.encode_prompts(["a", "b", "", ""]), 2)
     t_embed = timestep_embedding(np.array([500.0]), cfg.timestep_dim)
     coefficients = tf.constant([0.6, 0.8, 0.5, 0.866], tf.float32)
-    stepped = tiny_pipeline.denoise_step(True)(
-        latent, t_embed, tf.concat([uncond, cond], 0), tf.constant(7.5), coefficients)
+    stepped, _ = tiny_pipeline.denoise_step(True)(
+        latent, (), t_embed, tf.concat([uncond, cond], 0), tf.constant(7.5), coefficients)
 
     unet = tiny_pipeline.components.unet.model()
     t_batch = tf.repeat(t_embed, 2, axis=0)
     noise_cond = unet({"latent": latent, "timestep_embedding": t_batch, "context": cond})
     noise_uncond = unet({"latent": latent, "timestep_embedding": t_batch, "context": uncond})
-    expected = tiny_pipeline.scheduler.step(latent, guide(noise_uncond, noise_cond, 7.5), coefficients)
+    expected, _ = KerasCVDDIM().step(latent, guide(noise_uncond, noise_cond, 7.5), coefficients)
     np.testing.assert_allclose(stepped, expected, atol=1e-5)
 
 
@@ -134,7 +135,7 @@ def test_negative_prompt_steers(tiny_pipeline):
 def test_guidance_scale_one_skips_the_unconditional_branch(tiny_pipeline):
     args = dict(width=64, height=64, output_type="latent", **FAST)
     tiny_pipeline("a cat", guidance_scale=1.0, **args)
-    assert False in tiny_pipeline._steps
+    assert (False, "ddim") in tiny_pipeline._steps
     plain = tiny_pipeline("a cat", guidance_scale=1.0, **args)
     guided = tiny_pipeline("a cat", guidance_scale=1.0 + 1e-7, **args)
     np.testing.assert_allclose(plain, guided, atol=1e-4)

@@ -1,5 +1,11 @@
 """Samplers: a small config plus pure step math that never touches a model."""
 
-from kcv_sd.schedulers.ddim import DDIMSchedule, KerasCVDDIM
+from kcv_sd.schedulers.base import Schedule
+from kcv_sd.schedulers.ddim import KerasCVDDIM
 
-__all__ = ["DDIMSchedule", "KerasCVDDIM"]
+# Sampler names accepted by the pipeline and the CLI.
+SAMPLERS = {
+    "ddim": KerasCVDDIM(),
+}
+
+__all__ = ["KerasCVDDIM", "SAMPLERS", "Schedule"]

@@ -10,25 +10,15 @@ import dataclasses
 import numpy as np
 from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
 
-
-@dataclasses.dataclass(frozen=True)
-class DDIMSchedule:
-    """Per-step constants, in the order the steps run (noisiest first).
-
-    `coefficients[i]` holds sqrt(1 - a), sqrt(a), sqrt(1 - a_prev),
-    sqrt(a_prev), computed in float64 and rounded once to float32, exactly
-    the constants KerasCV's Python-float arithmetic produces.
-    """
-
-    timesteps: np.ndarray  # int64, descending
-    coefficients: np.ndarray  # float32, shape (steps, 4)
-
-    def __len__(self):
-        return len(self.timesteps)
+from kcv_sd.schedulers.base import Schedule
 
 
 @dataclasses.dataclass(frozen=True)
 class KerasCVDDIM:
+    """Coefficient rows hold sqrt(1 - a), sqrt(a), sqrt(1 - a_prev),
+    sqrt(a_prev), computed in float64 and rounded once to float32: exactly
+    the constants KerasCV's Python-float arithmetic produces."""
+
     num_train_timesteps: int = 1000
 
     def schedule(self, num_steps):
@@ -40,16 +30,21 @@ class KerasCVDDIM:
         alphas = np.asarray(_ALPHAS_CUMPROD, np.float64)[ascending]
         alphas_prev = np.concatenate([[1.0], alphas[:-1]])
         coefficients = np.sqrt(np.stack([1 - alphas, alphas, 1 - alphas_prev, alphas_prev], -1))
-        return DDIMSchedule(
-            timesteps=ascending[::-1].copy(),
+        return Schedule(
+            timesteps=ascending[::-1].astype(np.float32),
             coefficients=coefficients[::-1].astype(np.float32),
         )
 
-    @staticmethod
-    def step(sample, noise_pred, coefficients):
+    def initial_state(self, sample):
+        return ()
+
+    def model_input(self, sample, coefficients):
+        return sample
+
+    def step(self, sample, noise_pred, coefficients, state=()):
         """One deterministic DDIM update; numpy or tensors alike."""
         noise_scale, signal_scale, noise_scale_prev, signal_scale_prev = (
             coefficients[0], coefficients[1], coefficients[2], coefficients[3]
         )
         pred_x0 = (sample - noise_scale * noise_pred) / signal_scale
-        return noise_pred * noise_scale_prev + signal_scale_prev * pred_x0
+        return noise_pred * noise_scale_prev + signal_scale_prev * pred_x0, state
