@@ -32,7 +32,75 @@ def control_input_names(config):
     return skips + ["control_mid"]
 
 
-class UNet:
+class UNetEncoder:
+    """Timestep MLP, input conv, down path and middle block.
+
+    The part a UNet and a ControlNet share block for block; both subclass
+    it, so the two can never drift apart.
+    """
+
+    def __init__(self, config, initializer="glorot_uniform"):
+        c = config
+        init = initializer
+        self.time_dense1 = keras.layers.Dense(c.time_embed_dim, kernel_initializer=init)
+        self.time_dense2 = keras.layers.Dense(c.time_embed_dim, kernel_initializer=init)
+        self.conv_in = PaddedConv2D(c.block_channels[0], 3, padding=1, kernel_initializer=init)
+
+        # Per level, (resblock, transformer or None) pairs, then a stride-2
+        # conv except on the last level.
+        self.down_levels = []
+        channels = c.block_channels[0]
+        skip_channels = [channels]
+        for level, out_channels in enumerate(c.block_channels):
+            blocks = []
+            for _ in range(c.layers_per_block):
+                blocks.append((self._resblock(channels, out_channels, c, init),
+                               self._transformer(out_channels, c, init) if c.attention_levels[level] else None))
+                channels = out_channels
+                skip_channels.append(channels)
+            downsample = None
+            if level < len(c.block_channels) - 1:
+                downsample = PaddedConv2D(channels, 3, strides=2, padding=1,
+                                          kernel_initializer=init)
+                skip_channels.append(channels)
+            self.down_levels.append((blocks, downsample))
+        self.skip_channels = tuple(skip_channels)
+        self.mid_blocks = (self._resblock(channels, channels, c, init),
+                           self._transformer(channels, c, init),
+                           self._resblock(channels, channels, c, init))
+
+    @staticmethod
+    def _resblock(input_channels, output_channels, c, init):
+        return ResBlock(input_channels, output_channels, c.norm_groups, c.norm_epsilon, init)
+
+    @staticmethod
+    def _transformer(channels, c, init):
+        return SpatialTransformer(channels, c.num_heads, c.norm_groups,
+                                  c.transformer_norm_epsilon, c.gelu_approximate, init)
+
+    def embed_time(self, t_embed):
+        return self.time_dense2(ops.silu(self.time_dense1(t_embed)))
+
+    def encode(self, x, emb, context):
+        """Down path and middle block from the input features `x`.
+
+        Returns the skip tensors and the middle block's output.
+        """
+        skips = [x]
+        for blocks, downsample in self.down_levels:
+            for resblock, transformer in blocks:
+                x = resblock([x, emb])
+                if transformer is not None:
+                    x = transformer([x, context])
+                skips.append(x)
+            if downsample is not None:
+                x = downsample(x)
+                skips.append(x)
+        res1, transformer, res2 = self.mid_blocks
+        return skips, res2([transformer([res1([x, emb]), context]), emb])
+
+
+class UNet(UNetEncoder):
     """Layers of an SD1.x UNet built from a `UNetConfig`.
 
     Args:
@@ -42,41 +110,12 @@ class UNet:
     """
 
     def __init__(self, config, initializer="glorot_uniform"):
+        super().__init__(config, initializer)
         self.config = config
         c = config
         init = initializer
-        self.time_dense1 = keras.layers.Dense(c.time_embed_dim, kernel_initializer=init)
-        self.time_dense2 = keras.layers.Dense(c.time_embed_dim, kernel_initializer=init)
-        self.conv_in = PaddedConv2D(c.block_channels[0], 3, padding=1, kernel_initializer=init)
-
-        def res(cin, cout):
-            return ResBlock(cin, cout, c.norm_groups, c.norm_epsilon, init)
-
-        def attn(channels):
-            return SpatialTransformer(channels, c.num_heads, c.norm_groups,
-                                      c.transformer_norm_epsilon, c.gelu_approximate, init)
-
-        # Down path: per level, (resblock, transformer or None) pairs, then a
-        # stride-2 conv except on the last level.
-        self.down_levels = []
-        channels = c.block_channels[0]
-        skip_channels = [channels]
-        for level, out_channels in enumerate(c.block_channels):
-            blocks = []
-            for _ in range(c.layers_per_block):
-                blocks.append((res(channels, out_channels),
-                               attn(out_channels) if c.attention_levels[level] else None))
-                channels = out_channels
-                skip_channels.append(channels)
-            downsample = None
-            if level < len(c.block_channels) - 1:
-                downsample = PaddedConv2D(channels, 3, strides=2, padding=1,
-                                          kernel_initializer=init)
-                skip_channels.append(channels)
-            self.down_levels.append((blocks, downsample))
-
-        self.skip_channels = tuple(skip_channels)
-        self.mid_blocks = (res(channels, channels), attn(channels), res(channels, channels))
+        channels = c.block_channels[-1]
+        skip_channels = list(self.skip_channels)
 
         # Up path: layers_per_block + 1 resblocks per level, each eating a skip.
         self.up_levels = []
@@ -85,8 +124,8 @@ class UNet:
             blocks = []
             for _ in range(c.layers_per_block + 1):
                 cin = channels + skip_channels.pop()
-                blocks.append((res(cin, out_channels),
-                               attn(out_channels) if c.attention_levels[level] else None))
+                blocks.append((self._resblock(cin, out_channels, c, init),
+                               self._transformer(out_channels, c, init) if c.attention_levels[level] else None))
                 channels = out_channels
             upsample = Upsample(channels, init) if level > 0 else None
             self.up_levels.append((blocks, upsample))
@@ -116,21 +155,8 @@ class UNet:
 
     def __call__(self, latent, t_embed, context, control=None):
         """Wires the layers on (symbolic) tensors; `control` is a list of residuals."""
-        emb = self.time_dense2(ops.silu(self.time_dense1(t_embed)))
-        x = self.conv_in(latent)
-        skips = [x]
-        for blocks, downsample in self.down_levels:
-            for resblock, transformer in blocks:
-                x = resblock([x, emb])
-                if transformer is not None:
-                    x = transformer([x, context])
-                skips.append(x)
-            if downsample is not None:
-                x = downsample(x)
-                skips.append(x)
-
-        res1, transformer, res2 = self.mid_blocks
-        x = res2([transformer([res1([x, emb]), context]), emb])
+        emb = self.embed_time(t_embed)
+        skips, x = self.encode(self.conv_in(latent), emb, context)
 
         if control is not None:
             # ControlNet residuals touch only what crosses the skip
