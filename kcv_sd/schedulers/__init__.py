@@ -2,10 +2,14 @@
 
 from kcv_sd.schedulers.base import Schedule
 from kcv_sd.schedulers.ddim import KerasCVDDIM
+from kcv_sd.schedulers.dpm_solver import DPMSolverPP2M
+from kcv_sd.schedulers.euler import EulerDiscrete
 
 # Sampler names accepted by the pipeline and the CLI.
 SAMPLERS = {
     "ddim": KerasCVDDIM(),
+    "dpmpp_2m": DPMSolverPP2M(),
+    "euler": EulerDiscrete(),
 }
 
-__all__ = ["KerasCVDDIM", "SAMPLERS", "Schedule"]
+__all__ = ["DPMSolverPP2M", "EulerDiscrete", "KerasCVDDIM", "SAMPLERS", "Schedule"]

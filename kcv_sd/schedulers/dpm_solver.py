@@ -1,0 +1,70 @@
+"""DPM-Solver++(2M) as diffusers' `DPMSolverMultistepScheduler` runs SD 1.5.
+
+Configured as algorithm_type="dpmsolver++", solver_order=2,
+prediction_type="epsilon", lower_order_final=True, with the class defaults
+"linspace" spacing (integer timesteps round(linspace(0, 999, n + 1)), the
+last dropped; `steps_offset` unused), final_sigmas_type="zero" and no Karras
+sigmas. The first step has no previous prediction and the last one steps to
+sigma = 0, so both are first order (DDIM-like); every other step is second
+order. In sigma = sqrt((1 - a) / a) terms, with alpha = 1 / sqrt(sigma^2 + 1)
+and lambda = -log(sigma), one step from sigma to sigma_next is
+
+    x0 = (x - sigma * alpha * eps) / alpha
+    x_next = (sigma_next alpha_next) / (sigma alpha) * x
+             + k * ((1 + w) * x0 - w * x0_prev)
+
+with k = alpha_next * (1 - sigma_next / sigma) and w = h / (2 h_prev) for the
+log-sigma steps h, h_prev of this and the previous step (w = 0 when first
+order).
+"""
+
+import dataclasses
+
+import numpy as np
+
+from kcv_sd.schedulers.base import Schedule
+from kcv_sd.schedulers.euler import scaled_linear_sigmas
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMSolverPP2M:
+    """Coefficient rows hold sigma * alpha, alpha, the sample ratio
+    (sigma_next alpha_next) / (sigma alpha), k (1 + w) and -k w; the state is
+    the previous step's x0 prediction."""
+
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+    def schedule(self, num_steps):
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        n = self.num_train_timesteps
+        timesteps = np.linspace(0, n - 1, num_steps + 1).round()[::-1][:-1]
+        sigmas = scaled_linear_sigmas(self.beta_start, self.beta_end, n)[timesteps.astype(np.int64)]
+        sigmas_next = np.append(sigmas[1:], 0.0)
+        alphas, alphas_next = 1 / np.sqrt(sigmas**2 + 1), 1 / np.sqrt(sigmas_next**2 + 1)
+        k = alphas_next * (1 - sigmas_next / sigmas)
+        w = np.zeros(num_steps)  # second order on all but the first and last step
+        w[1:-1] = 0.5 * np.log(sigmas[1:-1] / sigmas[2:]) / np.log(sigmas[:-2] / sigmas[1:-1])
+        coefficients = np.stack([
+            sigmas * alphas,
+            alphas,
+            sigmas_next * alphas_next / (sigmas * alphas),
+            k * (1 + w),
+            -k * w,
+        ], -1)
+        return Schedule(timesteps=timesteps.astype(np.float32), coefficients=coefficients.astype(np.float32))
+
+    def initial_state(self, sample):
+        """A zero previous x0: the first row gives it weight 0."""
+        return (sample * 0,)
+
+    def model_input(self, sample, coefficients):
+        return sample
+
+    def step(self, sample, noise_pred, coefficients, state):
+        """One DPM-Solver++ update; numpy or tensors alike."""
+        (x0_prev,) = state
+        x0 = (sample - coefficients[0] * noise_pred) / coefficients[1]
+        return coefficients[2] * sample + coefficients[3] * x0 + coefficients[4] * x0_prev, (x0,)

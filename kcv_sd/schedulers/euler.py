@@ -1,0 +1,59 @@
+"""Euler sampling as diffusers' `EulerDiscreteScheduler` runs SD 1.5.
+
+`EulerDiscreteScheduler.from_config(<SD 1.5 scheduler config>)` drops the
+PNDM config's defaulted "leading" spacing, so the class default applies:
+"linspace" spacing (fractional timesteps; `steps_offset` unused), sigmas
+linearly interpolated between the training steps, a final sigma of zero and
+initial noise scaled by the largest sigma.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from kcv_sd.schedulers.base import Schedule
+
+
+def scaled_linear_sigmas(beta_start, beta_end, num_train_timesteps):
+    """Noise levels sqrt((1 - a_t) / a_t) of SD's "scaled_linear" schedule in
+    float64, t = 0..num_train_timesteps - 1 (diffusers rounds its table to
+    float32 before use, which costs ~1e-5 relative at small t)."""
+    betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
+    alphas_cumprod = np.cumprod(1 - betas)
+    return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+
+
+@dataclasses.dataclass(frozen=True)
+class EulerDiscrete:
+    """Coefficient rows hold sqrt(sigma^2 + 1), which the UNet input is divided
+    by, and the step sigma_next - sigma along the noise prediction."""
+
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+    def schedule(self, num_steps):
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        # The model sees float32 timesteps, so sigmas are read at those.
+        timesteps = np.linspace(0, self.num_train_timesteps - 1, num_steps)[::-1].astype(np.float32)
+        table = scaled_linear_sigmas(self.beta_start, self.beta_end, self.num_train_timesteps)
+        sigmas = np.interp(timesteps.astype(np.float64), np.arange(self.num_train_timesteps), table)
+        sigmas_next = np.append(sigmas[1:], 0.0)
+        coefficients = np.stack([np.sqrt(sigmas**2 + 1), sigmas_next - sigmas], -1)
+        return Schedule(
+            timesteps=timesteps,
+            coefficients=coefficients.astype(np.float32),
+            init_noise_sigma=float(np.float32(sigmas.max())),
+        )
+
+    def initial_state(self, sample):
+        return ()
+
+    def model_input(self, sample, coefficients):
+        return sample / coefficients[0]
+
+    def step(self, sample, noise_pred, coefficients, state=()):
+        """x += (sigma_next - sigma) * eps: the ODE derivative of an epsilon
+        model is its noise prediction. Numpy or tensors alike."""
+        return sample + coefficients[1] * noise_pred, state
