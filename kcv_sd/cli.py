@@ -66,13 +66,36 @@ def main():
               help="'kerascv' (download once, cached), a folder of KerasCV .h5 files, or 'random'.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True)
 @click.option("--xla/--no-xla", default=False, show_default=True, help="Compile with XLA.")
+@click.option("--sampler", default="ddim", show_default=True, help="ddim (KerasCV's), or another registered sampler.")
+@click.option("--control", "controls", multiple=True, help="Control image (e.g. a depth map); repeat for several.")
+@click.option("--controlnet", "controlnets", multiple=True,
+              help="ControlNet checkpoint (.safetensors) or Hugging Face repo id; one per --control.")
+@click.option("--control-scale", "control_scales", multiple=True, type=float,
+              help="controlnet_conditioning_scale; one, or one per ControlNet (default 1.0).")
+@click.option("--guess-mode", is_flag=True, help="diffusers' guess mode.")
+@click.option("--control-start", default=0.0, show_default=True, help="control_guidance_start.")
+@click.option("--control-end", default=1.0, show_default=True, help="control_guidance_end.")
+@click.option("--control-sizing", default="resize", show_default=True,
+              help="resize (stretch), crop or pad: fitting the control image to the output size.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_images,
-             output, overwrite, model, weights, precision, xla, progress):
+             output, overwrite, model, weights, precision, xla, sampler, controls, controlnets,
+             control_scales, guess_mode, control_start, control_end, control_sizing, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
     paths = output_paths(output, num_images)
     check_outputs(paths, overwrite)
+    if len(controls) != len(controlnets):
+        raise InvalidArgumentError(
+            f"{len(controls)} --control images for {len(controlnets)} --controlnet models: give one each."
+        )
+    control = {}
+    if controlnets:
+        control = dict(image=list(controls), controlnet=list(controlnets),
+                       controlnet_conditioning_scale=(
+                           control_scales[0] if len(control_scales) == 1 else list(control_scales) or 1.0),
+                       guess_mode=guess_mode, control_guidance_start=control_start,
+                       control_guidance_end=control_end, control_sizing=control_sizing)
     seed = random.randrange(2**31) if seed is None else seed
 
     from kcv_sd import __version__
@@ -82,11 +105,13 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_
     pipeline = get_pipeline(model, weights, precision, xla)
     images = pipeline(prompt, negative_prompt=negative_prompt, width=width, height=height,
                       num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                      num_images_per_prompt=num_images, progress=progress)
+                      num_images_per_prompt=num_images, sampler=sampler, progress=progress, **control)
     parameters = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                       steps=steps, guidance=guidance, seed=seed, num_images=num_images,
                       model=model, weights=weights, precision=precision, xla=xla,
-                      sampler="ddim-kerascv", kcv_sd_version=__version__)
+                      sampler=sampler, kcv_sd_version=__version__,
+                      **{k: v for k, v in control.items() if k not in ("image", "controlnet")},
+                      control_images=[str(c) for c in controls], controlnets=list(controlnets))
     for index, (image, path) in enumerate(zip(images, paths)):
         save_png(image, path, {**parameters, "image_index": index})
         click.echo(str(path))

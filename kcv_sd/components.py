@@ -25,11 +25,19 @@ class ModelFamily:
     text: object
     vae: object
     kerascv_weights: bool  # whether KerasCV's published files fit
+    controlnet: str  # name of the matching config in `controlnet.config`
+
+    def controlnet_config(self):
+        from controlnet import config
+
+        return getattr(config, self.controlnet)
 
 
 FAMILIES = {
-    "sd15": ModelFamily(unet_configs.SD15, SD15_TEXT, SD15_VAE, kerascv_weights=True),
-    "tiny": ModelFamily(unet_configs.TINY, TINY_TEXT, TINY_VAE, kerascv_weights=False),
+    "sd15": ModelFamily(unet_configs.SD15, SD15_TEXT, SD15_VAE, kerascv_weights=True,
+                        controlnet="SD15"),
+    "tiny": ModelFamily(unet_configs.TINY, TINY_TEXT, TINY_VAE, kerascv_weights=False,
+                        controlnet="TINY"),
 }
 
 

@@ -12,11 +12,12 @@ import keras
 from PIL import Image
 
 from kcv_sd.components import load_components
+from kcv_sd.control import plan_control
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.precision import check_precision
 from kcv_sd.schedulers import SAMPLERS
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
-from kcv_sd.unet import timestep_embedding
+from kcv_sd.unet import control_input_names, timestep_embedding
 
 MIN_SIZE, MAX_SIZE = 64, 2048
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -90,26 +91,25 @@ class Pipeline:
         """Text encodings (N, 77, context_dim) of a list of prompts."""
         return self._encode(tf.constant(self.tokenizer.pad_batch(prompts)))
 
-    def denoise_step(self, guided, sampler="ddim"):
-        """The compiled step: UNet (both CFG halves batched), guidance, sampler update.
+    def denoise_step(self, guided, sampler="ddim", controlnets=(), guess_mode=False):
+        """The compiled step: ControlNets, UNet (both CFG halves batched),
+        guidance, sampler update.
 
         Signature: (latent, state, t_embed, context, guidance_scale,
-        coefficients) -> (latent, state), `state` being the sampler's tuple.
+        coefficients[, control_images, control_scales]) -> (latent, state);
+        `state` is the sampler's tuple, `control_images` one (B, H, W, 3)
+        tensor per ControlNet and `control_scales` (ControlNets, residuals).
         """
-        key = (guided, sampler)
+        key = (guided, sampler, tuple(id(c) for c in controlnets), guess_mode)
         if key not in self._steps:
             scheduler = SAMPLERS[sampler]
-            unet = self.components.unet.model()
             c = self.config
+            predict = self._noise_predictor(guided, controlnets, guess_mode)
 
-            def run(latent, state, t_embed, context, guidance_scale, coefficients):
-                batch = tf.shape(latent)[0]
-                copies = 2 if guided else 1
-                model_latent = tf.concat([scheduler.model_input(latent, coefficients)] * copies, axis=0)
-                t_batch = tf.repeat(t_embed, copies * batch, axis=0)
-                noise = unet({"latent": model_latent, "timestep_embedding": t_batch, "context": context})
-                noise = tf.cast(noise, tf.float32)
+            def run(latent, state, t_embed, context, guidance_scale, coefficients, *control):
+                noise = predict(scheduler.model_input(latent, coefficients), t_embed, context, *control)
                 if guided:
+                    batch = tf.shape(latent)[0]
                     noise = guide(noise[:batch], noise[batch:], guidance_scale)
                 return scheduler.step(latent, noise, coefficients, state)
 
@@ -124,14 +124,83 @@ class Pipeline:
                 tf.TensorSpec((), tf.float32),
                 tf.TensorSpec(example_row.shape, tf.float32),
             ]
+            if controlnets:
+                signature += [
+                    tuple(tf.TensorSpec((None, None, None, 3), tf.float32) for _ in controlnets),
+                    tf.TensorSpec((len(controlnets), c.num_skip_connections + 1), tf.float32),
+                ]
             self._steps[key] = self._compile(run, signature)
         return self._steps[key]
+
+    def _noise_predictor(self, guided, controlnets, guess_mode):
+        """UNet noise prediction for the (doubled, if guided) batch.
+
+        With ControlNets, their scaled residuals are summed and fed to the
+        UNet. In guess mode with guidance, ControlNets see only the
+        conditional half and the unconditional half gets zero residuals.
+        """
+        unet = self.components.unet
+        copies = 2 if guided else 1
+        conditional_only = guess_mode and guided
+
+        def predict(latent, t_embed, context, control_images=(), control_scales=None):
+            batch = tf.shape(latent)[0]
+            doubled = tf.concat([latent] * copies, axis=0)
+            t_doubled = tf.repeat(t_embed, copies * batch, axis=0)
+            inputs = {"latent": doubled, "timestep_embedding": t_doubled, "context": context}
+            if not controlnets:
+                return tf.cast(unet.model()(inputs), tf.float32)
+            residuals = None
+            for index, (controlnet, image) in enumerate(zip(controlnets, control_images)):
+                if conditional_only:
+                    control_inputs = {"latent": latent, "timestep_embedding": t_doubled[:batch],
+                                      "context": context[batch:], "control_image": image}
+                else:
+                    control_inputs = {**inputs, "control_image": tf.concat([image] * copies, axis=0)}
+                outputs = controlnet.model()(control_inputs)
+                scaled = [tf.cast(outputs[name], tf.float32) * control_scales[index, j]
+                          for j, name in enumerate(controlnet.output_names)]
+                if conditional_only:
+                    scaled = [tf.concat([tf.zeros_like(r), r], axis=0) for r in scaled]
+                residuals = scaled if residuals is None else [a + b for a, b in zip(residuals, scaled)]
+            names = control_input_names(self.config)
+            return tf.cast(unet.model(with_control=True)({**inputs, **dict(zip(names, residuals))}), tf.float32)
+
+        return predict
 
     def __call__(self, prompt, negative_prompt=None, width=512, height=512,
                  num_inference_steps=50, guidance_scale=7.5, seed=None,
                  num_images_per_prompt=1, latents=None, output_type="pil", sampler="ddim",
+                 image=None, controlnet=None, controlnet_conditioning_scale=1.0, guess_mode=False,
+                 control_guidance_start=0.0, control_guidance_end=1.0, control_sizing="resize",
                  progress=False):
-        """Generate images; see `kcv_sd.generate` for the arguments."""
+        """Generate images.
+
+        Args:
+            prompt: a string, or a list of strings (one batch entry each).
+            negative_prompt: what to steer away from; one string or one per prompt.
+            width, height: output size, multiples of 64 from 64 to 2048.
+            num_inference_steps: sampler steps.
+            guidance_scale: classifier-free guidance; 1 skips the
+                unconditional branch.
+            seed: integer for reproducible noise (KerasCV's noise for the
+                same seed); None draws fresh noise.
+            num_images_per_prompt: images per prompt.
+            latents: initial unit noise (B, H/8, W/8, 4) instead of `seed`.
+            output_type: "pil" (list of PIL images), "np" (uint8
+                (N, H, W, 3)) or "latent" (final latents, float32).
+            sampler: a name from `kcv_sd.schedulers.SAMPLERS` ("ddim" is
+                KerasCV's DDIM).
+            image: control image (path, PIL image or array) or one per ControlNet.
+            controlnet: a `controlnet.ControlNet`, a checkpoint file, a
+                Hugging Face repo id, or a list of those (residuals summed).
+            controlnet_conditioning_scale, guess_mode, control_guidance_start,
+                control_guidance_end: as in diffusers' ControlNet pipeline;
+                scale, start and end may be one value per ControlNet.
+            control_sizing: how a control image meets the output size:
+                "resize" (stretch, diffusers' default), "crop" or "pad".
+            progress: show a progress bar over the denoising steps.
+        """
         prompts = _as_prompt_list(prompt, "prompt")
         negatives = [""] * len(prompts)
         if negative_prompt is not None:
@@ -172,8 +241,18 @@ class Pipeline:
         else:
             context = encodings
 
+        plan = None
+        if controlnet is not None:
+            plan = plan_control(controlnet, image, num_inference_steps, width, height,
+                                self.components.family.controlnet_config(),
+                                self.components.precision, controlnet_conditioning_scale,
+                                guess_mode, control_guidance_start, control_guidance_end, control_sizing)
+            self._check_controlnets(plan.controlnets)
+            plan.images = [tf.repeat(tf.constant(im[None]), batch, axis=0) for im in plan.images]
+        elif image is not None:
+            raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
         latent = self.denoise(latent, context, num_inference_steps, guidance_scale, guided,
-                              sampler, progress)
+                              sampler, progress, plan)
         if output_type == "latent":
             return latent.numpy()
         pixels = to_uint8(self._decode(latent))
@@ -181,11 +260,31 @@ class Pipeline:
             return pixels
         return [Image.fromarray(image) for image in pixels]
 
-    def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim", progress=False):
-        """Run `sampler` from unit `noise` over `num_steps` steps."""
+    def _check_controlnets(self, controlnets):
+        for controlnet in controlnets:
+            theirs, ours = controlnet.config.unet, self.config
+            if (theirs.block_channels, theirs.context_dim, theirs.layers_per_block) != (
+                    ours.block_channels, ours.context_dim, ours.layers_per_block):
+                raise InvalidArgumentError(
+                    "The ControlNet was made for another UNet (channels "
+                    f"{theirs.block_channels}, text width {theirs.context_dim}) than this "
+                    f"pipeline's ({ours.block_channels}, {ours.context_dim})."
+                )
+
+    def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim",
+                progress=False, control=None):
+        """Run `sampler` from unit `noise` over `num_steps` steps.
+
+        `control` is a `kcv_sd.control.ControlPlan`; at steps where none of
+        its ControlNets is inside its guidance window the plain step runs.
+        """
         scheduler = SAMPLERS[sampler]
         schedule = scheduler.schedule(num_steps)
         step = self.denoise_step(guided, sampler)
+        if control is not None:
+            controlled_step = self.denoise_step(guided, sampler, tuple(control.controlnets), control.guess_mode)
+            control_images = tuple(control.images)
+            num_residuals = self.config.num_skip_connections + 1
         scale = tf.constant(guidance_scale, tf.float32)
         latent = noise * schedule.init_noise_sigma if schedule.init_noise_sigma != 1 else noise
         state = scheduler.initial_state(latent)
@@ -196,5 +295,11 @@ class Pipeline:
             steps = tqdm(steps, desc="denoising", unit="step")
         for i in steps:
             t_embed = timestep_embedding(schedule.timesteps[i : i + 1], self.config.timestep_dim)
-            latent, state = step(latent, state, t_embed, context, scale, tf.constant(schedule.coefficients[i]))
+            coefficients = tf.constant(schedule.coefficients[i])
+            if control is not None and control.keep[i].any():
+                scales = tf.constant(control.step_scales(i, num_residuals))
+                latent, state = controlled_step(latent, state, t_embed, context, scale, coefficients,
+                                                control_images, scales)
+            else:
+                latent, state = step(latent, state, t_embed, context, scale, coefficients)
         return latent

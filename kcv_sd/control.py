@@ -1,0 +1,173 @@
+"""ControlNet in the pipeline: resolving models and images, per-step scales.
+
+Semantics follow diffusers' `StableDiffusionControlNetPipeline`:
+`controlnet_conditioning_scale`, `guess_mode` (log-spaced residual scales,
+control on the conditional half of the CFG batch only),
+`control_guidance_start` / `control_guidance_end`, and several ControlNets
+whose residuals are summed. Outside its guidance window a ControlNet is not
+run at all (diffusers runs it and multiplies by zero: the same numbers,
+paid for).
+"""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kcv_sd.cache import keras_home
+from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
+from kcv_sd.precision import dtype_policy_scope
+
+# Repo ids look like "owner/name"; anything else is taken for a local path.
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def as_list(value, count, what):
+    """`value` repeated `count` times, or checked to have `count` entries."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise InvalidArgumentError(f"{len(value)} values for {what}, but {count} ControlNets: give one each.")
+        return list(value)
+    return [value] * count
+
+
+def load_controlnet(source, config, precision="float32"):
+    """A `controlnet.ControlNet` from a model, a checkpoint file or a repo id.
+
+    Hugging Face repo ids need `huggingface_hub` and a connection the first
+    time; the converted weights are cached under the Keras home, so later
+    loads need neither the hub nor the conversion.
+    """
+    from controlnet import ControlNet
+
+    if isinstance(source, ControlNet):
+        return source
+    from kcv_sd.convert import load_controlnet as convert_file
+
+    path = Path(str(source))
+    if path.is_file():
+        with dtype_policy_scope(precision):
+            return convert_file(path, config)
+    if not _REPO_ID.match(str(source)):
+        raise WeightsNotFoundError(
+            f"ControlNet {source!r} is neither a checkpoint file nor a Hugging Face repo id "
+            "(like lllyasviel/sd-controlnet-depth)."
+        )
+    cached = keras_home() / "kcv_sd" / "controlnets" / (str(source).replace("/", "--") + ".weights.h5")
+    with dtype_policy_scope(precision):
+        if cached.is_file():
+            model = ControlNet(config, initializer="zeros")
+            model.model().load_weights(cached)
+            return model
+        model = convert_file(_download_from_hub(str(source)), config)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    model.model().save_weights(cached)
+    return model
+
+
+def _download_from_hub(repo_id):
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise WeightsNotFoundError(
+            f"Loading ControlNet {repo_id!r} by repo id needs huggingface_hub: "
+            "`pip install huggingface_hub`, or pass a local .safetensors file."
+        ) from None
+    try:
+        return hf_hub_download(repo_id, _DIFFUSERS_WEIGHTS)
+    except Exception as error:  # offline, unknown repo, or no such file
+        raise WeightsNotFoundError(
+            f"Could not download {_DIFFUSERS_WEIGHTS} of {repo_id!r} ({type(error).__name__}). "
+            "Check the repo id and your connection, or pass a local .safetensors file."
+        ) from None
+
+
+def load_control_image(image):
+    """A control image as uint8 (H, W, 3): a path, a PIL image or an array."""
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise InvalidArgumentError(f"Cannot read control image {image}: {error}.") from None
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (1, 3):
+        raise InvalidArgumentError(
+            f"Control image has shape {array.shape}; expected (H, W), (H, W, 1) or (H, W, 3)."
+        )
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    if array.dtype != np.uint8:
+        array = np.clip(np.round(array.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    return array
+
+
+def prepare_control_image(image, width, height, mode="resize"):
+    """Control image fitted to the output size, float32 (H, W, 3) in [0, 1]."""
+    from controlnet.sizing import fit_control_image
+
+    fitted = fit_control_image(load_control_image(image), mode, width, height)
+    return np.asarray(fitted, np.float32) / 255.0
+
+
+def guidance_keep(num_steps, start, end):
+    """Whether a ControlNet runs at each step: diffusers' `controlnet_keep` rule."""
+    if not 0 <= start < end <= 1:
+        raise InvalidArgumentError(
+            f"control_guidance_start={start}, control_guidance_end={end}: need 0 <= start < end <= 1."
+        )
+    return [not (i / num_steps < start or (i + 1) / num_steps > end) for i in range(num_steps)]
+
+
+@dataclasses.dataclass
+class ControlPlan:
+    """Everything the denoising loop needs to apply ControlNets."""
+
+    controlnets: list
+    images: list  # float32 (H, W, 3) each
+    scales: list  # conditioning scale per ControlNet
+    keep: np.ndarray  # bool (steps, controlnets)
+    guess_mode: bool
+
+    def step_scales(self, step, num_residuals):
+        """Per-ControlNet, per-residual multipliers at `step`, float32 (n, residuals)."""
+        from controlnet import control_scales
+
+        return np.array(
+            [control_scales(num_residuals, scale * keep, self.guess_mode)
+             for scale, keep in zip(self.scales, self.keep[step])],
+            np.float32,
+        )
+
+
+def plan_control(controlnet, image, num_steps, width, height, config, precision,
+                 conditioning_scale=1.0, guess_mode=False, start=0.0, end=1.0, sizing="resize"):
+    """Resolve ControlNet arguments (single values or one per ControlNet).
+
+    `config` is the `ControlNetConfig` checkpoints are converted with.
+    """
+    controlnets = controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]
+    count = len(controlnets)
+    if count == 0:
+        raise InvalidArgumentError("controlnet is an empty list: pass at least one ControlNet.")
+    if image is None:
+        raise InvalidArgumentError("A ControlNet needs a control image: pass image=.")
+    images = image if isinstance(image, (list, tuple)) else [image]
+    if len(images) != count:
+        raise InvalidArgumentError(f"{len(images)} control images for {count} ControlNets: give one each.")
+    starts, ends = as_list(start, count, "control_guidance_start"), as_list(end, count, "control_guidance_end")
+    keep = np.array([guidance_keep(num_steps, s, e) for s, e in zip(starts, ends)], bool).T
+    return ControlPlan(
+        controlnets=[load_controlnet(c, config, precision) for c in controlnets],
+        images=[prepare_control_image(i, width, height, sizing) for i in images],
+        scales=[float(s) for s in as_list(conditioning_scale, count, "controlnet_conditioning_scale")],
+        keep=keep,
+        guess_mode=bool(guess_mode),
+    )

@@ -1,0 +1,112 @@
+"""ControlNet in the pipeline, checked against diffusers' ControlNet pipeline.
+
+Both pipelines get the same converted tiny UNet and ControlNets (all weights
+random), the same text encodings, control images and initial noise, and the
+Euler sampler (which matches diffusers step for step); the final latents are
+compared. This pins conditioning scale, multi-ControlNet sums, guess mode and
+the start/end window to diffusers' semantics.
+"""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    MultiControlNetModel,
+    StableDiffusionControlNetPipeline,
+)
+from PIL import Image
+from test_convert_reference import (
+    TINY_CONTROLNETS,
+    diffusers_controlnet,
+    diffusers_unet,
+    nchw,
+    nhwc,
+    numpy_state_dict,
+)
+
+from kcv_sd.components import Components, ModelFamily
+from kcv_sd.control import guidance_keep, plan_control
+from kcv_sd.convert import convert_controlnet, convert_diffusers_unet
+from kcv_sd.pipeline import Pipeline
+
+CONFIG = TINY_CONTROLNETS["four-levels"]
+HEIGHT, WIDTH, STEPS, TOKENS = 64, 128, 4, 7
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch_unet = diffusers_unet(CONFIG.unet, seed=10)
+    torch_controlnets = [diffusers_controlnet(CONFIG, seed=s) for s in (11, 12)]
+    unet = convert_diffusers_unet(numpy_state_dict(torch_unet), CONFIG.unet)
+    controlnets = [convert_controlnet(numpy_state_dict(m), CONFIG) for m in torch_controlnets]
+    family = ModelFamily(CONFIG.unet, None, None, kerascv_weights=False, controlnet="TINY")
+    ours = Pipeline(components=Components(family, None, unet, None, "random", "float32"))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4)
+    reference = StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, unet=torch_unet,
+        controlnet=MultiControlNetModel(torch_controlnets), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    reference.set_progress_bar_config(disable=True)
+    return ours, controlnets, reference, torch_controlnets
+
+
+def inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    cond = rng.standard_normal((1, TOKENS, CONFIG.unet.context_dim)).astype("float32")
+    uncond = rng.standard_normal((1, TOKENS, CONFIG.unet.context_dim)).astype("float32")
+    noise = rng.standard_normal((1, HEIGHT // 8, WIDTH // 8, 4)).astype("float32")
+    images = [(rng.random((HEIGHT, WIDTH, 3)) * 255).astype("uint8") for _ in range(2)]
+    return cond, uncond, noise, images
+
+
+CASES = {
+    "one controlnet": dict(count=1),
+    "scaled": dict(count=1, controlnet_conditioning_scale=0.6),
+    "two summed": dict(count=2, controlnet_conditioning_scale=[0.7, 1.3]),
+    "guess mode": dict(count=1, guess_mode=True),
+    "window": dict(count=2, control_guidance_start=[0.0, 0.5], control_guidance_end=[0.5, 1.0]),
+    "late start": dict(count=1, control_guidance_start=0.5),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_final_latents_match_diffusers(models, case):
+    ours, controlnets, reference, torch_controlnets = models
+    options = dict(CASES[case])
+    count = options.pop("count")
+    cond, uncond, noise, images = inputs()
+    scale = options.pop("controlnet_conditioning_scale", 1.0)
+    start = options.pop("control_guidance_start", 0.0)
+    end = options.pop("control_guidance_end", 1.0)
+    guess_mode = options.pop("guess_mode", False)
+
+    with torch.no_grad():
+        reference.controlnet = MultiControlNetModel(torch_controlnets[:count])
+        expected = reference(
+            prompt_embeds=torch.from_numpy(cond), negative_prompt_embeds=torch.from_numpy(uncond),
+            image=[Image.fromarray(im) for im in images[:count]],
+            height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=7.5,
+            latents=nchw(noise), output_type="latent",
+            controlnet_conditioning_scale=scale if count > 1 else [scale],
+            guess_mode=guess_mode,
+            control_guidance_start=start, control_guidance_end=end,
+        ).images
+
+    plan = plan_control(controlnets[:count], images[:count], STEPS, WIDTH, HEIGHT, CONFIG, "float32",
+                        scale, guess_mode, start, end)
+    plan.images = [im[None] for im in plan.images]
+    context = np.concatenate([uncond, cond])
+    latent = ours.denoise(noise, context, STEPS, 7.5, True, sampler="euler", control=plan)
+    np.testing.assert_allclose(np.asarray(latent), nhwc(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_window_follows_diffusers_rule():
+    assert guidance_keep(4, 0.0, 1.0) == [True] * 4
+    assert guidance_keep(4, 0.5, 1.0) == [False, False, True, True]
+    assert guidance_keep(4, 0.0, 0.5) == [True, True, False, False]
+    assert guidance_keep(10, 0.25, 0.75) == [False] * 3 + [True] * 4 + [False] * 3
