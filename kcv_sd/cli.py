@@ -52,8 +52,8 @@ def main():
 @main.command()
 @click.argument("prompt")
 @click.option("--negative-prompt", default=None, help="What to steer away from.")
-@click.option("--width", default=512, show_default=True, help="Multiple of 64, 64..2048.")
-@click.option("--height", default=512, show_default=True, help="Multiple of 64, 64..2048.")
+@click.option("--width", type=int, default=None, help="Multiple of 64, 64..2048 [default: 512].")
+@click.option("--height", type=int, default=None, help="Multiple of 64, 64..2048 [default: 512].")
 @click.option("--steps", default=50, show_default=True, help="DDIM steps.")
 @click.option("--guidance", default=7.5, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--seed", type=int, default=None, help="Noise seed (default: a random one, recorded in the PNG).")
@@ -76,7 +76,7 @@ def main():
 @click.option("--control-start", default=0.0, show_default=True, help="control_guidance_start.")
 @click.option("--control-end", default=1.0, show_default=True, help="control_guidance_end.")
 @click.option("--control-sizing", default="resize", show_default=True,
-              help="resize (stretch), crop or pad: fitting the control image to the output size.")
+              help="resize (stretch), crop, pad, or native (size from the control image's aspect ratio).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_images,
@@ -106,6 +106,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_
     images = pipeline(prompt, negative_prompt=negative_prompt, width=width, height=height,
                       num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                       num_images_per_prompt=num_images, sampler=sampler, progress=progress, **control)
+    height, width = images[0].height, images[0].width
     parameters = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                       steps=steps, guidance=guidance, seed=seed, num_images=num_images,
                       model=model, weights=weights, precision=precision, xla=xla,

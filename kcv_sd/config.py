@@ -72,12 +72,13 @@ SD15_DIFFUSERS = dataclasses.replace(
     SD15, transformer_norm_epsilon=1e-6, gelu_approximate=False
 )
 
-# A few thousand parameters, same topology: for tests that exercise wiring.
+# Same topology, ~0.2M parameters: for tests that exercise wiring. Shaped
+# so that diffusers can build the same UNet and ControlNet.
 TINY = UNetConfig(
     block_channels=(8, 16, 16, 16),
     num_heads=2,
     context_dim=16,
     timestep_dim=8,
-    time_embed_dim=16,
+    time_embed_dim=32,  # 4 x 8, as diffusers' UNets and ControlNets have it
     norm_groups=4,
 )

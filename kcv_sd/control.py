@@ -117,6 +117,15 @@ def prepare_control_image(image, width, height, mode="resize"):
     return np.asarray(fitted, np.float32) / 255.0
 
 
+def native_output_size(image, width=None, height=None):
+    """(width, height) taken from the (first) control image's own aspect ratio,
+    about 512x512 pixels' worth, in multiples of 64: the no-crop mode."""
+    from controlnet.sizing import output_size
+
+    first = image[0] if isinstance(image, (list, tuple)) else image
+    return output_size(load_control_image(first).shape, "native", width, height)
+
+
 def guidance_keep(num_steps, start, end):
     """Whether a ControlNet runs at each step: diffusers' `controlnet_keep` rule."""
     if not 0 <= start < end <= 1:

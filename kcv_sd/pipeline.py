@@ -12,7 +12,7 @@ import keras
 from PIL import Image
 
 from kcv_sd.components import load_components
-from kcv_sd.control import plan_control
+from kcv_sd.control import native_output_size, plan_control
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.precision import check_precision
 from kcv_sd.schedulers import SAMPLERS
@@ -168,7 +168,7 @@ class Pipeline:
 
         return predict
 
-    def __call__(self, prompt, negative_prompt=None, width=512, height=512,
+    def __call__(self, prompt, negative_prompt=None, width=None, height=None,
                  num_inference_steps=50, guidance_scale=7.5, seed=None,
                  num_images_per_prompt=1, latents=None, output_type="pil", sampler="ddim",
                  image=None, controlnet=None, controlnet_conditioning_scale=1.0, guess_mode=False,
@@ -179,7 +179,9 @@ class Pipeline:
         Args:
             prompt: a string, or a list of strings (one batch entry each).
             negative_prompt: what to steer away from; one string or one per prompt.
-            width, height: output size, multiples of 64 from 64 to 2048.
+            width, height: output size, multiples of 64 from 64 to 2048;
+                512 when not given (with `control_sizing="native"`, taken
+                from the control image instead).
             num_inference_steps: sampler steps.
             guidance_scale: classifier-free guidance; 1 skips the
                 unconditional branch.
@@ -198,7 +200,9 @@ class Pipeline:
                 control_guidance_end: as in diffusers' ControlNet pipeline;
                 scale, start and end may be one value per ControlNet.
             control_sizing: how a control image meets the output size:
-                "resize" (stretch, diffusers' default), "crop" or "pad".
+                "resize" (stretch, diffusers' default), "crop", "pad", or
+                "native" (no crop: the output takes the control image's
+                aspect ratio at about 512x512 pixels, multiples of 64).
             progress: show a progress bar over the denoising steps.
         """
         prompts = _as_prompt_list(prompt, "prompt")
@@ -211,6 +215,10 @@ class Pipeline:
                 raise InvalidArgumentError(
                     f"{len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one per prompt."
                 )
+        if controlnet is not None and control_sizing == "native":
+            width, height = native_output_size(image, width, height)
+        width = 512 if width is None else width
+        height = 512 if height is None else height
         multiple = 8 * self.config.downsample_factor
         check_size("width", width, multiple)
         check_size("height", height, multiple)

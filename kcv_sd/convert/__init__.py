@@ -6,13 +6,24 @@ tables and fails, naming the keys, unless both sides are fully covered.
 
 from kcv_sd.convert.controlnet_loader import convert_controlnet, load_controlnet
 from kcv_sd.convert.errors import CheckpointError
+from kcv_sd.convert.sd_folder import convert_diffusers_folder
 from kcv_sd.convert.state_dict import read_state_dict
-from kcv_sd.convert.unet_diffusers import convert_diffusers_unet, load_diffusers_unet
+from kcv_sd.convert.text_encoder_diffusers import convert_clip_text_encoder
+from kcv_sd.convert.unet_diffusers import (
+    convert_diffusers_unet,
+    fill_diffusers_unet,
+    load_diffusers_unet,
+)
+from kcv_sd.convert.vae_diffusers import convert_diffusers_vae
 
 __all__ = [
     "CheckpointError",
+    "convert_clip_text_encoder",
     "convert_controlnet",
+    "convert_diffusers_folder",
     "convert_diffusers_unet",
+    "convert_diffusers_vae",
+    "fill_diffusers_unet",
     "load_controlnet",
     "load_diffusers_unet",
     "read_state_dict",

@@ -33,24 +33,36 @@ def port_unet(porter, unet):
     port_conv(porter, unet.conv_out, "conv_out")
 
 
-def convert_diffusers_unet(state_dict, config=SD15_DIFFUSERS, source="the state dict"):
-    """A `UNet` holding a diffusers-format UNet state dict's weights.
+def fill_diffusers_unet(state_dict, unet, source="the state dict"):
+    """Assign a diffusers-format UNet state dict's weights to an existing `UNet`.
+
+    For callers that build the UNet themselves (a pipeline choosing its
+    dtype policy); `convert_diffusers_unet` builds one and calls this.
 
     Raises:
         CheckpointError: not a diffusers UNet, unsupported family, or any
-            key or shape that does not match the configuration.
+            key or shape that does not match the UNet's configuration.
     """
     reject_sdxl(state_dict, source)
     if not any(key.startswith("up_blocks.") for key in state_dict):
         raise CheckpointError(
             f"{source} is not a diffusers UNet2DConditionModel; {describe(state_dict)}."
         )
-    check_text_width(state_dict, config.context_dim, source)
-    unet = UNet(config, initializer="zeros")
+    check_text_width(state_dict, unet.config.context_dim, source)
     model = unet.model()  # creates the variables
     porter = WeightPorter(state_dict, source)
     port_unet(porter, unet)
     porter.finish(model.weights)
+
+
+def convert_diffusers_unet(state_dict, config=SD15_DIFFUSERS, source="the state dict"):
+    """A `UNet` holding a diffusers-format UNet state dict's weights.
+
+    Raises:
+        CheckpointError: as `fill_diffusers_unet`.
+    """
+    unet = UNet(config, initializer="zeros")
+    fill_diffusers_unet(state_dict, unet, source)
     return unet
 
 

@@ -1,0 +1,166 @@
+"""Generating with ControlNets on the tiny family: conditions, sizing, CLI, bad input."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import save_file
+from test_convert_reference import diffusers_unet_kwargs, numpy_state_dict, randomize_
+
+import controlnet
+from controlnet.control_images import canny_edges, depth_to_control, load_depth, normals_from_depth
+from kcv_sd import samples
+from kcv_sd.cli import main
+from kcv_sd.components import randomize
+from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
+from kcv_sd.png import read_parameters
+
+ARGS = dict(num_inference_steps=2, seed=3, output_type="latent")
+
+
+def random_controlnet(seed, config=controlnet.TINY):
+    model = controlnet.ControlNet(config)
+    randomize([layer for layer in model.model().layers if layer.weights], seed)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnets():
+    return [random_controlnet(seed) for seed in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def wide_depth():
+    return load_depth(samples.sample_depth_path("room_wide"))
+
+
+def test_depth_normal_and_canny_together(tiny_pipeline, tiny_controlnets, wide_depth):
+    images = [depth_to_control(wide_depth), normals_from_depth(wide_depth), canny_edges(wide_depth)]
+    plain = tiny_pipeline("a room", width=256, height=128, **ARGS)
+    combined = tiny_pipeline("a room", width=256, height=128, image=images,
+                             controlnet=tiny_controlnets, controlnet_conditioning_scale=[1.0, 0.5, 0.5],
+                             **ARGS)
+    assert combined.shape == plain.shape and np.isfinite(combined).all()
+    assert np.abs(combined - plain).max() > 1e-3
+
+
+def test_native_sizing_takes_the_control_images_aspect(tiny_pipeline, tiny_controlnets, wide_depth):
+    images = tiny_pipeline("a room", image=depth_to_control(wide_depth), controlnet=tiny_controlnets[0],
+                           control_sizing="native", num_inference_steps=1, output_type="np")
+    assert images.shape == (1, 320, 768, 3)  # 1216x512 at ~512x512 pixels
+    with pytest.raises(InvalidArgumentError, match="native"):
+        tiny_pipeline("a", width=512, image=depth_to_control(wide_depth),
+                      controlnet=tiny_controlnets[0], control_sizing="native")
+
+
+@pytest.mark.parametrize("mode", ["resize", "crop", "pad"])
+def test_sizing_modes_give_the_requested_size(tiny_pipeline, tiny_controlnets, wide_depth, mode):
+    images = tiny_pipeline("a", width=128, height=192, image=depth_to_control(wide_depth),
+                           controlnet=tiny_controlnets[0], control_sizing=mode,
+                           num_inference_steps=1, output_type="np")
+    assert images.shape == (1, 192, 128, 3)
+
+
+def test_controlnet_is_not_run_outside_its_window(tiny_pipeline, tiny_controlnets, wide_depth, monkeypatch):
+    calls = []
+    original = tiny_pipeline.denoise_step
+
+    def counting(guided, sampler="ddim", controlnets=(), guess_mode=False):
+        step = original(guided, sampler, controlnets, guess_mode)
+
+        def counted(*args):
+            calls.append(bool(controlnets))
+            return step(*args)
+
+        return counted
+
+    monkeypatch.setattr(tiny_pipeline, "denoise_step", counting)
+    tiny_pipeline("a", width=128, height=64, image=depth_to_control(wide_depth),
+                  controlnet=tiny_controlnets[0], control_guidance_start=0.5,
+                  num_inference_steps=4, output_type="latent")
+    assert calls == [False, False, True, True]
+
+
+def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth):
+    """A diffusers-format tiny ControlNet file drives the CLI end to end."""
+    from diffusers import ControlNetModel
+
+    unet_config = dataclasses.replace(controlnet.TINY.unet, transformer_norm_epsilon=1e-6,
+                                      gelu_approximate=False)
+    torch_model = randomize_(ControlNetModel(**diffusers_unet_kwargs(unet_config),
+                                             conditioning_embedding_out_channels=(4, 8, 8, 16)), 0)
+    checkpoint = tmp_path / "tiny_controlnet.safetensors"
+    save_file(numpy_state_dict(torch_model), str(checkpoint))
+    control = tmp_path / "depth.png"
+    from PIL import Image
+
+    Image.fromarray(depth_to_control(wide_depth)).save(control)
+    out = tmp_path / "out.png"
+    result = CliRunner().invoke(main, [
+        "generate", "a room", "--model", "tiny", "--weights", "random", "--steps", "2",
+        "--no-progress", "--control", str(control), "--controlnet", str(checkpoint),
+        "--control-sizing", "native", "--control-scale", "0.8", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    params = read_parameters(out)
+    assert (params["width"], params["height"]) == (768, 320)
+    assert params["controlnets"] == [str(checkpoint)]
+    assert params["controlnet_conditioning_scale"] == 0.8
+
+
+def test_cli_control_count_mismatch_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--weights", "random",
+                                       "--control", "a.png", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert "1 --control images for 0 --controlnet" in result.output
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(image=np.zeros((64, 64, 3), np.uint8)), "pass controlnet= too"),
+    (dict(controlnet="CN"), "needs a control image"),
+    (dict(controlnet=["CN", "CN"], image=[np.zeros((64, 64, 3), np.uint8)]), "1 control images for 2"),
+    (dict(controlnet="CN", image=np.zeros((64, 64, 3), np.uint8), control_guidance_start=0.6,
+          control_guidance_end=0.4), "need 0 <= start < end"),
+    (dict(controlnet="CN", image=np.zeros((40, 400, 3), np.uint8)), "aspect"),
+    (dict(controlnet="CN", image=np.zeros((64, 64, 3), np.uint8), control_sizing="zoom"), "zoom"),
+    (dict(controlnet="CN", image=np.zeros((64, 64, 5), np.uint8)), "shape"),
+])
+def test_bad_control_input(tiny_pipeline, tiny_controlnets, kwargs, match):
+    kwargs = {k: ([tiny_controlnets[0]] * len(v) if isinstance(v, list) else tiny_controlnets[0])
+              if k == "controlnet" else v for k, v in kwargs.items()}
+    with pytest.raises(InvalidArgumentError, match=match):
+        tiny_pipeline("a", width=64, height=64, **kwargs)
+
+
+def test_controlnet_for_another_unet_is_refused(tiny_pipeline):
+    other_unet = dataclasses.replace(controlnet.TINY.unet, block_channels=(8, 16, 16, 32))
+    other = controlnet.ControlNet(dataclasses.replace(controlnet.TINY, unet=other_unet))
+    with pytest.raises(InvalidArgumentError, match="another UNet"):
+        tiny_pipeline("a", width=64, height=64, image=np.zeros((64, 64, 3), np.uint8), controlnet=other)
+
+
+def test_unreadable_control_image(tiny_pipeline, tiny_controlnets, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(InvalidArgumentError, match="Cannot read control image"):
+        tiny_pipeline("a", width=64, height=64, image=str(broken), controlnet=tiny_controlnets[0])
+
+
+def test_repo_id_offline_is_a_clear_error(tiny_pipeline, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(WeightsNotFoundError, match="lllyasviel/sd-controlnet-depth.*connection"):
+        tiny_pipeline("a", width=64, height=64, image=np.zeros((64, 64, 3), np.uint8),
+                      controlnet="lllyasviel/sd-controlnet-depth")
+
+
+def test_unknown_controlnet_source(tiny_pipeline):
+    with pytest.raises(WeightsNotFoundError, match="neither a checkpoint file nor"):
+        tiny_pipeline("a", width=64, height=64, image=np.zeros((64, 64, 3), np.uint8),
+                      controlnet="no such file.safetensors")
