@@ -66,7 +66,9 @@ def main():
               help="'kerascv' (download once, cached), a folder of KerasCV .h5 files, or 'random'.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True)
 @click.option("--xla/--no-xla", default=False, show_default=True, help="Compile with XLA.")
-@click.option("--sampler", default="ddim", show_default=True, help="ddim (KerasCV's), or another registered sampler.")
+@click.option("--compiled-loop/--step-loop", default=False, show_default=True,
+              help="Run all denoising steps in one compiled function (no progress bar).")
+@click.option("--sampler", default="ddim", show_default=True, help="ddim (KerasCV's), dpmpp_2m or euler.")
 @click.option("--control", "controls", multiple=True, help="Control image (e.g. a depth map); repeat for several.")
 @click.option("--controlnet", "controlnets", multiple=True,
               help="ControlNet checkpoint (.safetensors) or Hugging Face repo id; one per --control.")
@@ -80,7 +82,7 @@ def main():
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_images,
-             output, overwrite, model, weights, precision, xla, sampler, controls, controlnets,
+             output, overwrite, model, weights, precision, xla, compiled_loop, sampler, controls, controlnets,
              control_scales, guess_mode, control_start, control_end, control_sizing, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
     paths = output_paths(output, num_images)
@@ -102,7 +104,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_
     from kcv_sd.generate import get_pipeline
     from kcv_sd.png import save_png
 
-    pipeline = get_pipeline(model, weights, precision, xla)
+    pipeline = get_pipeline(model, weights, precision, xla, compiled_loop)
     images = pipeline(prompt, negative_prompt=negative_prompt, width=width, height=height,
                       num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                       num_images_per_prompt=num_images, sampler=sampler, progress=progress, **control)
@@ -110,6 +112,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_
     parameters = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                       steps=steps, guidance=guidance, seed=seed, num_images=num_images,
                       model=model, weights=weights, precision=precision, xla=xla,
+                      compiled_loop=compiled_loop,
                       sampler=sampler, kcv_sd_version=__version__,
                       **{k: v for k, v in control.items() if k not in ("image", "controlnet")},
                       control_images=[str(c) for c in controls], controlnets=list(controlnets))

@@ -60,16 +60,19 @@ class Pipeline:
             UNet; GroupNorm statistics, softmax, the sampler and the VAE
             stay float32.
         jit_compile: compile the denoising step and decoder with XLA.
+        compiled_loop: run all denoising steps in one compiled function
+            (a tf.while_loop) instead of one call per step from Python.
         components: already-built `Components` to share (then `model`,
             `weights` and `precision` are taken from them).
     """
 
     def __init__(self, model="sd15", weights="kerascv", precision="float32",
-                 jit_compile=False, components=None):
+                 jit_compile=False, components=None, compiled_loop=False):
         if components is None:
             components = load_components(model, weights, check_precision(precision))
         self.components = components
         self.jit_compile = bool(jit_compile)
+        self.compiled_loop = bool(compiled_loop)
         self.tokenizer = get_tokenizer()
         self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
@@ -91,45 +94,85 @@ class Pipeline:
         """Text encodings (N, 77, context_dim) of a list of prompts."""
         return self._encode(tf.constant(self.tokenizer.pad_batch(prompts)))
 
+    def _step_function(self, guided, sampler, controlnets=(), guess_mode=False):
+        """One step, uncompiled: ControlNets, UNet (both CFG halves batched),
+        guidance, sampler update. Returns the function and its input signature."""
+        scheduler = SAMPLERS[sampler]
+        c = self.config
+        predict = self._noise_predictor(guided, controlnets, guess_mode)
+
+        def run(latent, state, t_embed, context, guidance_scale, coefficients, *control):
+            noise = predict(scheduler.model_input(latent, coefficients), t_embed, context, *control)
+            if guided:
+                batch = tf.shape(latent)[0]
+                noise = guide(noise[:batch], noise[batch:], guidance_scale)
+            return scheduler.step(latent, noise, coefficients, state)
+
+        latent_spec = tf.TensorSpec((None, None, None, c.latent_channels), tf.float32)
+        example_row = scheduler.schedule(2).coefficients[0]
+        state_size = len(scheduler.initial_state(tf.zeros((1, 8, 8, c.latent_channels))))
+        signature = [
+            latent_spec,
+            tuple([latent_spec] * state_size),
+            tf.TensorSpec((1, c.timestep_dim), tf.float32),
+            tf.TensorSpec((None, None, c.context_dim), tf.float32),
+            tf.TensorSpec((), tf.float32),
+            tf.TensorSpec(example_row.shape, tf.float32),
+        ]
+        if controlnets:
+            signature += [
+                tuple(tf.TensorSpec((None, None, None, 3), tf.float32) for _ in controlnets),
+                tf.TensorSpec((len(controlnets), c.num_skip_connections + 1), tf.float32),
+            ]
+        return run, signature
+
     def denoise_step(self, guided, sampler="ddim", controlnets=(), guess_mode=False):
-        """The compiled step: ControlNets, UNet (both CFG halves batched),
-        guidance, sampler update.
+        """The compiled step, one per configuration.
 
         Signature: (latent, state, t_embed, context, guidance_scale,
         coefficients[, control_images, control_scales]) -> (latent, state);
         `state` is the sampler's tuple, `control_images` one (B, H, W, 3)
         tensor per ControlNet and `control_scales` (ControlNets, residuals).
         """
-        key = (guided, sampler, tuple(id(c) for c in controlnets), guess_mode)
+        key = ("step", guided, sampler, tuple(id(c) for c in controlnets), guess_mode)
         if key not in self._steps:
-            scheduler = SAMPLERS[sampler]
-            c = self.config
-            predict = self._noise_predictor(guided, controlnets, guess_mode)
+            self._steps[key] = self._compile(*self._step_function(guided, sampler, controlnets, guess_mode))
+        return self._steps[key]
 
-            def run(latent, state, t_embed, context, guidance_scale, coefficients, *control):
-                noise = predict(scheduler.model_input(latent, coefficients), t_embed, context, *control)
-                if guided:
-                    batch = tf.shape(latent)[0]
-                    noise = guide(noise[:batch], noise[batch:], guidance_scale)
-                return scheduler.step(latent, noise, coefficients, state)
+    def denoise_loop(self, guided, sampler="ddim", controlnets=(), guess_mode=False):
+        """All steps in one compiled function (a tf.while_loop): no host round trip per step.
 
-            latent_spec = tf.TensorSpec((None, None, None, c.latent_channels), tf.float32)
-            example_row = scheduler.schedule(2).coefficients[0]
-            state_size = len(scheduler.initial_state(tf.zeros((1, 8, 8, c.latent_channels))))
-            signature = [
-                latent_spec,
-                tuple([latent_spec] * state_size),
-                tf.TensorSpec((1, c.timestep_dim), tf.float32),
-                tf.TensorSpec((None, None, c.context_dim), tf.float32),
-                tf.TensorSpec((), tf.float32),
-                tf.TensorSpec(example_row.shape, tf.float32),
-            ]
+        Signature: (latent, state, t_embeds (steps, dim), context,
+        guidance_scale, coefficients (steps, K)[, control_images,
+        control_scales (steps, ControlNets, residuals), keep (steps,)])
+        -> latent. Steps whose `keep` is False skip the ControlNets.
+        """
+        key = ("loop", guided, sampler, tuple(id(c) for c in controlnets), guess_mode)
+        if key not in self._steps:
+            plain, signature = self._step_function(guided, sampler)
             if controlnets:
-                signature += [
-                    tuple(tf.TensorSpec((None, None, None, 3), tf.float32) for _ in controlnets),
-                    tf.TensorSpec((len(controlnets), c.num_skip_connections + 1), tf.float32),
-                ]
-            self._steps[key] = self._compile(run, signature)
+                controlled, signature = self._step_function(guided, sampler, controlnets, guess_mode)
+            signature[2] = tf.TensorSpec((None,) + tuple(signature[2].shape[1:]), tf.float32)
+            signature[5] = tf.TensorSpec((None,) + tuple(signature[5].shape), tf.float32)
+            if controlnets:
+                signature[7] = tf.TensorSpec((None,) + tuple(signature[7].shape), tf.float32)
+                signature.append(tf.TensorSpec((None,), tf.bool))
+
+            def loop(latent, state, t_embeds, context, guidance_scale, coefficients, *control):
+                def body(i, latent, state):
+                    args = (latent, state, t_embeds[i : i + 1], context, guidance_scale, coefficients[i])
+                    if not controlnets:
+                        return (i + 1, *plain(*args))
+                    images, scales, keep = control
+                    latent, state = tf.cond(keep[i], lambda: controlled(*args, images, scales[i]),
+                                            lambda: plain(*args))
+                    return i + 1, latent, state
+
+                steps = tf.shape(coefficients)[0]
+                _, latent, _ = tf.while_loop(lambda i, *_: i < steps, body, (0, latent, state))
+                return latent
+
+            self._steps[key] = self._compile(loop, signature)
         return self._steps[key]
 
     def _noise_predictor(self, guided, controlnets, guess_mode):
@@ -285,29 +328,41 @@ class Pipeline:
 
         `control` is a `kcv_sd.control.ControlPlan`; at steps where none of
         its ControlNets is inside its guidance window the plain step runs.
+        With `compiled_loop` the steps run inside one compiled function and
+        `progress` is not shown.
         """
         scheduler = SAMPLERS[sampler]
         schedule = scheduler.schedule(num_steps)
-        step = self.denoise_step(guided, sampler)
-        if control is not None:
-            controlled_step = self.denoise_step(guided, sampler, tuple(control.controlnets), control.guess_mode)
-            control_images = tuple(control.images)
-            num_residuals = self.config.num_skip_connections + 1
         scale = tf.constant(guidance_scale, tf.float32)
         latent = noise * schedule.init_noise_sigma if schedule.init_noise_sigma != 1 else noise
         state = scheduler.initial_state(latent)
+        t_embeds = timestep_embedding(schedule.timesteps, self.config.timestep_dim)
+        coefficients = tf.constant(schedule.coefficients)
+        num_residuals = self.config.num_skip_connections + 1
+        controlnets = tuple(control.controlnets) if control is not None else ()
+        guess_mode = control is not None and control.guess_mode
+
+        if self.compiled_loop:
+            extra = ()
+            if control is not None:
+                scales = np.stack([control.step_scales(i, num_residuals) for i in range(num_steps)])
+                extra = (tuple(control.images), tf.constant(scales), tf.constant(control.keep.any(axis=1)))
+            loop = self.denoise_loop(guided, sampler, controlnets, guess_mode)
+            return loop(latent, state, t_embeds, context, scale, coefficients, *extra)
+
+        step = self.denoise_step(guided, sampler)
+        if control is not None:
+            controlled_step = self.denoise_step(guided, sampler, controlnets, guess_mode)
         steps = range(len(schedule))
         if progress:
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc="denoising", unit="step")
         for i in steps:
-            t_embed = timestep_embedding(schedule.timesteps[i : i + 1], self.config.timestep_dim)
-            coefficients = tf.constant(schedule.coefficients[i])
+            args = (latent, state, t_embeds[i : i + 1], context, scale, coefficients[i])
             if control is not None and control.keep[i].any():
                 scales = tf.constant(control.step_scales(i, num_residuals))
-                latent, state = controlled_step(latent, state, t_embed, context, scale, coefficients,
-                                                control_images, scales)
+                latent, state = controlled_step(*args, tuple(control.images), scales)
             else:
-                latent, state = step(latent, state, t_embed, context, scale, coefficients)
+                latent, state = step(*args)
         return latent

@@ -164,3 +164,16 @@ def test_unknown_controlnet_source(tiny_pipeline):
     with pytest.raises(WeightsNotFoundError, match="neither a checkpoint file nor"):
         tiny_pipeline("a", width=64, height=64, image=np.zeros((64, 64, 3), np.uint8),
                       controlnet="no such file.safetensors")
+
+
+def test_compiled_loop_with_controlnet_window_matches_steps(tiny_components, tiny_pipeline,
+                                                            tiny_controlnets, wide_depth):
+    from kcv_sd.pipeline import Pipeline
+
+    looped = Pipeline(components=tiny_components, compiled_loop=True)
+    args = dict(width=128, height=64, image=[depth_to_control(wide_depth)] * 2,
+                controlnet=tiny_controlnets[:2], control_guidance_start=[0.0, 0.5],
+                control_guidance_end=[0.5, 1.0], guess_mode=True, sampler="dpmpp_2m", **ARGS)
+    expected = tiny_pipeline("a room", **args)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(looped("a room", **args), expected, atol=1e-5 * scale, rtol=1e-4)

@@ -154,3 +154,14 @@ def test_random_weights_are_reproducible():
     second = load_components("tiny", "random", seed=5).unet.model().weights
     for a, b in zip(first, second):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "euler"])
+def test_compiled_loop_matches_step_by_step(tiny_components, tiny_pipeline, sampler):
+    looped = Pipeline(components=tiny_components, compiled_loop=True)
+    args = dict(width=128, height=64, num_inference_steps=3, seed=2, output_type="latent", sampler=sampler)
+    expected = tiny_pipeline("a cat", **args)
+    # Same ops; graph-level rewrites inside the loop body change rounding only.
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(looped("a cat", **args), expected, atol=1e-5 * scale, rtol=1e-4)
+    assert looped.denoise_loop(True, sampler).experimental_get_tracing_count() == 1
