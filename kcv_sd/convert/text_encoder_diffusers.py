@@ -8,7 +8,10 @@ them without it. Both are read.
 """
 
 import keras
-from keras_cv.src.models.stable_diffusion.text_encoder import CLIPEmbedding, CLIPEncoderLayer
+from keras_cv.src.models.stable_diffusion.text_encoder import (
+    CLIPEmbedding,
+    CLIPEncoderLayer,
+)
 
 from kcv_sd.convert.checks import TEXT_WIDTH_FAMILIES, describe
 from kcv_sd.convert.errors import CheckpointError

@@ -1,0 +1,125 @@
+"""A diffusers SD1.x folder fills text encoder, UNet and VAE; wrong folders are named."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from keras_cv.src.models.stable_diffusion.text_encoder import CLIPEmbedding
+from safetensors.numpy import save_file
+from test_convert_reference import TINY_A, diffusers_unet, numpy_state_dict
+from test_convert_sd_reference import (
+    diffusers_vae,
+    hub_clip_state_dict,
+    transformers_clip,
+)
+
+from kcv_sd import config as unet_configs
+from kcv_sd.convert import CheckpointError, convert_diffusers_folder
+from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
+from kcv_sd.text_encoder import TINY_TEXT, build_text_encoder
+from kcv_sd.unet import UNet
+from kcv_sd.vae import TINY_VAE, build_decoder, build_encoder
+
+assert TINY_A.context_dim == TINY_TEXT.embed_dim
+
+
+@pytest.fixture(scope="module")
+def references():
+    return {"text_encoder": hub_clip_state_dict(transformers_clip(TINY_TEXT, seed=1)),
+            "unet": numpy_state_dict(diffusers_unet(TINY_A, seed=2)),
+            "vae": numpy_state_dict(diffusers_vae(TINY_VAE, seed=3))}
+
+
+def write_folder(folder, references, names=None):
+    """diffusers' layout; `names` overrides a component's file name."""
+    names = {"text_encoder": "model.safetensors", "unet": "diffusion_pytorch_model.safetensors",
+             "vae": "diffusion_pytorch_model.safetensors", **(names or {})}
+    for component, name in names.items():
+        (folder / component).mkdir(parents=True)
+        path = folder / component / name
+        if name.endswith(".bin"):
+            torch.save({k: torch.from_numpy(v) for k, v in references[component].items()}, path)
+        else:
+            dtype = np.float16 if ".fp16." in name else None
+            save_file({k: v.astype(dtype) if dtype and v.dtype == np.float32 else v
+                       for k, v in references[component].items()}, path)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder(references, tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("sd15"), references)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """One set of tiny models; every conversion onto them overwrites all weights."""
+    return {"text_encoder": build_text_encoder(TINY_TEXT), "unet": UNet(TINY_A, initializer="zeros"),
+            "decoder": build_decoder(TINY_VAE), "encoder": build_encoder(TINY_VAE)}
+
+
+def torch_conv(layer):
+    return np.transpose(np.asarray(layer.conv2d.kernel), (3, 2, 0, 1))
+
+
+def assert_filled(models, references):
+    """One tensor per component, each from the file it belongs to."""
+    (embedding,) = [layer.token_embedding.embeddings for layer in models["text_encoder"].layers
+                    if isinstance(layer, CLIPEmbedding)]
+    expected = {
+        "text_model.embeddings.token_embedding.weight": np.asarray(embedding),
+        "conv_out.weight": torch_conv(models["unet"].conv_out),
+        "decoder.conv_out.weight": torch_conv(models["decoder"].layers[-1]),
+        "quant_conv.weight": torch_conv(models["encoder"].layers[-2]),
+    }
+    for key, ours in expected.items():
+        component = next(c for c, tensors in references.items() if key in tensors)
+        np.testing.assert_array_equal(ours, references[component][key])
+
+
+def test_folder_fills_every_model(folder, references, models):
+    files = convert_diffusers_folder(folder, **models)
+    assert files == {"text_encoder": folder / "text_encoder" / "model.safetensors",
+                     "unet": folder / "unet" / "diffusion_pytorch_model.safetensors",
+                     "vae": folder / "vae" / "diffusion_pytorch_model.safetensors"}
+    assert_filled(models, references)
+
+
+def test_fp16_variants_and_pickles_when_allowed(tmp_path, references, models):
+    folder = write_folder(tmp_path, references, {"text_encoder": "model.fp16.safetensors",
+                                                 "unet": "diffusion_pytorch_model.bin"})
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model.bin is a pickled.*allow_pickle=True"):
+        convert_diffusers_folder(folder, **models)
+    files = convert_diffusers_folder(folder, **models, allow_pickle=True)
+    assert files["text_encoder"].name == "model.fp16.safetensors"
+    half = {k: v.astype(np.float16).astype(np.float32) for k, v in references["text_encoder"].items()}
+    assert_filled(models, {**references, "text_encoder": half})
+
+
+def test_missing_component_names_the_file_and_the_layout(tmp_path, folder, models):
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(WeightsNotFoundError, match=r"no vae weights: expected vae/diffusion_pytorch_model"
+                                                   r".safetensors.*holds text_encoder/model.safetensors"):
+        convert_diffusers_folder(tmp_path, **models)
+    with pytest.raises(WeightsNotFoundError, match="is not a folder"):
+        convert_diffusers_folder(tmp_path / "absent", **models)
+
+
+def test_other_families_are_refused(tmp_path, references, models):
+    sd2_text = {"text_model.embeddings.token_embedding.weight": np.zeros((8, 1024), np.float32)}
+    sd2 = write_folder(tmp_path / "sd2", {**references, "text_encoder": sd2_text})
+    with pytest.raises(CheckpointError, match="1024-wide text encoder \\(SD2.x\\)"):
+        convert_diffusers_folder(sd2, **models)
+
+    sdxl = write_folder(tmp_path / "sdxl", references)
+    (sdxl / "text_encoder_2").mkdir()
+    with pytest.raises(CheckpointError, match="SDXL pipeline.*text_encoder_2"):
+        convert_diffusers_folder(sdxl, **models)
+
+
+def test_a_unet_with_kerascv_numerics_is_refused(folder, models):
+    kerascv_numerics = UNet(unet_configs.TINY, initializer="zeros")
+    with pytest.raises(InvalidArgumentError, match="SD15_DIFFUSERS"):
+        convert_diffusers_folder(folder, **{**models, "unet": kerascv_numerics})
