@@ -1,28 +1,13 @@
 """`kcv-sd`: the command line. User errors print one line and exit 2."""
 
-import functools
 import random
-import sys
 from pathlib import Path
 
 import click
 
-from kcv_sd.errors import InvalidArgumentError, KcvSdError
-from kcv_sd.precision import PRECISIONS
-
-
-def _user_errors(command):
-    """Turn the project's errors into one line on stderr, no traceback."""
-
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except KcvSdError as error:
-            click.echo(f"Error: {error}", err=True)
-            sys.exit(2)
-
-    return run
+from kcv_sd.cli_common import pipeline_options, user_errors
+from kcv_sd.cli_study import study
+from kcv_sd.errors import InvalidArgumentError
 
 
 def output_paths(output, count):
@@ -61,11 +46,7 @@ def main():
 @click.option("-o", "--output", default="kcv-sd.png", show_default=True,
               help="PNG path; several images get -0, -1, ... suffixes.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--model", default="sd15", show_default=True, help="Model family: sd15, or tiny for smoke tests.")
-@click.option("--weights", default="kerascv", show_default=True,
-              help="'kerascv' (download once, cached), a folder of KerasCV .h5 files, or 'random'.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True)
-@click.option("--xla/--no-xla", default=False, show_default=True, help="Compile with XLA.")
+@pipeline_options
 @click.option("--compiled-loop/--step-loop", default=False, show_default=True,
               help="Run all denoising steps in one compiled function (no progress bar).")
 @click.option("--sampler", default="ddim", show_default=True, help="ddim (KerasCV's), dpmpp_2m or euler.")
@@ -80,7 +61,7 @@ def main():
 @click.option("--control-sizing", default="resize", show_default=True,
               help="resize (stretch), crop, pad, or native (size from the control image's aspect ratio).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@_user_errors
+@user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_images,
              output, overwrite, model, weights, precision, xla, compiled_loop, sampler, controls, controlnets,
              control_scales, guess_mode, control_start, control_end, control_sizing, progress):
@@ -119,3 +100,6 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_
     for index, (image, path) in enumerate(zip(images, paths)):
         save_png(image, path, {**parameters, "image_index": index})
         click.echo(str(path))
+
+
+main.add_command(study)

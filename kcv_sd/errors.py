@@ -14,3 +14,7 @@ class WeightsNotFoundError(KcvSdError, FileNotFoundError):
 
 class InvalidArgumentError(KcvSdError, ValueError):
     """An argument outside what the pipeline supports."""
+
+
+class MissingDependencyError(KcvSdError, ImportError):
+    """An optional package that a feature needs is not installed."""

@@ -1,0 +1,38 @@
+"""What every `kcv-sd` command shares: one-line user errors and the pipeline options."""
+
+import functools
+import sys
+
+import click
+
+from kcv_sd.errors import KcvSdError
+from kcv_sd.precision import PRECISIONS
+
+
+def user_errors(command):
+    """Turn the project's errors into one line on stderr, no traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KcvSdError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(2)
+
+    return run
+
+
+def pipeline_options(command):
+    """--model, --weights, --precision, --xla: which (cached) pipeline runs."""
+    options = [
+        click.option("--model", default="sd15", show_default=True,
+                     help="Model family: sd15, or tiny for smoke tests."),
+        click.option("--weights", default="kerascv", show_default=True,
+                     help="'kerascv' (download once, cached), a folder of KerasCV .h5 files, or 'random'."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True),
+        click.option("--xla/--no-xla", default=False, show_default=True, help="Compile with XLA."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
