@@ -15,7 +15,7 @@ from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.precision import dtype_policy_scope
 from kcv_sd.text_encoder import SD15_TEXT, TINY_TEXT, build_text_encoder
 from kcv_sd.unet import UNet
-from kcv_sd.vae import SD15_VAE, TINY_VAE, build_decoder
+from kcv_sd.vae import SD15_VAE, TINY_VAE, build_decoder, build_encoder
 from kcv_sd.weights import kerascv_file, load_legacy_h5, weighted_layers
 
 
@@ -41,6 +41,10 @@ FAMILIES = {
 }
 
 
+# "random" weights seed each model with the load seed plus its offset.
+SEED_OFFSETS = {"text_encoder": 0, "unet": 1, "decoder": 2, "image_encoder": 3}
+
+
 @dataclasses.dataclass
 class Components:
     family: ModelFamily
@@ -49,6 +53,20 @@ class Components:
     decoder: object
     weights: str
     precision: str
+    seed: int = 0
+    _image_encoder: object = dataclasses.field(default=None, repr=False)
+
+    @property
+    def image_encoder(self):
+        """The VAE encoder, built and filled on first use: only img2img and
+        inpainting need it, so text-to-image never pays for it."""
+        if self._image_encoder is None:
+            with dtype_policy_scope("float32"):
+                encoder = build_encoder(self.family.vae)
+            path = None if self.weights == "random" else kerascv_file("image_encoder", self.weights)
+            fill_weights(weighted_layers(encoder), path, self.seed + SEED_OFFSETS["image_encoder"])
+            self._image_encoder = encoder
+        return self._image_encoder
 
 
 def family_by_name(name):
@@ -75,18 +93,29 @@ def randomize(layers, seed):
             variable.assign(value)
 
 
+def fill_weights(layers, path, seed):
+    """Load a KerasCV file onto `layers`, or random weights from `seed` when `path` is None."""
+    if path is None:
+        randomize(layers, seed)
+    else:
+        load_legacy_h5(layers, path)
+
+
 def load_components(model="sd15", weights="kerascv", precision="float32", seed=0):
     """Build text encoder, UNet and decoder and fill their weights.
+
+    The VAE encoder (`Components.image_encoder`) is built on first use.
 
     Args:
         model: a family name from `FAMILIES` ("sd15" or "tiny").
         weights: "kerascv" (KerasCV's files, downloaded once into the Keras
             cache), a folder holding those files, or "random".
-        precision: the UNet's dtype policy; text encoder and decoder stay
+        precision: the UNet's dtype policy; text encoder and VAE stay
             float32 (they run once per image and the VAE overflows in float16).
         seed: numpy seed for "random" weights.
     """
     family = family_by_name(model)
+    files = {}
     if weights != "random":
         if not family.kerascv_weights:
             raise InvalidArgumentError(f"Model {model!r} has no published weights; use weights='random'.")
@@ -109,9 +138,6 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
         "unet": unet.kerascv_layer_order(),
         "decoder": weighted_layers(decoder),
     }
-    for offset, (name, layers) in enumerate(parts.items()):
-        if weights == "random":
-            randomize(layers, seed + offset)
-        else:
-            load_legacy_h5(layers, files[name])
-    return Components(family, text_encoder, unet, decoder, weights, precision)
+    for name, layers in parts.items():
+        fill_weights(layers, files.get(name), seed + SEED_OFFSETS[name])
+    return Components(family, text_encoder, unet, decoder, weights, precision, seed)

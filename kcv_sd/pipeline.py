@@ -1,26 +1,45 @@
-"""Text-to-image: prompt encoding, the denoising loop, and decoding, kept apart.
+"""Text-to-image, img2img and inpainting: prompt encoding, the denoising loop,
+and decoding, kept apart.
 
 The pipeline owns compiled functions: one denoising step and one decoder
 call per input shape (tf.function with a shape-polymorphic signature; XLA
 compiles each concrete shape once when `jit_compile=True`). Classifier-free
 guidance runs the conditional and unconditional halves in one UNet call.
+
+img2img starts from the VAE-encoded init image noised to the first step it
+runs; inpainting (with a standard 4-channel UNet) also re-imposes, after
+every step, the init latents noised to the level reached wherever the mask
+is black, and finally pastes the init image's pixels back there.
 """
 
+import dataclasses
+
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 from PIL import Image
 
 from kcv_sd.components import load_components
 from kcv_sd.control import native_output_size, plan_control
 from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.image_inputs import (
+    latent_repaint_mask,
+    load_init_inputs,
+    repaint_mask,
+    resized_pixels,
+)
 from kcv_sd.precision import check_precision
 from kcv_sd.schedulers import SAMPLERS
+from kcv_sd.schedulers.base import add_noise
+from kcv_sd.tiled_vae import decode_tiled
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 from kcv_sd.unet import control_input_names, timestep_embedding
+from kcv_sd.vae import PIXELS_PER_LATENT
 
 MIN_SIZE, MAX_SIZE = 64, 2048
 OUTPUT_TYPES = ("pil", "np", "latent")
+# Above this many pixels, `tiled_decode=None` decodes in tiles.
+TILED_DECODE_ABOVE = 1024 * 1024
 
 
 def check_size(name, value, multiple):
@@ -50,8 +69,51 @@ def to_uint8(decoded):
     return np.clip((np.asarray(decoded) + 1) / 2 * 255, 0, 255).astype("uint8")
 
 
+def steps_skipped(num_steps, strength):
+    """Leading steps img2img leaves out (diffusers' rule): it runs
+    int(num_steps * strength) of them, the least noisy ones."""
+    return num_steps - min(int(num_steps * strength), num_steps)
+
+
+@dataclasses.dataclass
+class ImageStart:
+    """What img2img and inpainting start from instead of pure noise."""
+
+    latent: tf.Tensor  # the init image's scaled VAE latent mean (1, h, w, C)
+    strength: float
+    mask: tf.Tensor = None  # inpainting: 1 where to repaint, (1, h, w, 1)
+
+
+def initial_latent(noise, schedule, start=None):
+    """The latents the first step gets: pure noise for text-to-image and
+    full-strength inpainting (as diffusers), else the init latents noised to
+    that step's level (no `init_noise_sigma` on top: the level includes it)."""
+    if start is None or (start.mask is not None and start.strength == 1):
+        return noise * schedule.init_noise_sigma if schedule.init_noise_sigma != 1 else noise
+    return add_noise(start.latent, noise, schedule.noise_levels[0])
+
+
+def keep_unmasked(latent, init_latent, noise, mask, level):
+    """Inpainting after a step: outside the mask, the init latents noised to
+    the level the step reached (diffusers' 4-channel-UNet inpainting)."""
+    return mask * latent + (1 - mask) * add_noise(init_latent, noise, level)
+
+
+def size_from_init_image(init, width, height, multiple):
+    """(width, height): each given one, else the init image's rounded down to
+    a multiple of `multiple` (diffusers rounds to 8; the UNet needs 64)."""
+    fitted = [given if given is not None else side // multiple * multiple
+              for given, side in ((width, init.width), (height, init.height))]
+    if (width is None or height is None) and not all(MIN_SIZE <= side <= MAX_SIZE for side in fitted):
+        raise InvalidArgumentError(
+            f"The init image is {init.width}x{init.height} pixels: pass width= and height= "
+            f"(multiples of {multiple} from {MIN_SIZE} to {MAX_SIZE}) to resize it."
+        )
+    return fitted
+
+
 class Pipeline:
-    """A text-to-image pipeline that caches its models and compiled functions.
+    """Text-to-image, img2img and inpainting; caches models and compiled functions.
 
     Args:
         model: "sd15" (KerasCV's SD1.5 architecture) or "tiny" (for tests).
@@ -77,6 +139,10 @@ class Pipeline:
         self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
         self._decode = self._compile(components.decoder, [latent_spec])
+        mask_spec = tf.TensorSpec((None, None, None, 1), tf.float32)
+        self._keep_unmasked = self._compile(
+            keep_unmasked, [latent_spec] * 3 + [mask_spec, tf.TensorSpec((2,), tf.float32)])
+        self._encode_image = None  # compiled on first use, as the encoder loads
         self._steps = {}
 
     @property
@@ -93,6 +159,20 @@ class Pipeline:
     def encode_prompts(self, prompts):
         """Text encodings (N, 77, context_dim) of a list of prompts."""
         return self._encode(tf.constant(self.tokenizer.pad_batch(prompts)))
+
+    def encode_images(self, pixels):
+        """Scaled VAE latent means (N, H/8, W/8, C) of uint8 images (N, H, W, 3)."""
+        if self._encode_image is None:
+            self._encode_image = self._compile(self.components.image_encoder,
+                                               [tf.TensorSpec((None, None, None, 3), tf.float32)])
+        return self._encode_image(tf.constant(pixels, tf.float32) / 127.5 - 1)
+
+    def decode(self, latent, tiled=None):
+        """Decoder output in [-1, 1] (N, H, W, 3); `tiled` None tiles images
+        above `TILED_DECODE_ABOVE` pixels."""
+        if tiled is None:
+            tiled = latent.shape[1] * latent.shape[2] * PIXELS_PER_LATENT**2 > TILED_DECODE_ABOVE
+        return decode_tiled(self._decode, latent) if tiled else self._decode(latent)
 
     def _step_function(self, guided, sampler, controlnets=(), guess_mode=False):
         """One step, uncompiled: ControlNets, UNet (both CFG halves batched),
@@ -139,15 +219,17 @@ class Pipeline:
             self._steps[key] = self._compile(*self._step_function(guided, sampler, controlnets, guess_mode))
         return self._steps[key]
 
-    def denoise_loop(self, guided, sampler="ddim", controlnets=(), guess_mode=False):
+    def denoise_loop(self, guided, sampler="ddim", controlnets=(), guess_mode=False, inpaint=False):
         """All steps in one compiled function (a tf.while_loop): no host round trip per step.
 
         Signature: (latent, state, t_embeds (steps, dim), context,
         guidance_scale, coefficients (steps, K)[, control_images,
-        control_scales (steps, ControlNets, residuals), keep (steps,)])
-        -> latent. Steps whose `keep` is False skip the ControlNets.
+        control_scales (steps, ControlNets, residuals), keep (steps,)][,
+        (init_latent, noise, mask, noise_levels (steps + 1, 2))]) -> latent.
+        Steps whose `keep` is False skip the ControlNets; with `inpaint`,
+        every step ends with `keep_unmasked`.
         """
-        key = ("loop", guided, sampler, tuple(id(c) for c in controlnets), guess_mode)
+        key = ("loop", guided, sampler, tuple(id(c) for c in controlnets), guess_mode, inpaint)
         if key not in self._steps:
             plain, signature = self._step_function(guided, sampler)
             if controlnets:
@@ -157,15 +239,22 @@ class Pipeline:
             if controlnets:
                 signature[7] = tf.TensorSpec((None,) + tuple(signature[7].shape), tf.float32)
                 signature.append(tf.TensorSpec((None,), tf.bool))
+            if inpaint:
+                signature.append(tuple(self._keep_unmasked.input_signature[1:4])
+                                 + (tf.TensorSpec((None, 2), tf.float32),))
 
-            def loop(latent, state, t_embeds, context, guidance_scale, coefficients, *control):
+            def loop(latent, state, t_embeds, context, guidance_scale, coefficients, *extra):
                 def body(i, latent, state):
                     args = (latent, state, t_embeds[i : i + 1], context, guidance_scale, coefficients[i])
-                    if not controlnets:
-                        return (i + 1, *plain(*args))
-                    images, scales, keep = control
-                    latent, state = tf.cond(keep[i], lambda: controlled(*args, images, scales[i]),
-                                            lambda: plain(*args))
+                    if controlnets:
+                        images, scales, keep = extra[:3]
+                        latent, state = tf.cond(keep[i], lambda: controlled(*args, images, scales[i]),
+                                                lambda: plain(*args))
+                    else:
+                        latent, state = plain(*args)
+                    if inpaint:
+                        init_latent, noise, mask, levels = extra[-1]
+                        latent = keep_unmasked(latent, init_latent, noise, mask, levels[i + 1])
                     return i + 1, latent, state
 
                 steps = tf.shape(coefficients)[0]
@@ -216,7 +305,7 @@ class Pipeline:
                  num_images_per_prompt=1, latents=None, output_type="pil", sampler="ddim",
                  image=None, controlnet=None, controlnet_conditioning_scale=1.0, guess_mode=False,
                  control_guidance_start=0.0, control_guidance_end=1.0, control_sizing="resize",
-                 progress=False):
+                 progress=False, init_image=None, strength=None, mask_image=None, tiled_decode=None):
         """Generate images.
 
         Args:
@@ -224,14 +313,16 @@ class Pipeline:
             negative_prompt: what to steer away from; one string or one per prompt.
             width, height: output size, multiples of 64 from 64 to 2048;
                 512 when not given (with `control_sizing="native"`, taken
-                from the control image instead).
+                from the control image instead; else with an `init_image`,
+                its size rounded down to multiples of 64).
             num_inference_steps: sampler steps.
             guidance_scale: classifier-free guidance; 1 skips the
                 unconditional branch.
             seed: integer for reproducible noise (KerasCV's noise for the
                 same seed); None draws fresh noise.
             num_images_per_prompt: images per prompt.
-            latents: initial unit noise (B, H/8, W/8, 4) instead of `seed`.
+            latents: initial unit noise (B, H/8, W/8, 4) instead of `seed`
+                (with an `init_image`, the noise added to its latents).
             output_type: "pil" (list of PIL images), "np" (uint8
                 (N, H, W, 3)) or "latent" (final latents, float32).
             sampler: a name from `kcv_sd.schedulers.SAMPLERS` ("ddim" is
@@ -247,6 +338,26 @@ class Pipeline:
                 "native" (no crop: the output takes the control image's
                 aspect ratio at about 512x512 pixels, multiples of 64).
             progress: show a progress bar over the denoising steps.
+            init_image: img2img or inpainting start (path, PIL image or
+                array; one for the whole batch), stretched to the output
+                size and encoded with the VAE encoder (latent mean, no
+                sampling, as KerasCV's encoder gives it).
+            strength: how much of the init image to repaint, from 0 to 1, as
+                in diffusers: the last int(num_inference_steps * strength)
+                steps run, from the init latents noised to the first of
+                them; 0 gives the init image's VAE round trip. Default 0.8,
+                or 1.0 with a mask (where, as in diffusers, 1 starts from
+                pure noise).
+            mask_image: inpainting mask (path, PIL image or array),
+                stretched to the output size like the init image: white
+                (>= 0.5) is repainted, black kept. A latent pixel is
+                repainted if any pixel of its 8x8 block is; after every
+                step the kept latents are reset to the init latents at that
+                noise level, and the output's black pixels are the (resized)
+                init image's own.
+            tiled_decode: decode the latents in overlapping 512-pixel tiles,
+                bounding the decoder's memory (`kcv_sd.tiled_vae`); None
+                tiles images above 1024x1024 pixels.
         """
         prompts = _as_prompt_list(prompt, "prompt")
         negatives = [""] * len(prompts)
@@ -260,9 +371,14 @@ class Pipeline:
                 )
         if controlnet is not None and control_sizing == "native":
             width, height = native_output_size(image, width, height)
+        multiple = PIXELS_PER_LATENT * self.config.downsample_factor
+        init, mask, strength = load_init_inputs(init_image, mask_image, strength)
+        if init is not None:
+            width, height = size_from_init_image(init, width, height, multiple)
+        if tiled_decode not in (None, True, False):
+            raise InvalidArgumentError(f"tiled_decode={tiled_decode!r}: use True, False or None (automatic).")
         width = 512 if width is None else width
         height = 512 if height is None else height
-        multiple = 8 * self.config.downsample_factor
         check_size("width", width, multiple)
         check_size("height", height, multiple)
         if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
@@ -277,7 +393,7 @@ class Pipeline:
             raise InvalidArgumentError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
 
         batch = len(prompts) * num_images_per_prompt
-        shape = (batch, height // 8, width // 8, self.config.latent_channels)
+        shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, self.config.latent_channels)
         if latents is None:
             latents = keras.random.normal(shape, seed=seed)
         elif tuple(np.shape(latents)) != shape:
@@ -294,7 +410,8 @@ class Pipeline:
 
         plan = None
         if controlnet is not None:
-            plan = plan_control(controlnet, image, num_inference_steps, width, height,
+            steps_run = num_inference_steps - steps_skipped(num_inference_steps, strength)
+            plan = plan_control(controlnet, image, steps_run, width, height,
                                 self.components.family.controlnet_config(),
                                 self.components.precision, controlnet_conditioning_scale,
                                 guess_mode, control_guidance_start, control_guidance_end, control_sizing)
@@ -302,11 +419,21 @@ class Pipeline:
             plan.images = [tf.repeat(tf.constant(im[None]), batch, axis=0) for im in plan.images]
         elif image is not None:
             raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
+
+        start = pixel_mask = None
+        if init is not None:
+            init_pixels = resized_pixels(init, width, height)
+            if mask is not None:
+                pixel_mask = repaint_mask(mask, width, height)
+            start = ImageStart(self.encode_images(init_pixels[None]), strength,
+                               None if mask is None else tf.constant(latent_repaint_mask(pixel_mask)))
         latent = self.denoise(latent, context, num_inference_steps, guidance_scale, guided,
-                              sampler, progress, plan)
+                              sampler, progress, plan, start)
         if output_type == "latent":
             return latent.numpy()
-        pixels = to_uint8(self._decode(latent))
+        pixels = to_uint8(self.decode(latent, tiled_decode))
+        if pixel_mask is not None:
+            pixels = np.where(pixel_mask[..., None], pixels, init_pixels)
         if output_type == "np":
             return pixels
         return [Image.fromarray(image) for image in pixels]
@@ -323,31 +450,42 @@ class Pipeline:
                 )
 
     def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim",
-                progress=False, control=None):
-        """Run `sampler` from unit `noise` over `num_steps` steps.
+                progress=False, control=None, start=None):
+        """Run `sampler` over `num_steps` steps from unit `noise`, or from
+        `noise` and an img2img or inpainting `start` (an `ImageStart`).
 
-        `control` is a `kcv_sd.control.ControlPlan`; at steps where none of
-        its ControlNets is inside its guidance window the plain step runs.
-        With `compiled_loop` the steps run inside one compiled function and
-        `progress` is not shown.
+        `control` is a `kcv_sd.control.ControlPlan` over the steps that run
+        (with a `start`, the last int(num_steps * strength)); at steps where
+        none of its ControlNets is inside its guidance window the plain step
+        runs. With `compiled_loop` the steps run inside one compiled
+        function and `progress` is not shown.
         """
         scheduler = SAMPLERS[sampler]
-        schedule = scheduler.schedule(num_steps)
+        skip = 0 if start is None else steps_skipped(num_steps, start.strength)
+        schedule = scheduler.schedule(num_steps, skip)
+        noise = tf.convert_to_tensor(noise, tf.float32)
+        latent = initial_latent(noise, schedule, start)
+        if not len(schedule):
+            return latent
         scale = tf.constant(guidance_scale, tf.float32)
-        latent = noise * schedule.init_noise_sigma if schedule.init_noise_sigma != 1 else noise
         state = scheduler.initial_state(latent)
         t_embeds = timestep_embedding(schedule.timesteps, self.config.timestep_dim)
         coefficients = tf.constant(schedule.coefficients)
         num_residuals = self.config.num_skip_connections + 1
         controlnets = tuple(control.controlnets) if control is not None else ()
         guess_mode = control is not None and control.guess_mode
+        inpaint = start is not None and start.mask is not None
+        blend_inputs = (start.latent, noise, start.mask) if inpaint else ()
+        noise_levels = tf.constant(schedule.noise_levels)
 
         if self.compiled_loop:
             extra = ()
             if control is not None:
-                scales = np.stack([control.step_scales(i, num_residuals) for i in range(num_steps)])
+                scales = np.stack([control.step_scales(i, num_residuals) for i in range(len(schedule))])
                 extra = (tuple(control.images), tf.constant(scales), tf.constant(control.keep.any(axis=1)))
-            loop = self.denoise_loop(guided, sampler, controlnets, guess_mode)
+            if inpaint:
+                extra += ((*blend_inputs, noise_levels),)
+            loop = self.denoise_loop(guided, sampler, controlnets, guess_mode, inpaint)
             return loop(latent, state, t_embeds, context, scale, coefficients, *extra)
 
         step = self.denoise_step(guided, sampler)
@@ -365,4 +503,6 @@ class Pipeline:
                 latent, state = controlled_step(*args, tuple(control.images), scales)
             else:
                 latent, state = step(*args)
+            if inpaint:
+                latent = self._keep_unmasked(latent, *blend_inputs, noise_levels[i + 1])
         return latent

@@ -13,6 +13,7 @@ from keras_cv.src.models.stable_diffusion.padded_conv2d import PaddedConv2D
 from keras_cv.src.models.stable_diffusion.resnet_block import ResnetBlock
 
 LATENT_SCALE = 0.18215
+PIXELS_PER_LATENT = 8  # image pixels per latent pixel along each axis
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
 
-from kcv_sd.schedulers.base import Schedule
+from kcv_sd.schedulers.base import Schedule, check_num_steps, variance_preserving_levels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +21,8 @@ class KerasCVDDIM:
 
     num_train_timesteps: int = 1000
 
-    def schedule(self, num_steps):
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    def schedule(self, num_steps, skip=0):
+        check_num_steps(num_steps)
         n = self.num_train_timesteps
         ratio = (n - 1) / (num_steps - 1) if num_steps > 1 else n
         ascending = (np.arange(0, num_steps) * ratio).round().astype(np.int64)
@@ -33,7 +32,8 @@ class KerasCVDDIM:
         return Schedule(
             timesteps=ascending[::-1].astype(np.float32),
             coefficients=coefficients[::-1].astype(np.float32),
-        )
+            noise_levels=variance_preserving_levels(alphas[::-1]),
+        ).starting_at(skip)
 
     def initial_state(self, sample):
         return ()

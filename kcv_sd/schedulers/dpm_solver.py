@@ -4,9 +4,9 @@ Configured as algorithm_type="dpmsolver++", solver_order=2,
 prediction_type="epsilon", lower_order_final=True, with the class defaults
 "linspace" spacing (integer timesteps round(linspace(0, 999, n + 1)), the
 last dropped; `steps_offset` unused), final_sigmas_type="zero" and no Karras
-sigmas. The first step has no previous prediction and the last one steps to
-sigma = 0, so both are first order (DDIM-like); every other step is second
-order. In sigma = sqrt((1 - a) / a) terms, with alpha = 1 / sqrt(sigma^2 + 1)
+sigmas. The first step run (also when img2img skips the leading ones) has
+no previous prediction and the last one steps to sigma = 0, so both are
+first order (DDIM-like); every other step is second order. In sigma = sqrt((1 - a) / a) terms, with alpha = 1 / sqrt(sigma^2 + 1)
 and lambda = -log(sigma), one step from sigma to sigma_next is
 
     x0 = (x - sigma * alpha * eps) / alpha
@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from kcv_sd.schedulers.base import Schedule
+from kcv_sd.schedulers.base import Schedule, check_num_steps, variance_preserving_levels
 from kcv_sd.schedulers.euler import scaled_linear_sigmas
 
 
@@ -36,9 +36,8 @@ class DPMSolverPP2M:
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
 
-    def schedule(self, num_steps):
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    def schedule(self, num_steps, skip=0):
+        check_num_steps(num_steps)
         n = self.num_train_timesteps
         timesteps = np.linspace(0, n - 1, num_steps + 1).round()[::-1][:-1]
         sigmas = scaled_linear_sigmas(self.beta_start, self.beta_end, n)[timesteps.astype(np.int64)]
@@ -47,6 +46,7 @@ class DPMSolverPP2M:
         k = alphas_next * (1 - sigmas_next / sigmas)
         w = np.zeros(num_steps)  # second order on all but the first and last step
         w[1:-1] = 0.5 * np.log(sigmas[1:-1] / sigmas[2:]) / np.log(sigmas[:-2] / sigmas[1:-1])
+        w[skip : skip + 1] = 0  # the first step run has no previous x0, also when truncated
         coefficients = np.stack([
             sigmas * alphas,
             alphas,
@@ -54,7 +54,11 @@ class DPMSolverPP2M:
             k * (1 + w),
             -k * w,
         ], -1)
-        return Schedule(timesteps=timesteps.astype(np.float32), coefficients=coefficients.astype(np.float32))
+        return Schedule(
+            timesteps=timesteps.astype(np.float32),
+            coefficients=coefficients.astype(np.float32),
+            noise_levels=variance_preserving_levels(alphas**2),
+        ).starting_at(skip)
 
     def initial_state(self, sample):
         """A zero previous x0: the first row gives it weight 0."""

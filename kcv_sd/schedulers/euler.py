@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from kcv_sd.schedulers.base import Schedule
+from kcv_sd.schedulers.base import Schedule, check_num_steps
 
 
 def scaled_linear_sigmas(beta_start, beta_end, num_train_timesteps):
@@ -26,26 +26,28 @@ def scaled_linear_sigmas(beta_start, beta_end, num_train_timesteps):
 @dataclasses.dataclass(frozen=True)
 class EulerDiscrete:
     """Coefficient rows hold sqrt(sigma^2 + 1), which the UNet input is divided
-    by, and the step sigma_next - sigma along the noise prediction."""
+    by, and the step sigma_next - sigma along the noise prediction. Latents
+    are x0 + sigma * eps (noise levels (1, sigma))."""
 
     beta_start: float = 0.00085
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
 
-    def schedule(self, num_steps):
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    def schedule(self, num_steps, skip=0):
+        check_num_steps(num_steps)
         # The model sees float32 timesteps, so sigmas are read at those.
         timesteps = np.linspace(0, self.num_train_timesteps - 1, num_steps)[::-1].astype(np.float32)
         table = scaled_linear_sigmas(self.beta_start, self.beta_end, self.num_train_timesteps)
         sigmas = np.interp(timesteps.astype(np.float64), np.arange(self.num_train_timesteps), table)
         sigmas_next = np.append(sigmas[1:], 0.0)
         coefficients = np.stack([np.sqrt(sigmas**2 + 1), sigmas_next - sigmas], -1)
+        noise_levels = np.stack([np.ones(num_steps + 1), np.append(sigmas, 0.0)], -1)
         return Schedule(
             timesteps=timesteps,
             coefficients=coefficients.astype(np.float32),
+            noise_levels=noise_levels.astype(np.float32),
             init_noise_sigma=float(np.float32(sigmas.max())),
-        )
+        ).starting_at(skip)
 
     def initial_state(self, sample):
         return ()
