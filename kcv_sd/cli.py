@@ -37,9 +37,12 @@ def main():
 @main.command()
 @click.argument("prompt")
 @click.option("--negative-prompt", default=None, help="What to steer away from.")
-@click.option("--width", type=int, default=None, help="Multiple of 64, 64..2048 [default: 512].")
-@click.option("--height", type=int, default=None, help="Multiple of 64, 64..2048 [default: 512].")
-@click.option("--steps", default=50, show_default=True, help="DDIM steps.")
+@click.option("--width", type=int, default=None,
+              help="Multiple of 64, 64..2048 [default: 512, or the init image's size rounded down].")
+@click.option("--height", type=int, default=None,
+              help="Multiple of 64, 64..2048 [default: 512, or the init image's size rounded down].")
+@click.option("--steps", default=50, show_default=True,
+              help="Sampler steps (img2img runs int(steps * strength)).")
 @click.option("--guidance", default=7.5, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--seed", type=int, default=None, help="Noise seed (default: a random one, recorded in the PNG).")
 @click.option("--num-images", default=1, show_default=True, help="Images for the prompt.")
@@ -60,11 +63,19 @@ def main():
 @click.option("--control-end", default=1.0, show_default=True, help="control_guidance_end.")
 @click.option("--control-sizing", default="resize", show_default=True,
               help="resize (stretch), crop, pad, or native (size from the control image's aspect ratio).")
+@click.option("--init-image", default=None,
+              help="img2img/inpainting start image [default size: its own, rounded down to multiples of 64].")
+@click.option("--strength", type=float, default=None,
+              help="How much of --init-image to repaint, 0..1 [default: 0.8; 1.0 with --mask].")
+@click.option("--mask", "mask_image", default=None, help="Inpainting mask for --init-image: white repaints, black keeps.")
+@click.option("--tiled-decode/--no-tiled-decode", default=None,
+              help="Decode in overlapping tiles to bound memory [default: above 1024x1024].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_images,
              output, overwrite, model, weights, precision, xla, compiled_loop, sampler, controls, controlnets,
-             control_scales, guess_mode, control_start, control_end, control_sizing, progress):
+             control_scales, guess_mode, control_start, control_end, control_sizing,
+             init_image, strength, mask_image, tiled_decode, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
     paths = output_paths(output, num_images)
     check_outputs(paths, overwrite)
@@ -88,12 +99,15 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_
     pipeline = get_pipeline(model, weights, precision, xla, compiled_loop)
     images = pipeline(prompt, negative_prompt=negative_prompt, width=width, height=height,
                       num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                      num_images_per_prompt=num_images, sampler=sampler, progress=progress, **control)
+                      num_images_per_prompt=num_images, sampler=sampler, progress=progress,
+                      init_image=init_image, strength=strength, mask_image=mask_image,
+                      tiled_decode=tiled_decode, **control)
     height, width = images[0].height, images[0].width
     parameters = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                       steps=steps, guidance=guidance, seed=seed, num_images=num_images,
                       model=model, weights=weights, precision=precision, xla=xla,
-                      compiled_loop=compiled_loop,
+                      compiled_loop=compiled_loop, init_image=init_image, strength=strength,
+                      mask_image=mask_image, tiled_decode=tiled_decode,
                       sampler=sampler, kcv_sd_version=__version__,
                       **{k: v for k, v in control.items() if k not in ("image", "controlnet")},
                       control_images=[str(c) for c in controls], controlnets=list(controlnets))

@@ -1,5 +1,6 @@
 """The CLI: files with metadata, no silent overwrite, one-line errors."""
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -72,3 +73,28 @@ def test_long_prompt_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["generate", "word " * 90, *TINY, "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2
     assert "limit is 77 tokens" in result.output
+
+
+def test_img2img_and_inpainting_from_the_cli(tmp_path):
+    from PIL import Image
+
+    init = tmp_path / "init.png"
+    Image.fromarray(np.full((64, 128, 3), 90, np.uint8)).save(init)
+    mask = np.zeros((64, 128), np.uint8)
+    mask[:, 64:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "inpainted.png"
+    result = run(["generate", "a", "-o", str(out), "--init-image", str(init), "--mask",
+                  str(tmp_path / "mask.png"), "--model", "tiny", "--weights", "random",
+                  "--steps", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    pixels = np.asarray(Image.open(out))
+    assert pixels.shape == (64, 128, 3)
+    assert (pixels[:, :64] == 90).all()  # kept where the mask is black
+    params = read_parameters(out)
+    assert params["init_image"] == str(init) and params["strength"] is None
+
+
+def test_strength_without_init_image_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["generate", "a", *TINY, "--strength", "0.5", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "init_image" in result.output
