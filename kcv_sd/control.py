@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from kcv_sd.cache import keras_home
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
+from kcv_sd.image_inputs import load_image
 from kcv_sd.precision import dtype_policy_scope
 
 # Repo ids look like "owner/name"; anything else is taken for a local path.
@@ -87,26 +87,7 @@ def _download_from_hub(repo_id):
 
 def load_control_image(image):
     """A control image as uint8 (H, W, 3): a path, a PIL image or an array."""
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                image = opened.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise InvalidArgumentError(f"Cannot read control image {image}: {error}.") from None
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (1, 3):
-        raise InvalidArgumentError(
-            f"Control image has shape {array.shape}; expected (H, W), (H, W, 1) or (H, W, 3)."
-        )
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    if array.dtype != np.uint8:
-        array = np.clip(np.round(array.astype(np.float64) * 255), 0, 255).astype(np.uint8)
-    return array
+    return np.asarray(load_image(image, "control image"))
 
 
 def prepare_control_image(image, width, height, mode="resize"):
