@@ -16,6 +16,9 @@ SCHEMA_VERSION = 1
 
 def run_benchmark(workload, runs, log_path, echo, timeout_s, command):
     started = time.time()
+    load_at_start = environment.load_average()
+    if load_at_start and load_at_start[0] > 0.5:
+        echo(f"note: load average {load_at_start[0]} at start: other work on this machine skews the timings")
     workload_spec = dataclasses.asdict(workload)
     echo(f"[probe] devices, {MATMUL_SIZE}x{MATMUL_SIZE} float32 matmul, FLOP count (fresh process)")
     probe = run_worker("bench.probe_worker", {**workload_spec, "matmul_size": MATMUL_SIZE},
@@ -31,11 +34,14 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command):
             echo(f"{prefix}: skipped ({run.skip_reason})")
             records.append(skipped_record(run.system, run.xla, run.precision, run.skip_reason))
             continue
-        echo(f"{prefix}: fresh process")
+        load = environment.load_average()
+        echo(f"{prefix}: fresh process (load average {load[0] if load else '?'})")
         spec = {"system": run.system, "config": {"xla": run.xla, "precision": run.precision},
                 "workload": workload_spec, "token_ids": probe.get("token_ids")}
         raw = run_worker("bench.cold_worker", spec, log_path, lambda line: echo(f"    {line}"), timeout_s)
-        records.append(build_record(run.system, run.xla, run.precision, raw, workload, flops, probe))
+        record = build_record(run.system, run.xla, run.precision, raw, workload, flops, probe)
+        record["load_average_at_start"] = load
+        records.append(record)
 
     return {
         "schema_version": SCHEMA_VERSION,
@@ -44,7 +50,8 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command):
         "duration_s": time.time() - started,
         "runner_pid": os.getpid(),
         "workload": {**workload_spec, "weights": "random"},
-        "environment": {**environment.describe(), "devices": probe.get("devices")},
+        "environment": {**environment.describe(), "devices": probe.get("devices"),
+                        "load_average_1_5_15_min": {"start": load_at_start, "end": environment.load_average()}},
         "machine": {"matmul": probe.get("matmul"), "probe_error": probe.get("error")},
         "unet_step_flops": flops,
         "results": records,

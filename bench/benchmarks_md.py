@@ -13,22 +13,31 @@ DEFINITIONS = """\
 - **Stages**: text encoding (prompt and empty negative prompt), one guided
   denoising step (UNet on both halves, guidance, update), VAE decoding, each
   synchronised; host overhead is the warm median minus text encoding, steps x
-  step time and decoding (tokenization, noise, scheduling, Python glue).
+  step time and decoding (tokenization, noise, scheduling, Python glue). It
+  comes out slightly negative when the separately synchronised stages add up
+  to more than a whole image: read small values as zero.
 - **UNet GFLOP/s**: an analytic count of the UNet's convolutions, dense layers
   and attention matmuls (`bench/flops.py`) for one guided step, divided by the
   step's median time, beside a float32 matmul on the same device.
-- All systems use **random weights** of the SD1.5 architecture: pretrained
-  weights cannot be downloaded on this machine. Timings depend on the
-  architecture, not on weight values; the images are noise."""
+- **Load avg at start**: the 1-minute load average as the row's process
+  started. Well above 0 means other processes competed for the cores and that
+  row's times are inflated; compare rows with similar load.
+- All systems use **random weights** of the benchmarked architecture (SD1.5
+  unless the tiny test model is chosen): pretrained weights cannot be
+  downloaded on this machine. Timings depend on the architecture, not on
+  weight values; the images are noise."""
 
 
 def _machine(report):
     env, matmul = report["environment"], report["machine"]["matmul"] or {}
+    load = env["load_average_1_5_15_min"]
     devices = ", ".join(d["model"] or d["name"] for d in env.get("devices") or []) or "unknown"
     lines = [
         f"- CPU: {env['cpu_model']}, {env['cpu_count']} logical cores, {env['memory_gib']} GiB memory",
         f"- Devices seen by TensorFlow: {devices}",
         f"- Python {env['python']} on {env['platform']}",
+        (f"- Load average (1, 5, 15 min) at start {load['start']}, at end {load['end']} "
+         "(anything well above 0 means other work shared the machine)"),
         "- " + ", ".join(f"{name} {version}" for name, version in env["versions"].items() if version),
     ]
     if matmul:
@@ -42,7 +51,7 @@ def _machine(report):
 def _workload(report):
     w = report["workload"]
     flops = report["unet_step_flops"]
-    flops_text = f"; one guided UNet step = {flops / 1e9:.1f} GFLOP (analytic)" if flops else ""
+    flops_text = f"; one guided UNet step = {flops / 1e9:.3g} GFLOP (analytic)" if flops else ""
     return (f"model {w['model']}, {w['width']}x{w['height']}, {w['steps']} steps, batch {w['batch']} "
             f"(images per prompt), guidance {w['guidance_scale']}, {w['repeats']} warm repeats, "
             f"weights: {w['weights']}{flops_text}")
@@ -52,18 +61,18 @@ def render(report):
     records = report["results"]
     sections = [
         "# Benchmarks",
-        "Written by `kcv-bench --write-benchmarks-md`; do not edit by hand, rerun instead. "
-        f"This run: `{report['command']}` on {report['started_at']}, "
-        f"{report['duration_s'] / 60:.1f} minutes.",
+        ("Written by `kcv-bench --write-benchmarks-md`; do not edit by hand, rerun instead. "
+         f"This run: `{report['command']}` on {report['started_at']}, "
+         f"{report['duration_s'] / 60:.1f} minutes."),
         "## Machine", _machine(report),
         "## Workload", _workload(report),
         "## Results (measured here)", table.as_markdown(*table.summary_rows(records)),
         "### Cold start, part by part (seconds)", table.as_markdown(*table.cold_rows(records)),
         "### Warm stages (seconds, medians)", table.as_markdown(*table.stage_rows(records)),
         "## Published figures (not measured here)",
-        f"{report['published']['source']}: {report['published']['workload']['images']} images, "
-        f"{report['published']['workload']['steps']} steps, 512x512, pretrained weights. "
-        "`kcv-bench --preset tutorial` runs this workload.",
+        (f"{report['published']['source']}: {report['published']['workload']['images']} images, "
+         f"{report['published']['workload']['steps']} steps, 512x512, pretrained weights. "
+         "`kcv-bench --preset tutorial` runs this workload."),
         table.as_markdown(*table.published_rows(report["published"])),
         "## Definitions", DEFINITIONS,
         "Raw figures: `results.json` and `results.csv`; chart: `cold_warm.png`, in the output folder.",

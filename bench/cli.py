@@ -9,16 +9,18 @@ import click
 
 from bench import table
 from bench.benchmark import run_benchmark
+from bench.benchmarks_md import render
 from bench.configs import PRESETS, parse_configs, parse_peers
 from bench.files import write_csv, write_json
 from bench.plan import plan_runs
+from bench.plot import plot_cold_warm
 
 PNG_NAME = "cold_warm.png"
 
 
 def command_line():
     program = "python -m bench" if sys.argv[0].endswith("__main__.py") else Path(sys.argv[0]).name
-    return shlex.join([program, *sys.argv[1:]])
+    return " ".join([program, shlex.join(sys.argv[1:])]).strip()
 
 
 def resolve_workload(preset, **overrides):
@@ -72,13 +74,9 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     report["files"] = {"json": "results.json", "csv": "results.csv", "plot": PNG_NAME, "log": log_path.name}
     write_json(report, output / "results.json")
     write_csv(records, output / "results.csv")
-    from bench.plot import plot_cold_warm  # matplotlib only once there is something to draw
-
     plot_cold_warm(records, f"{workload.model} {workload.width}x{workload.height}, {workload.steps} steps, "
                             f"batch {workload.batch}, random weights", output / PNG_NAME)
     if write_benchmarks_md:
-        from bench.benchmarks_md import render
-
         Path("BENCHMARKS.md").write_text(render(report))
 
     click.echo("\n" + table.as_text(*table.summary_rows(records)))

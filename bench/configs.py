@@ -4,7 +4,9 @@ A configuration is one cell of the grid jit_compile x precision. The grid
 syntax is `xla=off,on;precision=float32,mixed_bfloat16`; several grids join
 with `+`, and `all` is the full grid. Precision names are passed through
 unchecked, so that an unsupported one is measured (and fails) like any
-other instead of being dropped before the run.
+other instead of being dropped before the run. ControlNet, when it lands,
+is one more axis here (a `Config` field and a grid key) that the kcv-sd
+worker reads from the spec's `config`.
 """
 
 import dataclasses

@@ -10,10 +10,13 @@ diffusers' usual whole-pipeline `torch_dtype`.
 import time
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel
-
-FRAMEWORKS = ("torch", "diffusers", "transformers")
 
 TORCH_DTYPES = {"float32": torch.float32, "mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}
 
@@ -111,7 +114,7 @@ class Runner:
             step_s.append(time.perf_counter() - start)
 
         start = time.perf_counter()
-        pipe.vae.decode(latent / pipe.vae.config.scaling_factor).sample
+        pipe.vae.decode(latent / pipe.vae.config.scaling_factor)
         self._sync()
         return {"text_encoding_s": text_encoding_s, "step_s": step_s,
                 "decode_s": time.perf_counter() - start}

@@ -4,8 +4,10 @@ jit_compile is on and mixed precision is a global policy set before the
 models are built, exactly the tutorial's recipe; this process is fresh, so the
 policy cannot leak. Pretrained weights cannot be downloaded here, so the
 three models are KerasCV's own classes with `download_weights=False`
-(Keras' random initialisers), and the tokenizer is kcv-sd's offline copy of
-KerasCV's BPE tokenizer. Image sizes must be multiples of 128 (see `bench.plan`).
+(Keras' random initialisers), and the tokenizer is KerasCV's own BPE
+tokenizer with the vocabulary kcv-sd finds offline (importing kcv_sd for it
+counts toward this peer's import time). Image sizes must be multiples of
+128 (`bench.plan` skips other sizes).
 """
 
 import time
@@ -17,8 +19,6 @@ import tensorflow as tf
 from keras_cv.models.stable_diffusion import Decoder, DiffusionModel, TextEncoder
 
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
-
-FRAMEWORKS = ("tensorflow", "keras", "keras_cv")
 
 
 def _compiled(model):

@@ -3,10 +3,10 @@
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on benchmark machines
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from bench.table import XLA_TEXT  # noqa: E402
+from bench.table import XLA_TEXT
 
 
 def _label(record):

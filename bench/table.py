@@ -21,7 +21,7 @@ def _status(record):
 
 def summary_rows(records):
     headers = ["system", "xla", "precision", "cold start s", "warm median s", "warm min-max s",
-               "UNet step s", "UNet GFLOP/s", "% of f32 matmul", "status / notes"]
+               "UNet step s", "UNet GFLOP/s", "% of f32 matmul", "load avg at start", "status / notes"]
     rows = []
     for r in records:
         warm = r["warm"] or {}
@@ -35,6 +35,7 @@ def summary_rows(records):
             seconds(_get(r, "stages", "step_s")),
             f"{unet['achieved_flops_per_s'] / 1e9:.1f}" if unet else "-",
             f"{100 * fraction:.1f}%" if fraction else "-",
+            f"{r['load_average_at_start'][0]:.1f}" if r.get("load_average_at_start") else "-",
             notes,
         ])
     return headers, rows

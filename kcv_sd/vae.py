@@ -18,13 +18,17 @@ PIXELS_PER_LATENT = 8  # image pixels per latent pixel along each axis
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
-    """Channels of the decoder stages from the latent side (multiples of 32)."""
+    """Channels of the decoder stages from the latent side (multiples of 32),
+    and the GroupNorm epsilon: KerasCV's blocks use 1e-5, diffusers' and the
+    original VAE 1e-6."""
 
     block_channels: tuple = (512, 512, 256, 128)
     latent_channels: int = 4
+    norm_epsilon: float = 1e-5
 
 
 SD15_VAE = VAEConfig()
+SD15_VAE_DIFFUSERS = VAEConfig(norm_epsilon=1e-6)
 TINY_VAE = VAEConfig(block_channels=(32, 32, 32, 32))
 
 
@@ -58,7 +62,7 @@ def build_decoder(config=SD15_VAE, name="decoder"):
         keras.layers.Activation("swish"),
         PaddedConv2D(3, 3, padding=1),
     ]
-    return keras.Sequential(layers, name=name)
+    return _with_norm_epsilon(keras.Sequential(layers, name=name), config.norm_epsilon)
 
 
 def build_encoder(config=SD15_VAE, name="image_encoder"):
@@ -66,7 +70,7 @@ def build_encoder(config=SD15_VAE, name="image_encoder"):
     c0, c1, c2, c3 = config.block_channels
     latent = config.latent_channels
     down = ((0, 1), (0, 1))
-    return keras.Sequential(
+    encoder = keras.Sequential(
         [
             keras.Input((None, None, 3)),
             PaddedConv2D(c3, 3, padding=1),
@@ -92,3 +96,13 @@ def build_encoder(config=SD15_VAE, name="image_encoder"):
         ],
         name=name,
     )
+    return _with_norm_epsilon(encoder, config.norm_epsilon)
+
+
+def _with_norm_epsilon(model, epsilon):
+    """Set every GroupNorm's epsilon: KerasCV's blocks fix 1e-5 at construction,
+    and GroupNormalization reads the attribute on each call."""
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.GroupNormalization):
+            layer.epsilon = epsilon
+    return model

@@ -86,7 +86,7 @@ def _graph_matmul_flops(config, height, width, batch, context_length):
                                                             context_dim=16, timestep_dim=8,
                                                             time_embed_dim=16, norm_groups=4)])
 def test_flops_match_the_traced_graph(config):
-    assert unet_flops(config, 8, 8, batch=2, context_length=77) == _graph_matmul_flops(config, 8, 8, 2, 77)
+    assert unet_flops(config, 16, 16, batch=2, context_length=77) == _graph_matmul_flops(config, 16, 16, 2, 77)
 
 
 def test_config_grids():
