@@ -63,10 +63,22 @@ class Components:
         if self._image_encoder is None:
             with dtype_policy_scope("float32"):
                 encoder = build_encoder(self.family.vae)
-            path = None if self.weights == "random" else kerascv_file("image_encoder", self.weights)
-            fill_weights(weighted_layers(encoder), path, self.seed + SEED_OFFSETS["image_encoder"])
+            if is_diffusers_folder(self.weights):
+                from kcv_sd.convert import convert_diffusers_vae, read_state_dict
+                from kcv_sd.convert.sd_folder import component_file
+
+                vae_file = component_file(Path(self.weights), "vae")
+                convert_diffusers_vae(read_state_dict(vae_file), self.decoder, encoder, source=str(vae_file))
+            else:
+                path = None if self.weights == "random" else kerascv_file("image_encoder", self.weights)
+                fill_weights(weighted_layers(encoder), path, self.seed + SEED_OFFSETS["image_encoder"])
             self._image_encoder = encoder
         return self._image_encoder
+
+
+def is_diffusers_folder(weights):
+    """A diffusers pipeline folder (unet/, vae/, text_encoder/) rather than KerasCV files."""
+    return weights not in ("kerascv", "random") and (Path(weights) / "unet").is_dir()
 
 
 def family_by_name(name):
@@ -109,13 +121,18 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
     Args:
         model: a family name from `FAMILIES` ("sd15" or "tiny").
         weights: "kerascv" (KerasCV's files, downloaded once into the Keras
-            cache), a folder holding those files, or "random".
+            cache), a folder holding those files, a diffusers SD1.5 folder
+            (unet/, vae/, text_encoder/ with safetensors, e.g. runwayml's or
+            a community fine-tune; converted with diffusers' numerics), or
+            "random".
         precision: the UNet's dtype policy; text encoder and VAE stay
             float32 (they run once per image and the VAE overflows in float16).
         seed: numpy seed for "random" weights.
     """
     family = family_by_name(model)
     files = {}
+    if is_diffusers_folder(weights):
+        return _load_diffusers_folder(family, weights, precision, seed)
     if weights != "random":
         if not family.kerascv_weights:
             raise InvalidArgumentError(f"Model {model!r} has no published weights; use weights='random'.")
@@ -141,3 +158,23 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
     for name, layers in parts.items():
         fill_weights(layers, files.get(name), seed + SEED_OFFSETS[name])
     return Components(family, text_encoder, unet, decoder, weights, precision, seed)
+
+
+def _load_diffusers_folder(family, folder, precision, seed):
+    """Components converted from a diffusers folder, with diffusers' numerics
+    (exact GELU and GroupNorm epsilon 1e-6 in the UNet's transformers and the VAE)."""
+    from kcv_sd.convert import convert_diffusers_folder
+
+    family = dataclasses.replace(
+        family,
+        unet=dataclasses.replace(family.unet, transformer_norm_epsilon=1e-6, gelu_approximate=False),
+        vae=dataclasses.replace(family.vae, norm_epsilon=1e-6),
+    )
+    with dtype_policy_scope("float32"):
+        text_encoder = build_text_encoder(family.text)
+        decoder = build_decoder(family.vae)
+    with dtype_policy_scope(precision):
+        unet = UNet(family.unet, initializer="zeros")
+        unet.model()
+    convert_diffusers_folder(folder, text_encoder, unet, decoder)
+    return Components(family, text_encoder, unet, decoder, str(folder), precision, seed)

@@ -123,3 +123,20 @@ def test_a_unet_with_kerascv_numerics_is_refused(folder, models):
     kerascv_numerics = UNet(unet_configs.TINY, initializer="zeros")
     with pytest.raises(InvalidArgumentError, match="SD15_DIFFUSERS"):
         convert_diffusers_folder(folder, **{**models, "unet": kerascv_numerics})
+
+
+def test_pipeline_runs_on_a_diffusers_folder(folder, references):
+    """weights=<diffusers folder> converts every component, the VAE encoder on first use."""
+    from kcv_sd.pipeline import Pipeline
+
+    pipeline = Pipeline(model="tiny", weights=str(folder))
+    assert pipeline.config == TINY_A
+    np.testing.assert_array_equal(
+        np.asarray(pipeline.components.unet.conv_in.conv2d.kernel),
+        np.transpose(references["unet"]["conv_in.weight"], (2, 3, 1, 0)))
+    image = np.full((64, 64, 3), 128, np.uint8)
+    out = pipeline("a", init_image=image, strength=0.5, num_inference_steps=2, seed=0, output_type="np")
+    assert out.shape == (1, 64, 64, 3)
+    encoder_in = pipeline.components.image_encoder.layers[0].conv2d.kernel
+    np.testing.assert_array_equal(
+        np.asarray(encoder_in), np.transpose(references["vae"]["encoder.conv_in.weight"], (2, 3, 1, 0)))
