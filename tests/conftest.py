@@ -23,3 +23,22 @@ def tiny_pipeline(tiny_components):
 @pytest.fixture(scope="session")
 def tiny_xla_pipeline(tiny_components):
     return Pipeline(components=tiny_components, jit_compile=True)
+
+
+@pytest.fixture
+def controlnet_step_calls(tiny_pipeline, monkeypatch):
+    """Records, for each denoising step `tiny_pipeline` runs, whether it ran ControlNets."""
+    calls = []
+    original = tiny_pipeline.denoise_step
+
+    def counting(guided, sampler="ddim", controlnets=(), guess_mode=False):
+        step = original(guided, sampler, controlnets, guess_mode)
+
+        def counted(*args):
+            calls.append(bool(controlnets))
+            return step(*args)
+
+        return counted
+
+    monkeypatch.setattr(tiny_pipeline, "denoise_step", counting)
+    return calls

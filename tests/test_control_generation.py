@@ -62,24 +62,12 @@ def test_sizing_modes_give_the_requested_size(tiny_pipeline, tiny_controlnets, w
     assert images.shape == (1, 192, 128, 3)
 
 
-def test_controlnet_is_not_run_outside_its_window(tiny_pipeline, tiny_controlnets, wide_depth, monkeypatch):
-    calls = []
-    original = tiny_pipeline.denoise_step
-
-    def counting(guided, sampler="ddim", controlnets=(), guess_mode=False):
-        step = original(guided, sampler, controlnets, guess_mode)
-
-        def counted(*args):
-            calls.append(bool(controlnets))
-            return step(*args)
-
-        return counted
-
-    monkeypatch.setattr(tiny_pipeline, "denoise_step", counting)
+def test_controlnet_is_not_run_outside_its_window(tiny_pipeline, tiny_controlnets, wide_depth,
+                                                  controlnet_step_calls):
     tiny_pipeline("a", width=128, height=64, image=depth_to_control(wide_depth),
                   controlnet=tiny_controlnets[0], control_guidance_start=0.5,
                   num_inference_steps=4, output_type="latent")
-    assert calls == [False, False, True, True]
+    assert controlnet_step_calls == [False, False, True, True]
 
 
 def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth):

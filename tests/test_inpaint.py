@@ -60,25 +60,13 @@ def test_mask_of_another_size_is_stretched(tiny_pipeline, init_image):
     np.testing.assert_array_equal(images[0][kept], init_image[kept])
 
 
-def test_controlnet_runs_over_the_steps_img2img_keeps(tiny_pipeline, init_image, tiny_controlnet, monkeypatch):
+def test_controlnet_runs_over_the_steps_img2img_keeps(tiny_pipeline, init_image, tiny_controlnet,
+                                                      controlnet_step_calls):
     """As diffusers' ControlNet img2img: the guidance window spans the steps run."""
-    calls = []
-    original = tiny_pipeline.denoise_step
-
-    def counting(guided, sampler="ddim", controlnets=(), guess_mode=False):
-        step = original(guided, sampler, controlnets, guess_mode)
-
-        def counted(*args):
-            calls.append(bool(controlnets))
-            return step(*args)
-
-        return counted
-
-    monkeypatch.setattr(tiny_pipeline, "denoise_step", counting)
     images = tiny_pipeline("a", init_image=init_image, strength=0.5, image=init_image,
                            controlnet=tiny_controlnet, control_guidance_start=0.5,
                            num_inference_steps=8, output_type="np")
-    assert calls == [False, False, True, True]
+    assert controlnet_step_calls == [False, False, True, True]
     assert images.shape == (1, HEIGHT, WIDTH, 3)
 
 
