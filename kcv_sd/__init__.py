@@ -7,11 +7,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+from kcv_sd.distribute import DistributedPipeline  # noqa: E402  (imports Pipeline)
 from kcv_sd.errors import InvalidArgumentError, KcvSdError, WeightsNotFoundError
 from kcv_sd.generate import generate, get_pipeline
 from kcv_sd.pipeline import Pipeline
 
 __all__ = [
+    "DistributedPipeline",
     "InvalidArgumentError",
     "KcvSdError",
     "Pipeline",

@@ -50,13 +50,39 @@ def check_size(name, value, multiple):
         )
 
 
-def _as_prompt_list(prompt, what):
+def _prompt_list(prompt, what):
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise InvalidArgumentError(
-            f"Empty {what}: give a non-empty text (use negative_prompt=None for none)."
-        )
+        raise InvalidArgumentError(f"Empty {what}: give a non-empty text (use negative_prompt=None for none).")
     return prompts
+
+
+def prompt_lists(prompt, negative_prompt):
+    """(prompts, negatives), one negative per prompt, as `Pipeline` encodes them."""
+    prompts = _prompt_list(prompt, "prompt")
+    if negative_prompt is None:
+        return prompts, [""] * len(prompts)
+    negatives = _prompt_list(negative_prompt, "negative_prompt")
+    if len(negatives) == 1:
+        return prompts, negatives * len(prompts)
+    if len(negatives) != len(prompts):
+        raise InvalidArgumentError(
+            f"{len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one per prompt.")
+    return prompts, negatives
+
+
+def check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type):
+    """The scalar generation arguments, checked with messages that say the fix."""
+    if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+        raise InvalidArgumentError(f"num_inference_steps={num_inference_steps!r}: use an integer >= 1.")
+    if not guidance_scale >= 0:
+        raise InvalidArgumentError(f"guidance_scale={guidance_scale!r}: use a number >= 0 (7.5 is usual).")
+    if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
+        raise InvalidArgumentError(f"num_images_per_prompt={num_images_per_prompt!r}: use an integer >= 1.")
+    if sampler not in SAMPLERS:
+        raise InvalidArgumentError(f"sampler={sampler!r}: use one of {', '.join(SAMPLERS)}.")
+    if output_type not in OUTPUT_TYPES:
+        raise InvalidArgumentError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
 
 
 def guide(noise_uncond, noise_cond, guidance_scale):
@@ -359,16 +385,7 @@ class Pipeline:
                 bounding the decoder's memory (`kcv_sd.tiled_vae`); None
                 tiles images above 1024x1024 pixels.
         """
-        prompts = _as_prompt_list(prompt, "prompt")
-        negatives = [""] * len(prompts)
-        if negative_prompt is not None:
-            negatives = _as_prompt_list(negative_prompt, "negative_prompt")
-            if len(negatives) == 1:
-                negatives *= len(prompts)
-            elif len(negatives) != len(prompts):
-                raise InvalidArgumentError(
-                    f"{len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one per prompt."
-                )
+        prompts, negatives = prompt_lists(prompt, negative_prompt)
         if controlnet is not None and control_sizing == "native":
             width, height = native_output_size(image, width, height)
         multiple = PIXELS_PER_LATENT * self.config.downsample_factor
@@ -381,16 +398,7 @@ class Pipeline:
         height = 512 if height is None else height
         check_size("width", width, multiple)
         check_size("height", height, multiple)
-        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-            raise InvalidArgumentError(f"num_inference_steps={num_inference_steps!r}: use an integer >= 1.")
-        if not guidance_scale >= 0:
-            raise InvalidArgumentError(f"guidance_scale={guidance_scale!r}: use a number >= 0 (7.5 is usual).")
-        if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
-            raise InvalidArgumentError(f"num_images_per_prompt={num_images_per_prompt!r}: use an integer >= 1.")
-        if sampler not in SAMPLERS:
-            raise InvalidArgumentError(f"sampler={sampler!r}: use one of {', '.join(SAMPLERS)}.")
-        if output_type not in OUTPUT_TYPES:
-            raise InvalidArgumentError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
+        check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type)
 
         batch = len(prompts) * num_images_per_prompt
         shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, self.config.latent_channels)

@@ -1,0 +1,204 @@
+"""Batch-parallel generation over the replicas of a `tf.distribute` strategy.
+
+Each replica (a TPU core under TPUStrategy, a GPU under MirroredStrategy)
+encodes, denoises and decodes a contiguous share of the batch with the
+pipeline's own models and denoising loop. The caller gets exactly the images
+asked for, in the single-device order, from the noise the single-device
+`Pipeline` draws for the same seed: the full batch's noise is drawn once,
+outside the replicas and exactly as `Pipeline` draws it, and each replica
+takes its slice.
+
+Uneven batches: replicas run one program on equal shapes (a TPU requirement),
+so every replica takes ceil(batch / replicas) images; the last shards are
+padded with repeats of the final image and the padding is dropped. Up to
+replicas - 1 images of work are wasted; results are unaffected.
+"""
+
+import dataclasses
+import functools
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from kcv_sd.control import native_output_size, plan_control
+from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.pipeline import Pipeline, check_options, check_size, prompt_lists, to_uint8
+from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
+from kcv_sd.vae import PIXELS_PER_LATENT
+
+
+def _tpu_cluster_resolver():
+    """The TPU's resolver: named by TPU_NAME/TPU_CONFIG (Colab, Cloud TPU nodes) or
+    attached to this VM (TPU VMs); None without a TPU."""
+    try:
+        return tf.distribute.cluster_resolver.TPUClusterResolver()
+    except ValueError:
+        if tf.config.list_physical_devices("TPU"):
+            return tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
+        return None
+
+
+@functools.cache
+def default_strategy():
+    """TPUStrategy on a TPU, MirroredStrategy on several GPUs, else TF's current strategy (one device).
+
+    Cached: initialising the TPU system a second time would wipe what lives on it.
+    """
+    resolver = _tpu_cluster_resolver()
+    if resolver is not None:
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_tpu_strategy(strategy):
+    return isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
+
+
+def padded_rows(batch, num_replicas):
+    """Batch rows in replica order: equal contiguous shards, the last ones padded with the final row."""
+    per_replica = math.ceil(batch / num_replicas)
+    return np.minimum(np.arange(per_replica * num_replicas), batch - 1)
+
+
+class DistributedPipeline:
+    """A `Pipeline` whose batch is split over the replicas of a `tf.distribute` strategy.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`; `default_strategy()` when None.
+        pipeline_kwargs: `Pipeline` arguments, its models built under
+            `strategy.scope()` so every replica holds their variables.
+            `precision` defaults to "mixed_bfloat16" on a TPU and
+            `compiled_loop` to True (one while loop per replica rather than a
+            graph that grows with the number of steps). `components`
+            and ControlNet objects passed to `__call__` must have been built
+            under `strategy.scope()` too (checkpoint paths and repo ids are
+            loaded under it).
+    """
+
+    def __init__(self, strategy=None, **pipeline_kwargs):
+        self.strategy = strategy or default_strategy()
+        if is_tpu_strategy(self.strategy):
+            pipeline_kwargs.setdefault("precision", "mixed_bfloat16")
+        pipeline_kwargs.setdefault("compiled_loop", True)
+        with self.strategy.scope():
+            self.pipeline = Pipeline(**pipeline_kwargs)
+        self._generators = {}
+
+    @property
+    def components(self):
+        return self.pipeline.components
+
+    @property
+    def num_replicas(self):
+        return self.strategy.num_replicas_in_sync
+
+    def __call__(self, prompt, negative_prompt=None, width=None, height=None,
+                 num_inference_steps=50, guidance_scale=7.5, seed=None,
+                 num_images_per_prompt=1, latents=None, output_type="pil", sampler="ddim",
+                 image=None, controlnet=None, controlnet_conditioning_scale=1.0, guess_mode=False,
+                 control_guidance_start=0.0, control_guidance_end=1.0, control_sizing="resize",
+                 progress=False):
+        """Generate images from text, optionally with ControlNets; the arguments
+        and results are those of `Pipeline.__call__`.
+
+        Not here: img2img, inpainting and tiled decoding. `progress` is
+        accepted for compatibility and ignored: each replica runs all steps
+        inside one compiled call.
+        """
+        prompts, negatives = prompt_lists(prompt, negative_prompt)
+        if controlnet is not None and control_sizing == "native":
+            width, height = native_output_size(image, width, height)
+        width = 512 if width is None else width
+        height = 512 if height is None else height
+        config = self.pipeline.config
+        multiple = PIXELS_PER_LATENT * config.downsample_factor
+        check_size("width", width, multiple)
+        check_size("height", height, multiple)
+        check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type)
+
+        batch = len(prompts) * num_images_per_prompt
+        shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, config.latent_channels)
+        if latents is None:
+            latents = keras.random.normal(shape, seed=seed)  # the single-device pipeline's noise
+        elif tuple(np.shape(latents)) != shape:
+            raise InvalidArgumentError(f"latents have shape {np.shape(latents)}, expected {shape}.")
+
+        plan = None
+        if controlnet is not None:
+            with self.strategy.scope():  # ControlNets loaded here get variables on every replica
+                plan = plan_control(controlnet, image, num_inference_steps, width, height,
+                                    self.components.family.controlnet_config(), self.components.precision,
+                                    controlnet_conditioning_scale, guess_mode, control_guidance_start,
+                                    control_guidance_end, control_sizing)
+        elif image is not None:
+            raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
+
+        guided = guidance_scale != 1
+        # Every replica encodes the same token batch as Pipeline (row order
+        # changes the encoder's rounding) and keeps its images' rows.
+        tokens = self.pipeline.tokenizer.pad_batch(prompts + negatives if guided else prompts)
+        rows = padded_rows(batch, self.num_replicas)
+        generate = self._replicated_generate(num_inference_steps, float(guidance_scale), sampler,
+                                             output_type != "latent", plan)
+        shards = generate(tf.constant(tokens), tf.constant(rows // num_images_per_prompt, tf.int32),
+                          tf.gather(tf.convert_to_tensor(latents, tf.float32), rows),
+                          *(() if plan is None else map(tf.constant, plan.images)))
+        output = np.concatenate([np.asarray(shard) for shard in shards])[:batch]
+        if output_type == "latent":
+            return output
+        pixels = to_uint8(output)
+        if output_type == "np":
+            return pixels
+        return [Image.fromarray(one) for one in pixels]
+
+    def _replicated_generate(self, num_steps, guidance_scale, sampler, decode, plan):
+        """A compiled function that runs each replica's share and returns the shards in replica order.
+
+        One per configuration, traced once for any batch and size. Its
+        arguments reach every replica whole; each replica slices its rows.
+        Arguments: tokens (prompts[, negatives], 77), the prompt of each
+        padded image, the padded noise, one control image per ControlNet.
+        """
+        control_key = None if plan is None else (
+            tuple(id(c) for c in plan.controlnets), tuple(plan.scales), plan.keep.tobytes(),
+            plan.keep.shape, plan.guess_mode)
+        key = (num_steps, guidance_scale, sampler, decode, control_key)
+        if key in self._generators:
+            return self._generators[key]
+        pipeline, num_replicas = self.pipeline, self.num_replicas
+        guided = guidance_scale != 1
+
+        def on_replica(tokens, prompt_of_image, noise, *control_images):
+            count = tf.shape(noise)[0] // num_replicas
+            start = tf.distribute.get_replica_context().replica_id_in_sync_group * count
+            noise = noise[start : start + count]
+            mine = prompt_of_image[start : start + count]
+            positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(tokens))
+            encodings = pipeline.components.text_encoder({"tokens": tokens, "positions": positions})
+            if guided:  # unconditional half first, as the guided UNet batch expects
+                mine = tf.concat([mine + tf.shape(tokens)[0] // 2, mine], axis=0)
+            context = tf.gather(encodings, mine)
+            control = None if plan is None else dataclasses.replace(
+                plan, images=[tf.repeat(image[None], count, axis=0) for image in control_images])
+            latent = pipeline.denoise(noise, context, num_steps, guidance_scale, guided, sampler,
+                                      control=control)
+            return pipeline.decode(latent, tiled=False) if decode else latent
+
+        latent_channels = pipeline.config.latent_channels
+        signature = [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32), tf.TensorSpec((None,), tf.int32),
+                     tf.TensorSpec((None, None, None, latent_channels), tf.float32)]
+        signature += [tf.TensorSpec((None, None, 3), tf.float32)] * (0 if plan is None else len(plan.controlnets))
+
+        @tf.function(input_signature=signature, autograph=False)
+        def generate(*args):
+            return self.strategy.experimental_local_results(self.strategy.run(on_replica, args=args))
+
+        self._generators[key] = generate
+        return generate
