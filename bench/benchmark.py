@@ -32,14 +32,15 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command):
         prefix = f"[{index}/{len(runs)}] {run.label}"
         if run.skip_reason:
             echo(f"{prefix}: skipped ({run.skip_reason})")
-            records.append(skipped_record(run.system, run.xla, run.precision, run.skip_reason))
+            records.append(skipped_record(run))
             continue
         load = environment.load_average()
         echo(f"{prefix}: fresh process (load average {load[0] if load else '?'})")
-        spec = {"system": run.system, "config": {"xla": run.xla, "precision": run.precision},
+        spec = {"system": run.system,
+                "config": {"xla": run.xla, "precision": run.precision, "controlnet": run.controlnet},
                 "workload": workload_spec, "token_ids": probe.get("token_ids")}
         raw = run_worker("bench.cold_worker", spec, log_path, lambda line: echo(f"    {line}"), timeout_s)
-        record = build_record(run.system, run.xla, run.precision, raw, workload, flops, probe)
+        record = build_record(run, raw, workload, flops, probe)
         record["load_average_at_start"] = load
         records.append(record)
 

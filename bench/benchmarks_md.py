@@ -16,9 +16,20 @@ DEFINITIONS = """\
   step time and decoding (tokenization, noise, scheduling, Python glue). It
   comes out slightly negative when the separately synchronised stages add up
   to more than a whole image: read small values as zero.
+- **Step s**: one guided denoising step as the configuration runs it (with
+  its ControlNet when ControlNet is on).
+- **ControlNet**: one random ControlNet of the SD1.5 depth ControlNet's
+  architecture on every step, fed a synthetic depth map; KerasCV has none.
+  In the same stage passes the plain UNet step and the ControlNet alone (on
+  the guided batch) are timed beside the ControlNet step; the step ratio is
+  UNet+ControlNet step / UNet step, both medians from one process.
 - **UNet GFLOP/s**: an analytic count of the UNet's convolutions, dense layers
   and attention matmuls (`bench/flops.py`) for one guided step, divided by the
-  step's median time, beside a float32 matmul on the same device.
+  median time of the plain UNet step, beside a float32 matmul on the same
+  device.
+- **Peak RSS**: the worker process's peak resident memory (build, weights and
+  all images); **peak GPU**: TensorFlow's or torch's peak allocation on the
+  GPU, when there is one.
 - **Load avg at start**: the 1-minute load average as the row's process
   started. Well above 0 means other processes competed for the cores and that
   row's times are inflated; compare rows with similar load.
@@ -69,6 +80,7 @@ def render(report):
         "## Results (measured here)", table.as_markdown(*table.summary_rows(records)),
         "### Cold start, part by part (seconds)", table.as_markdown(*table.cold_rows(records)),
         "### Warm stages (seconds, medians)", table.as_markdown(*table.stage_rows(records)),
+        "### ControlNet step cost (seconds, medians)", table.as_markdown(*table.controlnet_rows(records)),
         "## Published figures (not measured here)",
         (f"{report['published']['source']}: {report['published']['workload']['images']} images, "
          f"{report['published']['workload']['steps']} steps, 512x512, pretrained weights. "

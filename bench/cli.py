@@ -39,8 +39,8 @@ def resolve_workload(preset, **overrides):
 @click.option("--steps", type=int, help="Denoising steps.")
 @click.option("--batch", type=int, help="Images per prompt (one prompt).")
 @click.option("--repeats", type=int, help="Warm runs after the excluded warm-up, and stage passes.")
-@click.option("--configs", help='Configuration grid(s), e.g. "xla=off,on;precision=float32,mixed_bfloat16"; '
-                                'join grids with "+"; "all" is every combination.')
+@click.option("--configs", help='Configuration grid(s), e.g. "xla=off,on;precision=float32,mixed_bfloat16;'
+                                'controlnet=off,on"; join grids with "+"; "all" is every combination.')
 @click.option("--peers", help='Comma list of kerascv, diffusers, or "none".')
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
               show_default=True, help="Folder for results.json, results.csv, cold_warm.png, workers.log.")
@@ -49,7 +49,7 @@ def resolve_workload(preset, **overrides):
 def main(preset, width, height, steps, batch, repeats, configs, peers, output, timeout, write_benchmarks_md):
     """Benchmark kcv-sd beside stock KerasCV and diffusers, all with random weights.
 
-    Every configuration (jit_compile x precision) and every peer runs in its
+    Every configuration (jit_compile x precision x ControlNet) and every peer runs in its
     own fresh Python process: the cold start is measured from spawning it to
     the first image, then warm images and per-stage times in that process.
     """
@@ -82,6 +82,7 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     click.echo("\n" + table.as_text(*table.summary_rows(records)))
     click.echo("\nCold start parts:\n" + table.as_text(*table.cold_rows(records)))
     click.echo("\nWarm stages:\n" + table.as_text(*table.stage_rows(records)))
+    click.echo("\nControlNet step cost:\n" + table.as_text(*table.controlnet_rows(records)))
     click.echo("\nPublished (not measured here):\n" + table.as_text(*table.published_rows(report["published"])))
     click.echo(f"\nWrote {output}/results.json, results.csv, {PNG_NAME}"
                + (" and BENCHMARKS.md" if write_benchmarks_md else ""))

@@ -4,7 +4,9 @@ Run as `python -m bench.cold_worker SPEC_PATH RESULT_PATH SPAWNED_AT`, where
 SPAWNED_AT is the parent's `time.time()` just before it started this process,
 so interpreter start-up counts toward the cold start. The first image is the
 warm-up: it is reported as the cold start and left out of the warm runs.
-Progress goes to stdout as `[bench] ...` lines; figures go to RESULT_PATH.
+Progress goes to stdout as `[bench] ...` lines; figures go to RESULT_PATH,
+with the process's peak resident memory (and the runner's peak device
+memory, on a GPU) taken at the end, whether or not the run succeeded.
 """
 
 import time
@@ -14,6 +16,7 @@ STARTED_AT = time.time()  # before any import this module makes
 import importlib
 import json
 import os
+import resource
 import sys
 import traceback
 
@@ -68,6 +71,14 @@ def measure(spec, result):
         progress(f"stage pass {i + 1}/{repeats} done")
     result["phase"] = None
     result["status"] = "ok"
+    return runner
+
+
+def record_memory(result, runner):
+    # ru_maxrss is in KiB on Linux.
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if runner is not None:
+        result["peak_device_bytes"] = runner.peak_device_bytes()
 
 
 def main(spec_path, result_path, spawned_at):
@@ -75,12 +86,14 @@ def main(spec_path, result_path, spawned_at):
         spec = json.load(source)
     result = {"status": "failed", "pid": os.getpid(), "spawned_at": spawned_at,
               "started_at": STARTED_AT, "notes": [], "warm_s": [], "stages": []}
+    runner = None
     try:
-        measure(spec, result)
+        runner = measure(spec, result)
     except Exception as error:  # noqa: BLE001 - recorded, so the run goes on with the next configuration
         result["error"] = f"{type(error).__name__}: {error}"
         result["traceback"] = traceback.format_exc(limit=-8)
         progress(f"failed during {result['phase']}: {result['error']}")
+    record_memory(result, runner)
     with open(result_path, "w") as out:
         json.dump(result, out)
     return 0 if result["status"] == "ok" else 1

@@ -4,12 +4,14 @@ import csv
 import json
 
 CSV_FIELDS = [
-    ("system",), ("xla",), ("precision",), ("status",), ("error",), ("device",), ("pid",),
+    ("system",), ("xla",), ("precision",), ("controlnet",), ("status",), ("error",), ("device",), ("pid",),
     ("cold", "interpreter_s"), ("cold", "import_s"), ("cold", "build_s"), ("cold", "first_call_s"),
     ("cold", "first_call_overhead_s"), ("cold", "generate_s"), ("cold", "total_s"),
     ("warm", "runs"), ("warm", "median_s"), ("warm", "min_s"), ("warm", "max_s"),
     ("warm", "q1_s"), ("warm", "q3_s"),
     ("stages", "text_encoding_s"), ("stages", "step_s"), ("stages", "decode_s"), ("stages", "host_overhead_s"),
+    ("stages", "unet_step_s"), ("stages", "controlnet_s"), ("stages", "controlnet_step_ratio"),
+    ("memory", "peak_rss_bytes"), ("memory", "peak_device_bytes"),
     ("unet", "flops_per_step"), ("unet", "achieved_flops_per_s"), ("unet", "fraction_of_float32_matmul"),
 ]
 

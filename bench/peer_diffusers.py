@@ -1,22 +1,30 @@
-"""diffusers' `StableDiffusionPipeline`, built from SD1.5 configs with random weights.
+"""diffusers' `StableDiffusionPipeline` (or, with ControlNet on,
+`StableDiffusionControlNetPipeline`), built from SD1.5 configs with random weights.
 
 No CLIPTokenizer can be downloaded here, so the pipeline has none: the CLIP
 text model encodes token ids made by kcv-sd's tokenizer (the same ids, passed
 in the spec) and the pipeline gets `prompt_embeds` and `negative_prompt_embeds`.
 Text encoding still runs inside every timed image. Mixed precisions map to
-diffusers' usual whole-pipeline `torch_dtype`.
+diffusers' usual whole-pipeline `torch_dtype`. The ControlNet is
+`ControlNetModel.from_unet`, the SD1.5 depth ControlNet's architecture.
 """
 
 import time
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     DDIMScheduler,
+    StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from bench.control_input import depth_ramp
 
 TORCH_DTYPES = {"float32": torch.float32, "mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}
 
@@ -57,16 +65,26 @@ class Runner:
             raise ValueError(f"no torch dtype for precision {precision!r}")
         self.dtype = TORCH_DTYPES[precision]
         self.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.pipe = StableDiffusionPipeline(
-            vae=sd15_vae(), text_encoder=sd15_text_encoder(), tokenizer=None, unet=sd15_unet(),
-            scheduler=sd15_scheduler(), safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
-        ).to(self.torch_device, self.dtype)
+        parts = {"vae": sd15_vae(), "text_encoder": sd15_text_encoder(), "tokenizer": None,
+                 "unet": sd15_unet(), "scheduler": sd15_scheduler(), "safety_checker": None,
+                 "feature_extractor": None, "requires_safety_checker": False}
+        self.control_image = None
+        if spec["config"].get("controlnet"):
+            w = self.workload
+            self.control_image = Image.fromarray(depth_ramp(w["width"], w["height"]))
+            self.pipe = StableDiffusionControlNetPipeline(controlnet=ControlNetModel.from_unet(parts["unet"]),
+                                                          **parts)
+        else:
+            self.pipe = StableDiffusionPipeline(**parts)
+        self.pipe.to(self.torch_device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.token_ids = torch.tensor(spec["token_ids"], device=self.torch_device)
         self.notes = ["no CLIPTokenizer offline: prompt_embeds passed directly (same token ids)",
                       f"torch_dtype={str(self.dtype).removeprefix('torch.')}"]
         self.device = torch.cuda.get_device_name() if self.torch_device == "cuda" else "CPU"
+
+    def peak_device_bytes(self):
+        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 
     def _sync(self):
         if torch.cuda.is_available():
@@ -80,8 +98,9 @@ class Runner:
     def generate(self, seed):
         w = self.workload
         prompt_embeds, negative_embeds = self._encode()
+        control = {} if self.control_image is None else {"image": self.control_image}
         images = self.pipe(
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, **control,
             width=w["width"], height=w["height"], num_inference_steps=w["steps"],
             guidance_scale=w["guidance_scale"], num_images_per_prompt=w["batch"],
             generator=torch.Generator().manual_seed(seed), output_type="np",
@@ -89,9 +108,34 @@ class Runner:
         self._sync()
         return images
 
+    def _timed(self, fn, *args, into):
+        start = time.perf_counter()
+        value = fn(*args)
+        self._sync()
+        into.append(time.perf_counter() - start)
+        return value
+
+    def _controlnet_alone(self, doubled, t, context, control):
+        down, mid = self.pipe.controlnet(doubled, t, encoder_hidden_states=context, controlnet_cond=control,
+                                         return_dict=False)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    def _guided_step(self, latent, t, context, control=None):
+        """UNet on both halves (after the ControlNet, given a `control` image), guidance, DDIM update."""
+        doubled = torch.cat([latent] * 2)
+        residuals = {} if control is None else self._controlnet_alone(doubled, t, context, control)
+        noise = self.pipe.unet(doubled, t, encoder_hidden_states=context, **residuals).sample
+        uncond, cond = noise.chunk(2)
+        noise = uncond + self.workload["guidance_scale"] * (cond - uncond)
+        return self.pipe.scheduler.step(noise, t, latent).prev_sample
+
     @torch.inference_mode()
     def stages(self, seed):
-        """Text encoding, each guided UNet step with the DDIM update, VAE decoding."""
+        """Text encoding, each guided step with the DDIM update, VAE decoding.
+
+        With a ControlNet, each step is followed by the plain UNet step and
+        the ControlNet alone on the same inputs, timed side by side.
+        """
         w, pipe = self.workload, self.pipe
         start = time.perf_counter()
         prompt_embeds, negative_embeds = self._encode()
@@ -102,19 +146,22 @@ class Runner:
         context = torch.cat([negative_embeds.repeat(batch, 1, 1), prompt_embeds.repeat(batch, 1, 1)])
         shape = (batch, 4, w["height"] // 8, w["width"] // 8)
         latent = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.torch_device, self.dtype)
+        control = None
+        times = {"step_s": []}
+        if self.control_image is not None:
+            pixels = torch.from_numpy(np.array(self.control_image)).permute(2, 0, 1)[None] / 255
+            control = pixels.repeat(2 * batch, 1, 1, 1).to(self.torch_device, self.dtype)
+            times.update(unet_step_s=[], controlnet_s=[])
         pipe.scheduler.set_timesteps(w["steps"], device=self.torch_device)
-        step_s = []
         for t in pipe.scheduler.timesteps:
-            start = time.perf_counter()
-            noise = pipe.unet(torch.cat([latent] * 2), t, encoder_hidden_states=context).sample
-            uncond, cond = noise.chunk(2)
-            noise = uncond + w["guidance_scale"] * (cond - uncond)
-            latent = pipe.scheduler.step(noise, t, latent).prev_sample
-            self._sync()
-            step_s.append(time.perf_counter() - start)
+            next_latent = self._timed(self._guided_step, latent, t, context, control, into=times["step_s"])
+            if control is not None:
+                self._timed(self._guided_step, latent, t, context, into=times["unet_step_s"])
+                self._timed(self._controlnet_alone, torch.cat([latent] * 2), t, context, control,
+                            into=times["controlnet_s"])
+            latent = next_latent
 
         start = time.perf_counter()
         pipe.vae.decode(latent / pipe.vae.config.scaling_factor)
         self._sync()
-        return {"text_encoding_s": text_encoding_s, "step_s": step_s,
-                "decode_s": time.perf_counter() - start}
+        return {"text_encoding_s": text_encoding_s, **times, "decode_s": time.perf_counter() - start}

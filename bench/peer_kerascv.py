@@ -15,9 +15,9 @@ import time
 import keras
 import keras_cv
 import numpy as np
-import tensorflow as tf
 from keras_cv.models.stable_diffusion import Decoder, DiffusionModel, TextEncoder
 
+from bench.tf_devices import tensorflow_device, tensorflow_peak_device_bytes
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 
 
@@ -40,9 +40,11 @@ class Runner:
         sd._decoder = _compiled(Decoder(w["height"], w["width"], download_weights=False))
         sd._tokenizer = get_tokenizer()._bpe
         self.sd = sd
-        gpus = tf.config.list_logical_devices("GPU")
-        self.device = gpus[0].name if gpus else "CPU"
+        self.device = tensorflow_device()
         self.notes = ["random weights from Keras initialisers (download_weights=False)"]
+
+    def peak_device_bytes(self):
+        return tensorflow_peak_device_bytes()
 
     def generate(self, seed):
         w = self.workload

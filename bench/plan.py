@@ -1,8 +1,9 @@
 """The runs of one benchmark, in order: kcv-sd per configuration, then peers.
 
-Peers run once per precision in the configuration set: KerasCV with
-jit_compile on (as its tutorial runs it), diffusers with no XLA switch.
-A peer that cannot run here is planned as skipped, with the reason.
+Peers run once per precision (and ControlNet setting) in the configuration
+set: KerasCV with jit_compile on (as its tutorial runs it), diffusers with no
+XLA switch. A peer that cannot run here is planned as skipped, with the
+reason; KerasCV has no ControlNet.
 """
 
 import dataclasses
@@ -17,15 +18,18 @@ class Run:
     system: str
     xla: object  # True, False, or None where the system has no such switch
     precision: str
+    controlnet: bool = False
     skip_reason: str = None
 
     @property
     def label(self):
         xla = {True: "xla=on", False: "xla=off", None: "xla=n/a"}[self.xla]
-        return f"{self.system} {xla} {self.precision}"
+        return f"{self.system} {xla} {self.precision}" + (" +controlnet" if self.controlnet else "")
 
 
-def peer_skip_reason(peer, workload):
+def peer_skip_reason(peer, workload, controlnet=False):
+    if peer == "kerascv" and controlnet:
+        return "KerasCV has no ControlNet"
     missing = [name for name in PEER_MODULES[peer] if importlib.util.find_spec(name) is None]
     if missing:
         return f"not installed ({', '.join(missing)})"
@@ -37,9 +41,9 @@ def peer_skip_reason(peer, workload):
 
 
 def plan_runs(configs, peers, workload):
-    runs = [Run("kcv-sd", c.xla, c.precision) for c in configs]
-    precisions = list(dict.fromkeys(c.precision for c in configs))
+    runs = [Run("kcv-sd", c.xla, c.precision, c.controlnet) for c in configs]
+    settings = list(dict.fromkeys((c.precision, c.controlnet) for c in configs))
     for peer in peers:
-        reason = peer_skip_reason(peer, workload)
-        runs += [Run(peer, PEER_XLA[peer], precision, reason) for precision in precisions]
+        runs += [Run(peer, PEER_XLA[peer], precision, controlnet, peer_skip_reason(peer, workload, controlnet))
+                 for precision, controlnet in settings]
     return runs

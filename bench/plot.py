@@ -10,7 +10,8 @@ from bench.table import XLA_TEXT
 
 
 def _label(record):
-    return f"{record['system']}\nxla={XLA_TEXT[record['xla']]}\n{record['precision']}"
+    controlnet = "\n+ControlNet" if record.get("controlnet") else ""
+    return f"{record['system']}\nxla={XLA_TEXT[record['xla']]}\n{record['precision']}{controlnet}"
 
 
 def plot_cold_warm(records, title, path):

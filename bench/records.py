@@ -5,6 +5,9 @@ with weights, first image); the first image is further split into its
 first-call overhead (compile/trace) and the image itself, taking the warm
 median as the image's cost. Host overhead is the warm median less the timed
 stages, so it holds tokenization, noise, scheduling and Python glue.
+With a ControlNet, the configured step (ControlNet + UNet) is timed beside
+the plain UNet step and the ControlNet alone, in the same passes, so their
+ratio compares like with like; the UNet's FLOP/s use the plain step.
 """
 
 import statistics
@@ -40,30 +43,50 @@ def _cold(raw, warm_median):
     return cold
 
 
+def _median_over_passes(passes, key):
+    return statistics.median(s for p in passes for s in p[key])
+
+
 def _stages(passes, steps, warm_median):
     if not passes:
         return None
     stages = {
         "text_encoding_s": statistics.median(p["text_encoding_s"] for p in passes),
-        "step_s": statistics.median(s for p in passes for s in p["step_s"]),
+        "step_s": _median_over_passes(passes, "step_s"),
         "decode_s": statistics.median(p["decode_s"] for p in passes),
         "passes": len(passes),
     }
     timed = stages["text_encoding_s"] + steps * stages["step_s"] + stages["decode_s"]
     stages["host_overhead_s"] = warm_median - timed
+    if "unet_step_s" in passes[0]:
+        stages["unet_step_s"] = _median_over_passes(passes, "unet_step_s")
+        stages["controlnet_s"] = _median_over_passes(passes, "controlnet_s")
+        stages["controlnet_step_ratio"] = stages["step_s"] / stages["unet_step_s"]
     return stages
 
 
-def build_record(system, xla, precision, raw, workload, unet_step_flops, probe):
-    record = {
-        "system": system, "xla": xla, "precision": precision,
-        "status": raw.get("status", "failed"), "error": raw.get("error"),
+def _memory(raw):
+    if "peak_rss_bytes" not in raw:
+        return None
+    return {"peak_rss_bytes": raw["peak_rss_bytes"], "peak_device_bytes": raw.get("peak_device_bytes")}
+
+
+def _record(run, status, error):
+    return {"system": run.system, "xla": run.xla, "precision": run.precision, "controlnet": run.controlnet,
+            "status": status, "error": error, "failed_during": None, "traceback": None, "pid": None,
+            "device": None, "notes": [], "cold": None, "warm": None, "stages": None, "unet": None,
+            "memory": None}
+
+
+def build_record(run, raw, workload, unet_step_flops, probe):
+    """`run` is the planned `bench.plan.Run`; `raw` what its worker measured."""
+    record = _record(run, raw.get("status", "failed"), raw.get("error"))
+    record.update({
         "failed_during": raw.get("phase") if raw.get("status") != "ok" else None,
         "traceback": raw.get("traceback"), "pid": raw.get("pid"), "device": raw.get("device"),
-        "notes": list(raw.get("notes", [])),
-        "cold": None, "warm": None, "stages": None, "unet": None,
-    }
-    note = precision_note(precision, probe)
+        "notes": list(raw.get("notes", [])), "memory": _memory(raw),
+    })
+    note = precision_note(run.precision, probe)
     if note:
         record["notes"].append(note)
     warm = summarize(raw.get("warm_s", []))
@@ -76,14 +99,13 @@ def build_record(system, xla, precision, raw, workload, unet_step_flops, probe):
     if warm_median is not None:
         record["stages"] = _stages(raw.get("stages"), workload.steps, warm_median)
     if record["stages"] and unet_step_flops:
-        achieved = unet_step_flops / record["stages"]["step_s"]
+        stages = record["stages"]
+        achieved = unet_step_flops / stages.get("unet_step_s", stages["step_s"])
         matmul = (probe or {}).get("matmul", {}).get("float32_flops_per_s")
         record["unet"] = {"flops_per_step": unet_step_flops, "achieved_flops_per_s": achieved,
                           "fraction_of_float32_matmul": achieved / matmul if matmul else None}
     return record
 
 
-def skipped_record(system, xla, precision, reason):
-    return {"system": system, "xla": xla, "precision": precision, "status": "skipped",
-            "error": reason, "failed_during": None, "traceback": None, "pid": None, "device": None,
-            "notes": [], "cold": None, "warm": None, "stages": None, "unet": None}
+def skipped_record(run):
+    return _record(run, "skipped", run.skip_reason)

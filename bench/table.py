@@ -13,6 +13,19 @@ def _get(record, part, key):
     return (record.get(part) or {}).get(key)
 
 
+KEY_HEADERS = ["system", "xla", "precision", "ControlNet"]
+CONTROLNET_TARGET = 1.40  # issue 3: UNet+ControlNet step / UNet step
+
+
+def _key(record):
+    return [record["system"], XLA_TEXT[record["xla"]], record["precision"],
+            "on" if record.get("controlnet") else "off"]
+
+
+def gib(value):
+    return "-" if value is None else f"{value / 2**30:.1f}"
+
+
 def _status(record):
     if record["status"] == "ok":
         return "ok"
@@ -20,21 +33,23 @@ def _status(record):
 
 
 def summary_rows(records):
-    headers = ["system", "xla", "precision", "cold start s", "warm median s", "warm min-max s",
-               "UNet step s", "UNet GFLOP/s", "% of f32 matmul", "load avg at start", "status / notes"]
+    headers = KEY_HEADERS + ["cold start s", "warm median s", "warm min-max s", "step s", "UNet GFLOP/s",
+                             "% of f32 matmul", "peak RSS GiB", "peak GPU GiB", "load avg at start",
+                             "status / notes"]
     rows = []
     for r in records:
         warm = r["warm"] or {}
         unet = r["unet"] or {}
         fraction = unet.get("fraction_of_float32_matmul")
         notes = "; ".join([_status(r)] + r["notes"]) if r["notes"] or r["status"] != "ok" else "ok"
-        rows.append([
-            r["system"], XLA_TEXT[r["xla"]], r["precision"], seconds(_get(r, "cold", "total_s")),
+        rows.append(_key(r) + [
+            seconds(_get(r, "cold", "total_s")),
             seconds(warm.get("median_s")),
             f"{seconds(warm.get('min_s'))}-{seconds(warm.get('max_s'))}" if warm else "-",
             seconds(_get(r, "stages", "step_s")),
             f"{unet['achieved_flops_per_s'] / 1e9:.1f}" if unet else "-",
             f"{100 * fraction:.1f}%" if fraction else "-",
+            gib(_get(r, "memory", "peak_rss_bytes")), gib(_get(r, "memory", "peak_device_bytes")),
             f"{r['load_average_at_start'][0]:.1f}" if r.get("load_average_at_start") else "-",
             notes,
         ])
@@ -42,23 +57,36 @@ def summary_rows(records):
 
 
 def cold_rows(records):
-    headers = ["system", "xla", "precision", "interpreter s", "import s", "build + weights s",
-               "first-call overhead s", "image s", "cold total s"]
-    rows = [[r["system"], XLA_TEXT[r["xla"]], r["precision"]]
-            + [seconds(_get(r, "cold", key)) for key in
+    headers = KEY_HEADERS + ["interpreter s", "import s", "build + weights s", "first-call overhead s",
+                             "image s", "cold total s"]
+    rows = [_key(r) + [seconds(_get(r, "cold", key)) for key in
                ("interpreter_s", "import_s", "build_s", "first_call_overhead_s", "generate_s", "total_s")]
             for r in records if r["cold"]]
     return headers, rows
 
 
 def stage_rows(records):
-    headers = ["system", "xla", "precision", "text encoding s", "denoise step s", "decode s",
-               "host overhead s", "warm median s"]
-    rows = [[r["system"], XLA_TEXT[r["xla"]], r["precision"]]
-            + [seconds(_get(r, "stages", key)) for key in
+    headers = KEY_HEADERS + ["text encoding s", "denoise step s", "decode s", "host overhead s",
+                             "warm median s"]
+    rows = [_key(r) + [seconds(_get(r, "stages", key)) for key in
                ("text_encoding_s", "step_s", "decode_s", "host_overhead_s")]
             + [seconds(_get(r, "warm", "median_s"))]
             for r in records if r["stages"]]
+    return headers, rows
+
+
+def controlnet_rows(records):
+    """UNet step, ControlNet alone and the two together, timed in the same passes."""
+    headers = KEY_HEADERS[:3] + ["UNet step s", "ControlNet alone s", "UNet+ControlNet step s",
+                                 "step ratio", f"target <= {CONTROLNET_TARGET:.2f}x"]
+    rows = []
+    for r in records:
+        ratio = _get(r, "stages", "controlnet_step_ratio")
+        if ratio is None:
+            continue
+        rows.append(_key(r)[:3] + [seconds(_get(r, "stages", key))
+                                   for key in ("unet_step_s", "controlnet_s", "step_s")]
+                    + [f"{ratio:.2f}x", "met" if ratio <= CONTROLNET_TARGET else "missed"])
     return headers, rows
 
 

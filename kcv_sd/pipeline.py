@@ -419,12 +419,9 @@ class Pipeline:
         plan = None
         if controlnet is not None:
             steps_run = num_inference_steps - steps_skipped(num_inference_steps, strength)
-            plan = plan_control(controlnet, image, steps_run, width, height,
-                                self.components.family.controlnet_config(),
-                                self.components.precision, controlnet_conditioning_scale,
-                                guess_mode, control_guidance_start, control_guidance_end, control_sizing)
-            self._check_controlnets(plan.controlnets)
-            plan.images = [tf.repeat(tf.constant(im[None]), batch, axis=0) for im in plan.images]
+            plan = self.plan_control(controlnet, image, steps_run, width, height, batch,
+                                     controlnet_conditioning_scale, guess_mode, control_guidance_start,
+                                     control_guidance_end, control_sizing)
         elif image is not None:
             raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
 
@@ -445,6 +442,18 @@ class Pipeline:
         if output_type == "np":
             return pixels
         return [Image.fromarray(image) for image in pixels]
+
+    def plan_control(self, controlnet, image, num_steps, width, height, batch, conditioning_scale=1.0,
+                     guess_mode=False, start=0.0, end=1.0, sizing="resize"):
+        """The `ControlPlan` that `denoise(control=...)` takes over `num_steps`
+        steps, its control images repeated over the `batch` of latents;
+        arguments as in `__call__`."""
+        plan = plan_control(controlnet, image, num_steps, width, height,
+                            self.components.family.controlnet_config(), self.components.precision,
+                            conditioning_scale, guess_mode, start, end, sizing)
+        self._check_controlnets(plan.controlnets)
+        plan.images = [tf.repeat(tf.constant(im[None]), batch, axis=0) for im in plan.images]
+        return plan
 
     def _check_controlnets(self, controlnets):
         for controlnet in controlnets:

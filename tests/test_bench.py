@@ -91,12 +91,14 @@ def test_flops_match_the_traced_graph(config):
 
 def test_config_grids():
     assert parse_configs("xla=off,on;precision=float32") == [Config(False, "float32"), Config(True, "float32")]
-    assert len(parse_configs("all")) == 6
+    assert len(parse_configs("all")) == 12 and sum(c.controlnet for c in parse_configs("all")) == 6
+    assert parse_configs("xla=off;precision=float32;controlnet=off,on") == [
+        Config(False, "float32"), Config(False, "float32", controlnet=True)]
     union = parse_configs("xla=on;precision=float32 + xla=off,on;precision=float32,mixed_bfloat16")
     assert union == [Config(True, "float32"), Config(False, "float32"), Config(False, "mixed_bfloat16"),
                      Config(True, "mixed_bfloat16")]
     assert parse_configs("xla=off;precision=float64") == [Config(False, "float64")]  # measured, then fails
-    for bad in ("xla=maybe", "speed=fast", "xla="):
+    for bad in ("xla=maybe", "speed=fast", "xla=", "controlnet=depth"):
         with pytest.raises(ValueError):
             parse_configs(bad)
     assert parse_peers("none") == []
@@ -112,6 +114,16 @@ def test_missing_peer_is_planned_as_skipped(monkeypatch):
         ("kcv-sd", None), ("diffusers", "not installed (no_such_module_for_kcv_bench)")]
 
 
+def test_peers_run_once_per_precision_and_controlnet_setting():
+    workload = Workload("sd15", 128, 128, steps=1, batch=1, repeats=1)
+    configs = parse_configs("xla=off,on;precision=float32;controlnet=off,on")
+    runs = plan.plan_runs(configs, ["kerascv"], workload)
+    peers = [(r.precision, r.controlnet, r.skip_reason) for r in runs if r.system == "kerascv"]
+    assert peers[0][:2] == ("float32", False) and peers[0][2] in (None, "not installed (keras_cv)")
+    assert peers[1] == ("float32", True, "KerasCV has no ControlNet")
+    assert len(peers) == 2
+
+
 def test_precision_label_comes_from_measured_matmuls():
     probe = {"matmul": {"flops_per_s_by_dtype": {"float32": 100.0, "float16": 20.0, "bfloat16": 300.0}}}
     assert "no fast float16 on this device" in precision_note("mixed_float16", probe)
@@ -124,13 +136,29 @@ def test_cold_start_split_and_host_overhead():
            "build_s": 3.0, "first_call_s": 10.0, "first_image_at": 115.2, "warm_s": [4.0, 6.0, 5.0],
            "stages": [{"text_encoding_s": 0.5, "step_s": [1.0, 1.0], "decode_s": 1.5}], "notes": []}
     workload = Workload("tiny", 64, 64, steps=2, batch=1, repeats=3)
-    record = build_record("kcv-sd", False, "float32", raw, workload, 2e9, None)
+    record = build_record(plan.Run("kcv-sd", False, "float32"), raw, workload, 2e9, None)
     assert record["cold"]["total_s"] == pytest.approx(15.2)
     assert record["cold"]["interpreter_s"] == pytest.approx(0.1)
     assert record["cold"]["first_call_overhead_s"] == pytest.approx(5.0)
     assert record["warm"]["median_s"] == 5.0 and record["warm"]["runs"] == 3
     assert record["stages"]["host_overhead_s"] == pytest.approx(5.0 - 0.5 - 2 * 1.0 - 1.5)
     assert record["unet"]["achieved_flops_per_s"] == pytest.approx(2e9)
+
+
+def test_controlnet_step_ratio_and_unet_flops_use_the_plain_step():
+    raw = {"status": "ok", "pid": 1, "spawned_at": 100.0, "started_at": 100.1, "import_s": 2.0,
+           "build_s": 3.0, "first_call_s": 10.0, "first_image_at": 115.2, "warm_s": [5.0], "notes": [],
+           "peak_rss_bytes": 3 * 2**30,
+           "stages": [{"text_encoding_s": 0.5, "step_s": [1.3, 1.2], "unet_step_s": [1.0, 1.0],
+                       "controlnet_s": [0.3, 0.25], "decode_s": 1.5}]}
+    workload = Workload("tiny", 64, 64, steps=2, batch=1, repeats=1)
+    record = build_record(plan.Run("kcv-sd", False, "float32", controlnet=True), raw, workload, 2e9, None)
+    assert record["controlnet"] is True
+    assert record["stages"]["step_s"] == pytest.approx(1.25)
+    assert record["stages"]["controlnet_s"] == pytest.approx(0.275)
+    assert record["stages"]["controlnet_step_ratio"] == pytest.approx(1.25)
+    assert record["unet"]["achieved_flops_per_s"] == pytest.approx(2e9)
+    assert record["memory"] == {"peak_rss_bytes": 3 * 2**30, "peak_device_bytes": None}
 
 
 def test_a_worker_that_dies_is_recorded(tmp_path):
@@ -147,7 +175,8 @@ def tiny_run(tmp_path_factory):
     os.chdir(folder)
     try:
         result = CliRunner().invoke(main, [
-            "--tiny", "--configs", "xla=off;precision=float32,float64", "--peers", "kerascv",
+            "--tiny", "--configs", "xla=off;precision=float32,float64 + xla=off;precision=float32;controlnet=on",
+            "--peers", "kerascv",
             "--repeats", "2", "--output", "out", "--write-benchmarks-md",
         ])
     finally:
@@ -158,7 +187,8 @@ def tiny_run(tmp_path_factory):
 
 
 def _records(report):
-    return {(r["system"], r["precision"]): r for r in report["results"]}
+    return {(r["system"], r["precision"]) + (("controlnet",) if r["controlnet"] else ()): r
+            for r in report["results"]}
 
 
 def test_report_schema(tiny_run):
@@ -178,12 +208,29 @@ def test_report_schema(tiny_run):
     assert {"text_encoding_s", "step_s", "decode_s", "host_overhead_s"} <= set(good["stages"])
     assert good["unet"]["flops_per_step"] == report["unet_step_flops"] > 0
     assert len(report["published"]["rows"]) == 2
+    assert good["memory"]["peak_rss_bytes"] > 2**20
+
+
+def test_controlnet_configuration_times_unet_and_controlnet_apart(tiny_run):
+    folder, output, report = tiny_run
+    records = _records(report)
+    controlled = records[("kcv-sd", "float32", "controlnet")]
+    assert controlled["status"] == "ok", controlled["error"]
+    stages = controlled["stages"]
+    assert stages["unet_step_s"] > 0 and stages["controlnet_s"] > 0
+    assert stages["controlnet_step_ratio"] == pytest.approx(stages["step_s"] / stages["unet_step_s"])
+    assert "unet_step_s" not in records[("kcv-sd", "float32")]["stages"]
+    assert records[("kerascv", "float32", "controlnet")]["error"] == "KerasCV has no ControlNet"
+    markdown = (folder / "BENCHMARKS.md").read_text()
+    controlnet_table = markdown.split("### ControlNet step cost")[1].split("##")[0]
+    assert f"{stages['controlnet_step_ratio']:.2f}x" in controlnet_table
+    assert "ControlNet step cost" in output
 
 
 def test_cold_runs_are_fresh_processes(tiny_run):
     _, _, report = tiny_run
     pids = [r["pid"] for r in report["results"] if r["pid"] is not None]
-    assert len(pids) == 2 and len(set(pids)) == 2
+    assert len(pids) == 3 and len(set(pids)) == 3
     assert os.getpid() not in pids and report["runner_pid"] not in pids
 
 
