@@ -47,6 +47,29 @@ class Schedule:
                                    noise_levels=self.noise_levels[step:])
 
 
+@dataclasses.dataclass(frozen=True)
+class ScaledLinearSampler:
+    """The config diffusers' SD 1.5 schedulers share: SD's "scaled_linear"
+    betas over the training steps."""
+
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+    def sigma_table(self):
+        """Noise levels sqrt((1 - a_t) / a_t) of every training step t, float64."""
+        return scaled_linear_sigmas(self.beta_start, self.beta_end, self.num_train_timesteps)
+
+
+def scaled_linear_sigmas(beta_start, beta_end, num_train_timesteps):
+    """Noise levels sqrt((1 - a_t) / a_t) of SD's "scaled_linear" schedule in
+    float64, t = 0..num_train_timesteps - 1 (diffusers rounds its table to
+    float32 before use, which costs ~1e-5 relative at small t)."""
+    betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
+    alphas_cumprod = np.cumprod(1 - betas)
+    return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+
+
 def check_num_steps(num_steps):
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")

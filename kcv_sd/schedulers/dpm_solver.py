@@ -22,25 +22,25 @@ import dataclasses
 
 import numpy as np
 
-from kcv_sd.schedulers.base import Schedule, check_num_steps, variance_preserving_levels
-from kcv_sd.schedulers.euler import scaled_linear_sigmas
+from kcv_sd.schedulers.base import (
+    ScaledLinearSampler,
+    Schedule,
+    check_num_steps,
+    variance_preserving_levels,
+)
 
 
 @dataclasses.dataclass(frozen=True)
-class DPMSolverPP2M:
+class DPMSolverPP2M(ScaledLinearSampler):
     """Coefficient rows hold sigma * alpha, alpha, the sample ratio
     (sigma_next alpha_next) / (sigma alpha), k (1 + w) and -k w; the state is
     the previous step's x0 prediction."""
-
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    num_train_timesteps: int = 1000
 
     def schedule(self, num_steps, skip=0):
         check_num_steps(num_steps)
         n = self.num_train_timesteps
         timesteps = np.linspace(0, n - 1, num_steps + 1).round()[::-1][:-1]
-        sigmas = scaled_linear_sigmas(self.beta_start, self.beta_end, n)[timesteps.astype(np.int64)]
+        sigmas = self.sigma_table()[timesteps.astype(np.int64)]
         sigmas_next = np.append(sigmas[1:], 0.0)
         alphas, alphas_next = 1 / np.sqrt(sigmas**2 + 1), 1 / np.sqrt(sigmas_next**2 + 1)
         k = alphas_next * (1 - sigmas_next / sigmas)

@@ -11,34 +11,20 @@ import dataclasses
 
 import numpy as np
 
-from kcv_sd.schedulers.base import Schedule, check_num_steps
-
-
-def scaled_linear_sigmas(beta_start, beta_end, num_train_timesteps):
-    """Noise levels sqrt((1 - a_t) / a_t) of SD's "scaled_linear" schedule in
-    float64, t = 0..num_train_timesteps - 1 (diffusers rounds its table to
-    float32 before use, which costs ~1e-5 relative at small t)."""
-    betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
-    alphas_cumprod = np.cumprod(1 - betas)
-    return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+from kcv_sd.schedulers.base import ScaledLinearSampler, Schedule, check_num_steps
 
 
 @dataclasses.dataclass(frozen=True)
-class EulerDiscrete:
+class EulerDiscrete(ScaledLinearSampler):
     """Coefficient rows hold sqrt(sigma^2 + 1), which the UNet input is divided
     by, and the step sigma_next - sigma along the noise prediction. Latents
     are x0 + sigma * eps (noise levels (1, sigma))."""
-
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    num_train_timesteps: int = 1000
 
     def schedule(self, num_steps, skip=0):
         check_num_steps(num_steps)
         # The model sees float32 timesteps, so sigmas are read at those.
         timesteps = np.linspace(0, self.num_train_timesteps - 1, num_steps)[::-1].astype(np.float32)
-        table = scaled_linear_sigmas(self.beta_start, self.beta_end, self.num_train_timesteps)
-        sigmas = np.interp(timesteps.astype(np.float64), np.arange(self.num_train_timesteps), table)
+        sigmas = np.interp(timesteps.astype(np.float64), np.arange(self.num_train_timesteps), self.sigma_table())
         sigmas_next = np.append(sigmas[1:], 0.0)
         coefficients = np.stack([np.sqrt(sigmas**2 + 1), sigmas_next - sigmas], -1)
         noise_levels = np.stack([np.ones(num_steps + 1), np.append(sigmas, 0.0)], -1)
