@@ -1,5 +1,6 @@
 """`kcv-sd`: the command line. User errors print one line and exit 2."""
 
+import functools
 import random
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import click
 from kcv_sd.cli_common import pipeline_options, user_errors
 from kcv_sd.cli_study import study
 from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, generate_upscaled
 
 
 def output_paths(output, count):
@@ -44,6 +46,9 @@ def main():
 @click.option("--steps", default=50, show_default=True,
               help="Sampler steps (img2img runs int(steps * strength)).")
 @click.option("--guidance", default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--cfg-cutoff", type=float, default=None,
+              help="Drop guidance after this fraction of the steps (0..1; faster, changes the image) "
+                   "[default: guide every step].")
 @click.option("--seed", type=int, default=None, help="Noise seed (default: a random one, recorded in the PNG).")
 @click.option("--num-images", default=1, show_default=True, help="Images for the prompt.")
 @click.option("-o", "--output", default="kcv-sd.png", show_default=True,
@@ -70,12 +75,17 @@ def main():
 @click.option("--mask", "mask_image", default=None, help="Inpainting mask for --init-image: white repaints, black keeps.")
 @click.option("--tiled-decode/--no-tiled-decode", default=None,
               help="Decode in overlapping tiles to bound memory [default: above 1024x1024].")
+@click.option("--upscale", type=float, default=None,
+              help="Generate at --width x --height, enlarge by this factor (> 1; at most 2048 a side) "
+                   "and refine with img2img.")
+@click.option("--refine-strength", default=DEFAULT_REFINE_STRENGTH, show_default=True,
+              help="img2img strength of the --upscale refine pass, 0..1.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
-def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_images,
+def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff, seed, num_images,
              output, overwrite, model, weights, precision, xla, compiled_loop, sampler, controls, controlnets,
              control_scales, guess_mode, control_start, control_end, control_sizing,
-             init_image, strength, mask_image, tiled_decode, progress):
+             init_image, strength, mask_image, tiled_decode, upscale, refine_strength, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
     paths = output_paths(output, num_images)
     check_outputs(paths, overwrite)
@@ -97,17 +107,21 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, seed, num_
     from kcv_sd.png import save_png
 
     pipeline = get_pipeline(model, weights, precision, xla, compiled_loop)
-    images = pipeline(prompt, negative_prompt=negative_prompt, width=width, height=height,
-                      num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                      num_images_per_prompt=num_images, sampler=sampler, progress=progress,
-                      init_image=init_image, strength=strength, mask_image=mask_image,
-                      tiled_decode=tiled_decode, **control)
-    height, width = images[0].height, images[0].width
+    run = pipeline if upscale is None else functools.partial(
+        generate_upscaled, pipeline, upscale=upscale, refine_strength=refine_strength)
+    images = run(prompt, negative_prompt=negative_prompt, width=width, height=height,
+                 num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                 num_images_per_prompt=num_images, sampler=sampler, progress=progress,
+                 init_image=init_image, strength=strength, mask_image=mask_image,
+                 tiled_decode=tiled_decode, cfg_cutoff_step_ratio=cfg_cutoff, **control)
+    if upscale is None:  # an upscaled run is reproduced from the width/height asked for, not its output's
+        height, width = images[0].height, images[0].width
     parameters = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-                      steps=steps, guidance=guidance, seed=seed, num_images=num_images,
+                      steps=steps, guidance=guidance, cfg_cutoff=cfg_cutoff, seed=seed, num_images=num_images,
                       model=model, weights=weights, precision=precision, xla=xla,
                       compiled_loop=compiled_loop, init_image=init_image, strength=strength,
-                      mask_image=mask_image, tiled_decode=tiled_decode,
+                      mask_image=mask_image, tiled_decode=tiled_decode, upscale=upscale,
+                      refine_strength=None if upscale is None else refine_strength,
                       sampler=sampler, kcv_sd_version=__version__,
                       **{k: v for k, v in control.items() if k not in ("image", "controlnet")},
                       control_images=[str(c) for c in controls], controlnets=list(controlnets))

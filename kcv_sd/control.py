@@ -23,6 +23,7 @@ from kcv_sd.precision import dtype_policy_scope
 # Repo ids look like "owner/name"; anything else is taken for a local path.
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+NO_CONTROL_IMAGE = "A ControlNet needs a control image: pass image=."
 
 
 def as_list(value, count, what):
@@ -90,6 +91,14 @@ def load_control_image(image):
     return np.asarray(load_image(image, "control image"))
 
 
+def load_control_images(image):
+    """`image` (one control image or a list) read into uint8 arrays, so that
+    sizing and planning share one decode of each file."""
+    if isinstance(image, (list, tuple)):
+        return [load_control_image(one) for one in image]
+    return load_control_image(image)
+
+
 def prepare_control_image(image, width, height, mode="resize"):
     """Control image fitted to the output size, float32 (H, W, 3) in [0, 1]."""
     from controlnet.sizing import fit_control_image
@@ -98,13 +107,18 @@ def prepare_control_image(image, width, height, mode="resize"):
     return np.asarray(fitted, np.float32) / 255.0
 
 
-def native_output_size(image, width=None, height=None):
-    """(width, height) taken from the (first) control image's own aspect ratio,
-    about 512x512 pixels' worth, in multiples of 64: the no-crop mode."""
+def native_sizing(image, width=None, height=None):
+    """(images, width, height) for `control_sizing="native"`: the control
+    images read once (planning reuses the arrays), and the output size the
+    first one implies: its own aspect ratio, about 512x512 pixels' worth, in
+    multiples of 64, with no crop."""
     from controlnet.sizing import output_size
 
-    first = image[0] if isinstance(image, (list, tuple)) else image
-    return output_size(load_control_image(first).shape, "native", width, height)
+    if image is None:
+        raise InvalidArgumentError(NO_CONTROL_IMAGE)
+    images = load_control_images(image)
+    first = images[0] if isinstance(images, list) else images
+    return (images, *output_size(first.shape, "native", width, height))
 
 
 def guidance_keep(num_steps, start, end):
@@ -148,7 +162,7 @@ def plan_control(controlnet, image, num_steps, width, height, config, precision,
     if count == 0:
         raise InvalidArgumentError("controlnet is an empty list: pass at least one ControlNet.")
     if image is None:
-        raise InvalidArgumentError("A ControlNet needs a control image: pass image=.")
+        raise InvalidArgumentError(NO_CONTROL_IMAGE)
     images = image if isinstance(image, (list, tuple)) else [image]
     if len(images) != count:
         raise InvalidArgumentError(f"{len(images)} control images for {count} ControlNets: give one each.")

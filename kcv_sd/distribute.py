@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from kcv_sd.control import native_output_size, plan_control
+from kcv_sd.control import native_sizing, plan_control
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.pipeline import Pipeline, check_options, check_size, prompt_lists, to_uint8
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
@@ -114,7 +114,7 @@ class DistributedPipeline:
         """
         prompts, negatives = prompt_lists(prompt, negative_prompt)
         if controlnet is not None and control_sizing == "native":
-            width, height = native_output_size(image, width, height)
+            image, width, height = native_sizing(image, width, height)
         width = 512 if width is None else width
         height = 512 if height is None else height
         config = self.pipeline.config

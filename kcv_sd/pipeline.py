@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kcv_sd.components import load_components
-from kcv_sd.control import native_output_size, plan_control
+from kcv_sd.control import native_sizing, plan_control
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.image_inputs import (
     latent_repaint_mask,
@@ -31,14 +31,14 @@ from kcv_sd.image_inputs import (
 from kcv_sd.precision import check_precision
 from kcv_sd.schedulers import SAMPLERS
 from kcv_sd.schedulers.base import add_noise
-from kcv_sd.tiled_vae import decode_tiled
+from kcv_sd.tiled_vae import decode_tiled, encode_tiled
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 from kcv_sd.unet import control_input_names, timestep_embedding
 from kcv_sd.vae import PIXELS_PER_LATENT
 
 MIN_SIZE, MAX_SIZE = 64, 2048
 OUTPUT_TYPES = ("pil", "np", "latent")
-# Above this many pixels, `tiled_decode=None` decodes in tiles.
+# Above this many pixels, `tiled_decode=None` decodes in tiles (and init images are encoded in tiles).
 TILED_DECODE_ABOVE = 1024 * 1024
 
 
@@ -88,6 +88,17 @@ def check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sa
 def guide(noise_uncond, noise_cond, guidance_scale):
     """Classifier-free guidance, in KerasCV's arithmetic order."""
     return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+
+
+def guided_steps(steps_run, cfg_cutoff_step_ratio):
+    """How many of the steps that run keep guidance: diffusers'
+    `SDCFGCutoffCallback` turns it off after step int(steps * ratio)."""
+    if cfg_cutoff_step_ratio is None:
+        return None
+    if not 0 <= cfg_cutoff_step_ratio <= 1:
+        raise InvalidArgumentError(
+            f"cfg_cutoff_step_ratio={cfg_cutoff_step_ratio}: use a fraction from 0 to 1, or None to guide every step.")
+    return min(steps_run, int(steps_run * cfg_cutoff_step_ratio) + 1)
 
 
 def to_uint8(decoded):
@@ -186,12 +197,16 @@ class Pipeline:
         """Text encodings (N, 77, context_dim) of a list of prompts."""
         return self._encode(tf.constant(self.tokenizer.pad_batch(prompts)))
 
-    def encode_images(self, pixels):
-        """Scaled VAE latent means (N, H/8, W/8, C) of uint8 images (N, H, W, 3)."""
+    def encode_images(self, pixels, tiled=None):
+        """Scaled VAE latent means (N, H/8, W/8, C) of uint8 images (N, H, W, 3);
+        `tiled` None tiles images above `TILED_DECODE_ABOVE` pixels, as `decode`."""
         if self._encode_image is None:
             self._encode_image = self._compile(self.components.image_encoder,
                                                [tf.TensorSpec((None, None, None, 3), tf.float32)])
-        return self._encode_image(tf.constant(pixels, tf.float32) / 127.5 - 1)
+        scaled = tf.constant(pixels, tf.float32) / 127.5 - 1
+        if tiled is None:
+            tiled = scaled.shape[1] * scaled.shape[2] > TILED_DECODE_ABOVE
+        return tf.constant(encode_tiled(self._encode_image, scaled)) if tiled else self._encode_image(scaled)
 
     def decode(self, latent, tiled=None):
         """Decoder output in [-1, 1] (N, H, W, 3); `tiled` None tiles images
@@ -245,46 +260,62 @@ class Pipeline:
             self._steps[key] = self._compile(*self._step_function(guided, sampler, controlnets, guess_mode))
         return self._steps[key]
 
-    def denoise_loop(self, guided, sampler="ddim", controlnets=(), guess_mode=False, inpaint=False):
+    def denoise_loop(self, guided, sampler="ddim", controlnets=(), guess_mode=False, inpaint=False,
+                     cutoff=False):
         """All steps in one compiled function (a tf.while_loop): no host round trip per step.
 
         Signature: (latent, state, t_embeds (steps, dim), context,
         guidance_scale, coefficients (steps, K)[, control_images,
         control_scales (steps, ControlNets, residuals), keep (steps,)][,
-        (init_latent, noise, mask, noise_levels (steps + 1, 2))]) -> latent.
-        Steps whose `keep` is False skip the ControlNets; with `inpaint`,
-        every step ends with `keep_unmasked`.
+        (conditional_context, guided (steps,))][, (init_latent, noise, mask,
+        noise_levels (steps + 1, 2))]) -> latent.
+        Steps whose `keep` is False skip the ControlNets; with `cutoff`
+        (guided only), steps whose `guided` is False run the conditional half
+        alone; with `inpaint`, every step ends with `keep_unmasked`.
         """
-        key = ("loop", guided, sampler, tuple(id(c) for c in controlnets), guess_mode, inpaint)
+        key = ("loop", guided, sampler, tuple(id(c) for c in controlnets), guess_mode, inpaint, cutoff)
         if key not in self._steps:
-            plain, signature = self._step_function(guided, sampler)
+            halves = (True, False) if cutoff else (guided,)
+            steps = {(g, False): self._step_function(g, sampler)[0] for g in halves}
             if controlnets:
-                controlled, signature = self._step_function(guided, sampler, controlnets, guess_mode)
+                steps.update({(g, True): self._step_function(g, sampler, controlnets, guess_mode)[0]
+                              for g in halves})
+            signature = self._step_function(guided, sampler, controlnets, guess_mode)[1]
             signature[2] = tf.TensorSpec((None,) + tuple(signature[2].shape[1:]), tf.float32)
             signature[5] = tf.TensorSpec((None,) + tuple(signature[5].shape), tf.float32)
             if controlnets:
                 signature[7] = tf.TensorSpec((None,) + tuple(signature[7].shape), tf.float32)
                 signature.append(tf.TensorSpec((None,), tf.bool))
+            if cutoff:
+                signature.append((signature[3], tf.TensorSpec((None,), tf.bool)))
             if inpaint:
                 signature.append(tuple(self._keep_unmasked.input_signature[1:4])
                                  + (tf.TensorSpec((None, 2), tf.float32),))
 
             def loop(latent, state, t_embeds, context, guidance_scale, coefficients, *extra):
+                def step(i, latent, state, guided_now, step_context):
+                    args = (latent, state, t_embeds[i : i + 1], step_context, guidance_scale, coefficients[i])
+                    if not controlnets:
+                        return steps[guided_now, False](*args)
+                    images, scales, keep = extra[:3]
+                    return tf.cond(keep[i], lambda: steps[guided_now, True](*args, images, scales[i]),
+                                   lambda: steps[guided_now, False](*args))
+
                 def body(i, latent, state):
-                    args = (latent, state, t_embeds[i : i + 1], context, guidance_scale, coefficients[i])
-                    if controlnets:
-                        images, scales, keep = extra[:3]
-                        latent, state = tf.cond(keep[i], lambda: controlled(*args, images, scales[i]),
-                                                lambda: plain(*args))
+                    if cutoff:
+                        conditional_context, guided_steps = extra[3 if controlnets else 0]
+                        latent, state = tf.cond(
+                            guided_steps[i], lambda: step(i, latent, state, True, context),
+                            lambda: step(i, latent, state, False, conditional_context))
                     else:
-                        latent, state = plain(*args)
+                        latent, state = step(i, latent, state, guided, context)
                     if inpaint:
                         init_latent, noise, mask, levels = extra[-1]
                         latent = keep_unmasked(latent, init_latent, noise, mask, levels[i + 1])
                     return i + 1, latent, state
 
-                steps = tf.shape(coefficients)[0]
-                _, latent, _ = tf.while_loop(lambda i, *_: i < steps, body, (0, latent, state))
+                num_steps = tf.shape(coefficients)[0]
+                _, latent, _ = tf.while_loop(lambda i, *_: i < num_steps, body, (0, latent, state))
                 return latent
 
             self._steps[key] = self._compile(loop, signature)
@@ -331,7 +362,8 @@ class Pipeline:
                  num_images_per_prompt=1, latents=None, output_type="pil", sampler="ddim",
                  image=None, controlnet=None, controlnet_conditioning_scale=1.0, guess_mode=False,
                  control_guidance_start=0.0, control_guidance_end=1.0, control_sizing="resize",
-                 progress=False, init_image=None, strength=None, mask_image=None, tiled_decode=None):
+                 progress=False, init_image=None, strength=None, mask_image=None, tiled_decode=None,
+                 cfg_cutoff_step_ratio=None):
         """Generate images.
 
         Args:
@@ -384,10 +416,16 @@ class Pipeline:
             tiled_decode: decode the latents in overlapping 512-pixel tiles,
                 bounding the decoder's memory (`kcv_sd.tiled_vae`); None
                 tiles images above 1024x1024 pixels.
+            cfg_cutoff_step_ratio: drop classifier-free guidance after this
+                fraction of the steps that run, as diffusers'
+                `SDCFGCutoffCallback`: steps up to index
+                int(steps * ratio) are guided, later ones run the
+                conditional prompt alone (half the UNet work each). It
+                changes the images; None (the default) guides every step.
         """
         prompts, negatives = prompt_lists(prompt, negative_prompt)
         if controlnet is not None and control_sizing == "native":
-            width, height = native_output_size(image, width, height)
+            image, width, height = native_sizing(image, width, height)
         multiple = PIXELS_PER_LATENT * self.config.downsample_factor
         init, mask, strength = load_init_inputs(init_image, mask_image, strength)
         if init is not None:
@@ -399,6 +437,8 @@ class Pipeline:
         check_size("width", width, multiple)
         check_size("height", height, multiple)
         check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type)
+        steps_run = num_inference_steps - steps_skipped(num_inference_steps, strength)
+        guided_count = guided_steps(steps_run, cfg_cutoff_step_ratio)
 
         batch = len(prompts) * num_images_per_prompt
         shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, self.config.latent_channels)
@@ -418,7 +458,6 @@ class Pipeline:
 
         plan = None
         if controlnet is not None:
-            steps_run = num_inference_steps - steps_skipped(num_inference_steps, strength)
             plan = self.plan_control(controlnet, image, steps_run, width, height, batch,
                                      controlnet_conditioning_scale, guess_mode, control_guidance_start,
                                      control_guidance_end, control_sizing)
@@ -433,7 +472,7 @@ class Pipeline:
             start = ImageStart(self.encode_images(init_pixels[None]), strength,
                                None if mask is None else tf.constant(latent_repaint_mask(pixel_mask)))
         latent = self.denoise(latent, context, num_inference_steps, guidance_scale, guided,
-                              sampler, progress, plan, start)
+                              sampler, progress, plan, start, guided_count)
         if output_type == "latent":
             return latent.numpy()
         pixels = to_uint8(self.decode(latent, tiled_decode))
@@ -467,15 +506,17 @@ class Pipeline:
                 )
 
     def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim",
-                progress=False, control=None, start=None):
+                progress=False, control=None, start=None, guided_steps=None):
         """Run `sampler` over `num_steps` steps from unit `noise`, or from
         `noise` and an img2img or inpainting `start` (an `ImageStart`).
 
         `control` is a `kcv_sd.control.ControlPlan` over the steps that run
         (with a `start`, the last int(num_steps * strength)); at steps where
         none of its ControlNets is inside its guidance window the plain step
-        runs. With `compiled_loop` the steps run inside one compiled
-        function and `progress` is not shown.
+        runs. With `guided`, only the first `guided_steps` of the steps that
+        run use guidance (None: all); later ones run the conditional half of
+        `context` alone. With `compiled_loop` the steps run inside one
+        compiled function and `progress` is not shown.
         """
         scheduler = SAMPLERS[sampler]
         skip = 0 if start is None else steps_skipped(num_steps, start.strength)
@@ -494,32 +535,37 @@ class Pipeline:
         inpaint = start is not None and start.mask is not None
         blend_inputs = (start.latent, noise, start.mask) if inpaint else ()
         noise_levels = tf.constant(schedule.noise_levels)
+        guided_at = np.arange(len(schedule)) < (len(schedule) if guided_steps is None else guided_steps)
+        cutoff = guided and not guided_at.all()
+        conditional_context = tf.convert_to_tensor(context)[latent.shape[0]:] if cutoff else None
 
         if self.compiled_loop:
             extra = ()
             if control is not None:
                 scales = np.stack([control.step_scales(i, num_residuals) for i in range(len(schedule))])
                 extra = (tuple(control.images), tf.constant(scales), tf.constant(control.keep.any(axis=1)))
+            if cutoff:
+                extra += ((conditional_context, tf.constant(guided_at)),)
             if inpaint:
                 extra += ((*blend_inputs, noise_levels),)
-            loop = self.denoise_loop(guided, sampler, controlnets, guess_mode, inpaint)
+            loop = self.denoise_loop(guided, sampler, controlnets, guess_mode, inpaint, cutoff)
             return loop(latent, state, t_embeds, context, scale, coefficients, *extra)
 
-        step = self.denoise_step(guided, sampler)
-        if control is not None:
-            controlled_step = self.denoise_step(guided, sampler, controlnets, guess_mode)
         steps = range(len(schedule))
         if progress:
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc="denoising", unit="step")
         for i in steps:
-            args = (latent, state, t_embeds[i : i + 1], context, scale, coefficients[i])
+            guided_now = bool(guided and guided_at[i])
+            step_context = context if guided_now or not guided else conditional_context
+            args = (latent, state, t_embeds[i : i + 1], step_context, scale, coefficients[i])
             if control is not None and control.keep[i].any():
                 scales = tf.constant(control.step_scales(i, num_residuals))
-                latent, state = controlled_step(*args, tuple(control.images), scales)
+                step = self.denoise_step(guided_now, sampler, controlnets, guess_mode)
+                latent, state = step(*args, tuple(control.images), scales)
             else:
-                latent, state = step(*args)
+                latent, state = self.denoise_step(guided_now, sampler)(*args)
             if inpaint:
                 latent = self._keep_unmasked(latent, *blend_inputs, noise_levels[i + 1])
         return latent

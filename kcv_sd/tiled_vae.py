@@ -1,11 +1,13 @@
-"""Tiled VAE decoding: large images in bounded memory.
+"""Tiled VAE decoding and encoding: large images in bounded memory.
 
-The decoder's cost grows with the latent's area (its attention block is
-quadratic in it), so a 2048x2048 image does not decode in one call on most
-GPUs. `decode_tiled` decodes overlapping latent tiles of one size (one
-compiled shape) and cross-fades them with linear ramps over the overlaps.
-Tiles see less context than the whole latent, so seams are blended, not
-exact; a latent that fits in one tile decodes exactly as in one call.
+The decoder's and encoder's cost grows with the image's area (their
+attention blocks are quadratic in the latent's), so a 2048x2048 image does
+not go through either in one call on most GPUs. `decode_tiled` decodes
+overlapping latent tiles of one size (one compiled shape) and cross-fades
+them with linear ramps over the overlaps; `encode_tiled` does the same with
+pixel tiles, cross-faded in latent space. Tiles see less context than the
+whole image (and GroupNorm normalises per tile), so seams are blended, not
+exact; an input that fits in one tile goes through exactly as in one call.
 """
 
 import math
@@ -46,6 +48,41 @@ def blend_weights(length, starts, size):
     return [(weight / total[start : start + size]).astype(np.float32) for start, weight in zip(starts, ramps)]
 
 
+def _map_tiles(fn, inputs, tile, overlap, cell_in, cell_out):
+    """`fn` over overlapping tiles of `inputs` (B, H, W, C), cross-faded.
+
+    Tiles are laid out on a grid whose cells are `cell_in` input pixels and
+    `cell_out` output pixels wide (the VAE's 8x scale), so every tile's
+    output lands on whole output pixels; `tile` and `overlap` are in input
+    pixels. The blend weights are built at the output's resolution.
+    """
+    if not 0 <= overlap < tile:
+        raise InvalidArgumentError(f"tile={tile}, overlap={overlap}: need 0 <= overlap < tile.")
+    batch, height, width = (int(n) for n in inputs.shape[:3])
+    if any(n % cell_in for n in (height, width, tile, overlap)):
+        raise InvalidArgumentError(
+            f"tile={tile}, overlap={overlap} and the {width}x{height} input must all be "
+            f"multiples of {cell_in} pixels: resize the input or pick other tile sizes.")
+    cells_high, cells_wide, cells_tile = height // cell_in, width // cell_in, tile // cell_in
+    rows = tile_starts(cells_high, cells_tile, overlap // cell_in)
+    columns = tile_starts(cells_wide, cells_tile, overlap // cell_in)
+    tile_high, tile_wide = min(cells_tile, cells_high), min(cells_tile, cells_wide)
+    row_weights = blend_weights(cells_high * cell_out, [r * cell_out for r in rows], tile_high * cell_out)
+    column_weights = blend_weights(cells_wide * cell_out, [c * cell_out for c in columns], tile_wide * cell_out)
+    output = None
+    for row, row_weight in zip(rows, row_weights):
+        for column, column_weight in zip(columns, column_weights):
+            result = np.asarray(fn(inputs[:, row * cell_in : (row + tile_high) * cell_in,
+                                          column * cell_in : (column + tile_wide) * cell_in]))
+            if output is None:
+                output = np.zeros((batch, cells_high * cell_out, cells_wide * cell_out, result.shape[-1]),
+                                  np.float32)
+            weight = row_weight[:, None, None] * column_weight[None, :, None]
+            output[:, row * cell_out : (row + tile_high) * cell_out,
+                   column * cell_out : (column + tile_wide) * cell_out] += result * weight
+    return output
+
+
 def decode_tiled(decoder, latent, tile=64, overlap=16):
     """Decode `latent` (B, h, w, C) tile by tile into float32 (B, 8h, 8w, 3).
 
@@ -54,19 +91,17 @@ def decode_tiled(decoder, latent, tile=64, overlap=16):
         tile: tile side in latent pixels (64 = 512 image pixels).
         overlap: latent pixels neighbouring tiles share at least.
     """
-    if not 0 <= overlap < tile:
-        raise InvalidArgumentError(f"tile={tile}, overlap={overlap}: need 0 <= overlap < tile.")
-    batch, height, width = (int(n) for n in latent.shape[:3])
-    factor = PIXELS_PER_LATENT
-    rows, columns = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    tile_height, tile_width = min(tile, height), min(tile, width)
-    row_weights = blend_weights(height * factor, [r * factor for r in rows], tile_height * factor)
-    column_weights = blend_weights(width * factor, [c * factor for c in columns], tile_width * factor)
-    image = np.zeros((batch, height * factor, width * factor, 3), np.float32)
-    for row, row_weight in zip(rows, row_weights):
-        for column, column_weight in zip(columns, column_weights):
-            pixels = np.asarray(decoder(latent[:, row : row + tile_height, column : column + tile_width]))
-            weight = row_weight[:, None, None] * column_weight[None, :, None]
-            image[:, row * factor : (row + tile_height) * factor,
-                  column * factor : (column + tile_width) * factor] += pixels * weight
-    return image
+    return _map_tiles(decoder, latent, tile, overlap, cell_in=1, cell_out=PIXELS_PER_LATENT)
+
+
+def encode_tiled(encoder, pixels, tile=512, overlap=128):
+    """Encode `pixels` (B, H, W, 3; H, W multiples of 8) tile by tile into
+    float32 latents (B, H/8, W/8, C), blended over the overlaps in latent space.
+
+    Args:
+        encoder: image -> latent callable (the pipeline's compiled encoder).
+        tile: tile side in image pixels, a multiple of 8.
+        overlap: image pixels neighbouring tiles share at least, a multiple
+            of 8 (128 = the decoder's 16 latent pixels).
+    """
+    return _map_tiles(encoder, pixels, tile, overlap, cell_in=PIXELS_PER_LATENT, cell_out=1)

@@ -27,6 +27,15 @@ def test_generate_writes_png_with_reproducible_metadata(tmp_path):
     assert out.read_bytes() == again.read_bytes()
 
 
+def test_cfg_cutoff_is_recorded_and_changes_the_image(tmp_path):
+    plain, cut = tmp_path / "plain.png", tmp_path / "cut.png"
+    run(["generate", "a cat", "-o", str(plain), "--seed", "5", *TINY])
+    result = run(["generate", "a cat", "-o", str(cut), "--seed", "5", "--cfg-cutoff", "0", *TINY])
+    assert result.exit_code == 0, result.output
+    assert read_parameters(cut)["cfg_cutoff"] == 0 and read_parameters(plain)["cfg_cutoff"] is None
+    assert plain.read_bytes() != cut.read_bytes()
+
+
 def test_unseeded_run_records_the_seed_it_drew(tmp_path):
     out = tmp_path / "a.png"
     assert run(["generate", "a", "-o", str(out), *TINY]).exit_code == 0
@@ -59,6 +68,7 @@ def test_existing_output_is_not_overwritten_without_flag(tmp_path):
     (["--guidance", "-1"], "guidance_scale=-1"),
     (["-o", "/no/such/dir/x.png"], "does not exist"),
     (["-o", "x.jpg"], "must end in .png"),
+    (["--cfg-cutoff", "2"], "cfg_cutoff_step_ratio=2"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     base = [*TINY, "-o", str(tmp_path / "x.png")]
