@@ -11,10 +11,18 @@ from bench.records import build_record, skipped_record
 from bench.subprocess_run import run_worker
 
 MATMUL_SIZE = 2048
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ControlNet axis, peak memory, ablation
 
 
-def run_benchmark(workload, runs, log_path, echo, timeout_s, command):
+def run_ablation(workload_spec, precision, log_path, echo, timeout_s):
+    """The lever-by-lever table (`bench.ablation_worker`), in its own fresh process."""
+    echo(f"[ablation] kcv-sd {precision}, one lever at a time (fresh process)")
+    return run_worker("bench.ablation_worker", {"workload": workload_spec, "precision": precision},
+                      log_path, lambda line: echo(f"    {line}"), timeout_s)
+
+
+def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_precision=None):
+    """Every run, then (given `ablation_precision`) the ablation table."""
     started = time.time()
     load_at_start = environment.load_average()
     if load_at_start and load_at_start[0] > 0.5:
@@ -44,6 +52,10 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command):
         record["load_average_at_start"] = load
         records.append(record)
 
+    ablation = None
+    if ablation_precision is not None:
+        ablation = run_ablation(workload_spec, ablation_precision, log_path, echo, timeout_s)
+
     return {
         "schema_version": SCHEMA_VERSION,
         "command": command,
@@ -56,5 +68,6 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command):
         "machine": {"matmul": probe.get("matmul"), "probe_error": probe.get("error")},
         "unet_step_flops": flops,
         "results": records,
+        "ablation": ablation,
         "published": published_table(),
     }

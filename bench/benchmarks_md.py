@@ -39,6 +39,29 @@ DEFINITIONS = """\
   weight values; the images are noise."""
 
 
+TARGETS_NOTE = """\
+kcv-sd's best configuration in each precision against the peer's best row in
+the same precision, all measured in this run on this machine. The equal-quality
+row extrapolates whole images to 20 and 50 steps from each row's warm median
+and step median (the step's cost does not depend on the step count or the
+sampler's elementwise update); every other row is measured directly."""
+
+ABLATION_NOTE = """\
+kcv-sd's levers one at a time, in one fresh process with one set of models
+(xla off, precision {precision}, the workload above); each variant is warmed
+up once, then all variants run in interleaved rounds ({rounds} rounds). The
+ratio compares a variant's median with its baseline's. Levers that change
+the images are options, off by default."""
+
+
+def _ablation(report):
+    ablation = report.get("ablation")
+    if not ablation:
+        return []
+    note = ABLATION_NOTE.format(precision=ablation["precision"], rounds=report["workload"]["repeats"])
+    return ["## Ablation: one lever at a time", note, table.as_markdown(*table.ablation_rows(ablation))]
+
+
 def _machine(report):
     env, matmul = report["environment"], report["machine"]["matmul"] or {}
     load = env["load_average_1_5_15_min"]
@@ -81,6 +104,10 @@ def render(report):
         "### Cold start, part by part (seconds)", table.as_markdown(*table.cold_rows(records)),
         "### Warm stages (seconds, medians)", table.as_markdown(*table.stage_rows(records)),
         "### ControlNet step cost (seconds, medians)", table.as_markdown(*table.controlnet_rows(records)),
+        "## Targets (issue 6), from this run's rows", TARGETS_NOTE,
+        table.as_markdown(*table.target_rows(records, report["workload"]["steps"],
+                                             table.best_matmul_flops_per_s(report["machine"]))),
+        *_ablation(report),
         "## Published figures (not measured here)",
         (f"{report['published']['source']}: {report['published']['workload']['images']} images, "
          f"{report['published']['workload']['steps']} steps, 512x512, pretrained weights. "

@@ -45,8 +45,11 @@ def resolve_workload(preset, **overrides):
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
               show_default=True, help="Folder for results.json, results.csv, cold_warm.png, workers.log.")
 @click.option("--timeout", type=int, default=3600, show_default=True, help="Seconds allowed per process.")
+@click.option("--ablation", is_flag=True,
+              help="Also time kcv-sd's latency levers one at a time (in the first configuration's precision).")
 @click.option("--write-benchmarks-md", is_flag=True, help="Also write BENCHMARKS.md in the current folder.")
-def main(preset, width, height, steps, batch, repeats, configs, peers, output, timeout, write_benchmarks_md):
+def main(preset, width, height, steps, batch, repeats, configs, peers, output, timeout, ablation,
+         write_benchmarks_md):
     """Benchmark kcv-sd beside stock KerasCV and diffusers, all with random weights.
 
     Every configuration (jit_compile x precision x ControlNet) and every peer runs in its
@@ -68,7 +71,8 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     log_path = output / "workers.log"
     log_path.write_text("")
     click.echo(f"kcv-bench: {len(runs)} runs of {workload}; worker logs in {log_path}")
-    report = run_benchmark(workload, runs, log_path, click.echo, timeout, command_line())
+    report = run_benchmark(workload, runs, log_path, click.echo, timeout, command_line(),
+                           config_list[0].precision if ablation else None)
 
     records = report["results"]
     report["files"] = {"json": "results.json", "csv": "results.csv", "plot": PNG_NAME, "log": log_path.name}
@@ -83,6 +87,10 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     click.echo("\nCold start parts:\n" + table.as_text(*table.cold_rows(records)))
     click.echo("\nWarm stages:\n" + table.as_text(*table.stage_rows(records)))
     click.echo("\nControlNet step cost:\n" + table.as_text(*table.controlnet_rows(records)))
+    targets = table.target_rows(records, workload.steps, table.best_matmul_flops_per_s(report["machine"]))
+    click.echo("\nTargets:\n" + table.as_text(*targets))
+    if report["ablation"]:
+        click.echo("\nAblation:\n" + table.as_text(*table.ablation_rows(report["ablation"])))
     click.echo("\nPublished (not measured here):\n" + table.as_text(*table.published_rows(report["published"])))
     click.echo(f"\nWrote {output}/results.json, results.csv, {PNG_NAME}"
                + (" and BENCHMARKS.md" if write_benchmarks_md else ""))

@@ -16,7 +16,9 @@ from bench import plan
 from bench.cli import main
 from bench.configs import Config, Workload, parse_configs, parse_peers
 from bench.flops import unet_flops
+from bench.ablation_worker import LEVERS
 from bench.records import build_record, precision_note
+from bench.table import target_rows
 from bench.subprocess_run import run_worker
 from kcv_sd.config import UNetConfig
 from kcv_sd.unet import UNet
@@ -176,7 +178,7 @@ def tiny_run(tmp_path_factory):
     try:
         result = CliRunner().invoke(main, [
             "--tiny", "--configs", "xla=off;precision=float32,float64 + xla=off;precision=float32;controlnet=on",
-            "--peers", "kerascv",
+            "--peers", "kerascv", "--ablation",
             "--repeats", "2", "--output", "out", "--write-benchmarks-md",
         ])
     finally:
@@ -270,3 +272,45 @@ def test_help():
     for option in ("--quick", "--tiny", "--preset", "--configs", "--peers", "--repeats", "--output",
                    "--write-benchmarks-md"):
         assert option in result.output
+
+
+def test_ablation_times_every_lever_against_its_baseline(tiny_run):
+    folder, output, report = tiny_run
+    ablation = report["ablation"]
+    assert ablation["status"] == "ok", ablation.get("error")
+    rows = {row["lever"]: row for row in ablation["rows"]}
+    assert list(rows) == [lever.name for lever in LEVERS]
+    assert rows["baseline"]["ratio_to_baseline"] == 1.0
+    assert all(len(row["times_s"]) == report["workload"]["repeats"] for row in rows.values())
+    window = rows["ControlNet window end 0.5"]
+    assert window["ratio_to_baseline"] == pytest.approx(
+        window["median_s"] / rows["ControlNet, every step"]["median_s"])
+    assert "## Ablation: one lever at a time" in (folder / "BENCHMARKS.md").read_text()
+
+
+def _row(system, precision, warm, step, cold, controlnet=False, unet_step=None):
+    stages = {"step_s": step}
+    if unet_step:
+        stages.update(unet_step_s=unet_step, controlnet_step_ratio=step / unet_step)
+    return {"system": system, "xla": False, "precision": precision, "controlnet": controlnet, "status": "ok",
+            "warm": {"median_s": warm}, "stages": stages, "cold": {"total_s": cold},
+            "unet": {"flops_per_step": 1e9}}
+
+
+def test_targets_compare_best_rows_in_the_same_precision():
+    records = [
+        _row("kcv-sd", "float32", warm=8.0, step=3.0, cold=60.0),
+        _row("kcv-sd", "float32", warm=6.0, step=2.0, cold=70.0),  # the best warm row
+        _row("kcv-sd", "float32", warm=9.0, step=2.6, cold=80.0, controlnet=True, unet_step=2.0),
+        _row("kerascv", "float32", warm=10.0, step=4.0, cold=100.0),
+        _row("diffusers", "mixed_bfloat16", warm=5.0, step=2.0, cold=40.0),
+    ]
+    _, rows = target_rows(records, workload_steps=2, best_matmul_flops_per_s=1e9)
+    by_name = {row[0].split(" (")[0]: row for row in rows}
+    assert by_name["warm image vs KerasCV, equal steps"][3:] == ["0.60x", "<= 0.80x", "met"]
+    # (6 + 18 * 2) / (10 + 48 * 4) = 42 / 202
+    assert by_name["DPM++ 2M 20 steps vs KerasCV DDIM 50"][3] == f"{42 / 202:.2f}x"
+    assert by_name["cold start vs KerasCV"][3:] == ["0.60x", "<= 0.70x", "met"]
+    assert by_name["UNet+ControlNet step / UNet step"][3:] == ["1.30x", "<= 1.40x", "met"]
+    assert by_name["UNet step FLOP/s / best matmul FLOP/s"][3:] == ["50%", ">= 90%", "missed"]
+    assert "warm image vs diffusers, equal steps" not in by_name  # no diffusers row in float32
