@@ -17,8 +17,10 @@ SCHEMA_VERSION = 2  # 2: ControlNet axis, peak memory, ablation
 def run_ablation(workload_spec, precision, log_path, echo, timeout_s):
     """The lever-by-lever table (`bench.ablation_worker`), in its own fresh process."""
     echo(f"[ablation] kcv-sd {precision}, one lever at a time (fresh process)")
-    return run_worker("bench.ablation_worker", {"workload": workload_spec, "precision": precision},
-                      log_path, lambda line: echo(f"    {line}"), timeout_s)
+    started = time.time()
+    result = run_worker("bench.ablation_worker", {"workload": workload_spec, "precision": precision},
+                        log_path, lambda line: echo(f"    {line}"), timeout_s)
+    return {"precision": precision, **result, "duration_s": time.time() - started}
 
 
 def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_precision=None):

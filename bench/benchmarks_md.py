@@ -49,7 +49,8 @@ sampler's elementwise update); every other row is measured directly."""
 ABLATION_NOTE = """\
 kcv-sd's levers one at a time, in one fresh process with one set of models
 (xla off, precision {precision}, the workload above); each variant is warmed
-up once, then all variants run in interleaved rounds ({rounds} rounds). The
+up once, then all variants run in interleaved rounds ({rounds} rounds; the
+ablation took {minutes:.1f} of the run's minutes). The
 ratio compares a variant's median with its baseline's. Levers that change
 the images are options, off by default."""
 
@@ -58,7 +59,8 @@ def _ablation(report):
     ablation = report.get("ablation")
     if not ablation:
         return []
-    note = ABLATION_NOTE.format(precision=ablation["precision"], rounds=report["workload"]["repeats"])
+    note = ABLATION_NOTE.format(precision=ablation["precision"], rounds=report["workload"]["repeats"],
+                                minutes=ablation["duration_s"] / 60)
     return ["## Ablation: one lever at a time", note, table.as_markdown(*table.ablation_rows(ablation))]
 
 

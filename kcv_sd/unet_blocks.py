@@ -11,6 +11,7 @@ wiring the functional model, which costs ~10 s for the SD1.5 UNet.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 # Sigmoid-free tanh approximation of GELU used by KerasCV's GEGLU.
@@ -99,8 +100,48 @@ class ResBlock(keras.layers.Layer):
         return h + skip
 
 
+# Above this many attention scores (batch x heads x queries x keys) at once,
+# queries are processed in chunks: a 2048x2048 image's first-level
+# self-attention would otherwise hold 2 x 8 x 65536^2 scores (~275 GB).
+MAX_SCORES_AT_ONCE = 2**28  # 1 GiB of float32 scores
+
+
+def _attend(q, k, v, scale):
+    """softmax(q k^T * scale) v over (batch, heads, length, head_size); softmax in float32."""
+    scores = tf.matmul(q, k, transpose_b=True) * scale
+    weights = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1), v.dtype)
+    return tf.matmul(weights, v)
+
+
+def _attend_in_chunks(q, k, v, scale, max_scores):
+    """`_attend` one block of queries at a time, so at most about `max_scores`
+    scores exist at once. Query rows are independent, so the result is the
+    same; the queries are padded to whole chunks and the padding dropped."""
+    shape = tf.shape(q)
+    batch, heads, length, width = shape[0], shape[1], shape[2], shape[3]
+    chunk = tf.maximum(1, max_scores // (batch * heads * tf.shape(k)[2]))
+    count = (length + chunk - 1) // chunk
+    padded = tf.pad(q, [[0, 0], [0, 0], [0, count * chunk - length], [0, 0]])
+    chunks = tf.transpose(tf.reshape(padded, (batch, heads, count, chunk, width)), (2, 0, 1, 3, 4))
+    attended = tf.map_fn(lambda block: _attend(block, k, v, scale), chunks, parallel_iterations=1)
+    merged = tf.reshape(tf.transpose(attended, (1, 2, 0, 3, 4)), (batch, heads, count * chunk, -1))
+    return merged[:, :, :length]
+
+
+def attention(q, k, v, scale, max_scores=None):
+    """Scaled dot-product attention, in query chunks when there would be
+    more than `max_scores` (default `MAX_SCORES_AT_ONCE`) scores at once."""
+    max_scores = MAX_SCORES_AT_ONCE if max_scores is None else max_scores
+    q_shape, k_shape = tf.shape(q), tf.shape(k)
+    # int64: 2 x 8 x 65536^2 overflows int32.
+    scores = tf.reduce_prod(tf.cast(tf.concat([q_shape[:3], k_shape[2:3]], 0), tf.int64))
+    return tf.cond(scores > max_scores, lambda: _attend_in_chunks(q, k, v, scale, max_scores),
+                   lambda: _attend(q, k, v, scale))
+
+
 class Attention(keras.layers.Layer):
-    """Multi-head (cross-)attention; softmax always runs in float32."""
+    """Multi-head (cross-)attention; softmax always runs in float32, and
+    large attention runs in query chunks to bound its memory."""
 
     def __init__(self, num_heads, head_size, initializer, **kwargs):
         super().__init__(**kwargs)
@@ -133,9 +174,7 @@ class Attention(keras.layers.Layer):
         q = self._split_heads(self.to_q(inputs))
         k = self._split_heads(self.to_k(context))
         v = self._split_heads(self.to_v(context))
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * (self.head_size ** -0.5)
-        weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
-        attended = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+        attended = ops.transpose(attention(q, k, v, self.head_size**-0.5), (0, 2, 1, 3))
         batch, length = ops.shape(attended)[0], ops.shape(attended)[1]
         merged = ops.reshape(attended, (batch, length, self.num_heads * self.head_size))
         return self.out_proj(merged)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from kcv_sd import config
+from kcv_sd import config, unet_blocks
 from kcv_sd.precision import dtype_policy_scope
 from kcv_sd.unet import UNet, control_input_names, timestep_embedding
 
@@ -116,3 +116,24 @@ def test_exact_and_approximate_gelu_differ_only_slightly():
     inputs = unet_inputs(config.TINY, 1, 8, 8)
     a, b = np.asarray(approx_model(inputs)), np.asarray(exact_model(inputs))
     assert 0 < np.abs(a - b).max() < 1e-2
+
+
+@pytest.mark.parametrize("queries,keys,max_scores", [(37, 11, 100), (64, 64, 2 * 2 * 64 * 5), (5, 77, 1)])
+def test_chunked_attention_equals_attention_at_once(queries, keys, max_scores):
+    rng = np.random.default_rng(queries)
+    q = rng.standard_normal((2, 2, queries, 8)).astype("float32")
+    k, v = rng.standard_normal((2, 2, 2, keys, 8)).astype("float32")
+    at_once = unet_blocks.attention(q, k, v, 0.3, max_scores=10**9)
+    chunked = unet_blocks.attention(q, k, v, 0.3, max_scores=max_scores)
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(at_once), rtol=1e-6, atol=1e-6)
+
+
+def test_unet_attends_in_chunks_above_the_score_budget(tiny_unet, monkeypatch):
+    inputs = unet_inputs(tiny_unet.config, 1, 16, 24)
+    expected = np.asarray(tiny_unet.model()(inputs))
+    chunks = []
+    original = unet_blocks._attend_in_chunks
+    monkeypatch.setattr(unet_blocks, "_attend_in_chunks", lambda *args: chunks.append(1) or original(*args))
+    monkeypatch.setattr(unet_blocks, "MAX_SCORES_AT_ONCE", 1000)
+    np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), expected, rtol=1e-5, atol=1e-5)
+    assert chunks  # the budget really forced chunking
