@@ -76,7 +76,7 @@ class Runner:
             latent = next_latent
 
         start = time.perf_counter()
-        p.decode(latent).numpy()
+        np.asarray(p.decode(latent))  # tiled decoding returns numpy already
         return {"text_encoding_s": text_encoding_s, **times, "decode_s": time.perf_counter() - start}
 
     def _controlnet_inputs(self, latent, context, plan):
