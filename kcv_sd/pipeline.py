@@ -187,7 +187,10 @@ class Pipeline:
         return self.components.family.unet
 
     def _compile(self, fn, signature):
-        return tf.function(fn, input_signature=signature, jit_compile=self.jit_compile)
+        # No autograph: the compiled code branches and loops only with explicit
+        # tf.cond / tf.while_loop, and converting it slows every first trace
+        # (docs/latency_levers.md, tools/measure_first_call.py).
+        return tf.function(fn, input_signature=signature, jit_compile=self.jit_compile, autograph=False)
 
     def _encode_tokens(self, tokens):
         positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(tokens))
