@@ -58,14 +58,18 @@ def load_controlnet(source, config, precision="float32"):
             "(like lllyasviel/sd-controlnet-depth)."
         )
     cached = keras_home() / "kcv_sd" / "controlnets" / (str(source).replace("/", "--") + ".weights.h5")
-    with dtype_policy_scope(precision):
-        if cached.is_file():
-            model = ControlNet(config, initializer="zeros")
-            model.model().load_weights(cached)
+    if not cached.is_file():
+        # Cached in float32 whatever the precision asked: mixed policies store
+        # large weights in 16 bits (`kcv_sd.unet_blocks.weights_policy`).
+        with dtype_policy_scope("float32"):
+            model = convert_file(_download_from_hub(str(source)), config)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        model.model().save_weights(cached)
+        if precision == "float32":
             return model
-        model = convert_file(_download_from_hub(str(source)), config)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    model.model().save_weights(cached)
+    with dtype_policy_scope(precision):
+        model = ControlNet(config, initializer="zeros")
+        model.model().load_weights(cached)
     return model
 
 

@@ -19,6 +19,21 @@ _SQRT_2_OVER_PI = 0.7978845608
 _GELU_CUBIC = 0.044715
 
 
+def weights_policy(policy):
+    """The dtype policy of a layer with large weights (convolutions, dense).
+
+    Under a mixed policy Keras keeps float32 weights and casts every one to
+    the compute dtype at every call: for inference that is a full read of
+    the float32 weights and a write of the cast copy per UNet step, with the
+    same values in the end. Stored in the compute dtype, the weights are used
+    as they are; small layers (norms) keep the mixed policy.
+    """
+    policy = keras.dtype_policies.get(policy)
+    if policy.compute_dtype != policy.variable_dtype:
+        return keras.DTypePolicy(policy.compute_dtype)
+    return policy
+
+
 class PaddedConv2D(keras.layers.Layer):
     """Zero padding then a valid convolution (symmetric, unlike 'same' at stride 2)."""
 
@@ -28,7 +43,7 @@ class PaddedConv2D(keras.layers.Layer):
         self.padding2d = keras.layers.ZeroPadding2D(padding, dtype=self.dtype_policy)
         self.conv2d = keras.layers.Conv2D(
             filters, kernel_size, strides=strides,
-            kernel_initializer=kernel_initializer, dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer, dtype=weights_policy(self.dtype_policy),
         )
 
     def build(self, input_shape):
@@ -43,7 +58,8 @@ class PaddedConv2D(keras.layers.Layer):
 
 def _dense(units, initializer, use_bias=True, dtype=None):
     return keras.layers.Dense(
-        units, use_bias=use_bias, kernel_initializer=initializer, dtype=dtype
+        units, use_bias=use_bias, kernel_initializer=initializer,
+        dtype=weights_policy(dtype if dtype is not None else keras.config.dtype_policy()),
     )
 
 

@@ -78,3 +78,24 @@ def test_missing_and_unknown_files(tmp_path):
     odd.write_bytes(b"")
     with pytest.raises(CheckpointError, match="unknown checkpoint type"):
         read_state_dict(odd)
+
+
+def test_repo_id_is_converted_once_and_cached_in_float32(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from kcv_sd import control
+
+    checkpoint = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file(numpy_state_dict(diffusers_controlnet(CONFIG, seed=3)), checkpoint)
+    downloads = []
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name: downloads.append(repo) or str(checkpoint))
+    direct = weights_of(load_controlnet(checkpoint, CONFIG))
+
+    half = control.load_controlnet("someone/tiny-controlnet", CONFIG, "mixed_bfloat16")
+    assert half.conv_in.conv2d.kernel.dtype == "bfloat16"  # large weights stored in the compute dtype
+    again = control.load_controlnet("someone/tiny-controlnet", CONFIG, "float32")
+    assert downloads == ["someone/tiny-controlnet"]  # the second load came from the cache
+    for cached, expected in zip(weights_of(again), direct):
+        np.testing.assert_array_equal(cached, expected)  # not rounded through bfloat16

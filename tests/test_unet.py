@@ -100,10 +100,33 @@ def test_mixed_precision_computes_in_half_and_outputs_float32(precision, dtype):
     assert keras.config.dtype_policy().name == before
     resblock = unet.down_levels[0][0][0][0]
     assert resblock.conv1.compute_dtype == dtype
-    assert resblock.conv1.conv2d.kernel.dtype == "float32"
+    assert resblock.conv1.conv2d.kernel.dtype == dtype  # stored as computed (weights_policy)
+    assert resblock.norm1.gamma.dtype == "float32"
     out = model(unet_inputs(config.TINY, 1, 8, 16))
     assert out.dtype == "float32"
     assert np.isfinite(np.asarray(out)).all()
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_weights_stored_in_compute_dtype_give_the_same_outputs(precision, monkeypatch):
+    """Keras' own mixed policy (float32 weights cast at every call) and
+    16-bit storage compute with the same values, so outputs are identical."""
+    stored = _built(precision)
+    monkeypatch.setattr(unet_blocks, "weights_policy", lambda policy: policy)
+    cast_per_call = _built(precision)
+    assert cast_per_call.down_levels[0][0][0][0].conv1.conv2d.kernel.dtype == "float32"
+    for layer_a, layer_b in zip(stored.kerascv_layer_order(), cast_per_call.kerascv_layer_order()):
+        for a, b in zip(layer_a.weights, layer_b.weights):
+            b.assign(np.asarray(a.value, np.float32))
+    inputs = unet_inputs(config.TINY, 1, 8, 16)
+    np.testing.assert_array_equal(np.asarray(stored.model()(inputs)), np.asarray(cast_per_call.model()(inputs)))
+
+
+def _built(precision):
+    with dtype_policy_scope(precision):
+        unet = UNet(config.TINY)
+        unet.model()
+    return unet
 
 
 def test_exact_and_approximate_gelu_differ_only_slightly():
