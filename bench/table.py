@@ -117,11 +117,15 @@ FLOPS_TARGET = 0.90  # UNet step FLOP/s as a fraction of the best matmul measure
 EQUAL_QUALITY_STEPS = {"ours": 20, "kerascv": 50}  # DPM-Solver++ 2M vs KerasCV's DDIM
 
 
+def _plain_rows(records, system, precision):
+    """The ok rows of `system` in `precision` without a ControlNet: what targets compare."""
+    return [r for r in records if r["system"] == system and r["precision"] == precision
+            and not r.get("controlnet") and r["status"] == "ok"]
+
+
 def _best(records, system, precision, part, key):
-    """The best (lowest) `part.key` among ok rows of `system` in `precision`, without ControlNet."""
-    values = [_get(r, part, key) for r in records
-              if r["system"] == system and r["precision"] == precision and not r.get("controlnet")
-              and r["status"] == "ok" and _get(r, part, key) is not None]
+    """The best (lowest) `part.key` among `_plain_rows`."""
+    values = [_get(r, part, key) for r in _plain_rows(records, system, precision) if _get(r, part, key) is not None]
     return min(values) if values else None
 
 
@@ -129,8 +133,7 @@ def _at_steps(records, system, precision, steps, workload_steps):
     """A warm image's seconds at `steps` steps, from the best row's warm median
     and step median: extrapolated, as the per-step cost does not depend on
     the step count or the sampler's elementwise update."""
-    rows = [r for r in records if r["system"] == system and r["precision"] == precision
-            and not r.get("controlnet") and r["status"] == "ok" and r["stages"]]
+    rows = [r for r in _plain_rows(records, system, precision) if r["stages"]]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["warm"]["median_s"])

@@ -42,6 +42,11 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 TILED_DECODE_ABOVE = 1024 * 1024
 
 
+def needs_tiles(height, width):
+    """Whether an image of height x width pixels goes through the VAE in tiles by default."""
+    return height * width > TILED_DECODE_ABOVE
+
+
 def check_size(name, value, multiple):
     if not isinstance(value, (int, np.integer)) or value % multiple or not MIN_SIZE <= value <= MAX_SIZE:
         raise InvalidArgumentError(
@@ -208,14 +213,14 @@ class Pipeline:
                                                [tf.TensorSpec((None, None, None, 3), tf.float32)])
         scaled = tf.constant(pixels, tf.float32) / 127.5 - 1
         if tiled is None:
-            tiled = scaled.shape[1] * scaled.shape[2] > TILED_DECODE_ABOVE
+            tiled = needs_tiles(scaled.shape[1], scaled.shape[2])
         return tf.constant(encode_tiled(self._encode_image, scaled)) if tiled else self._encode_image(scaled)
 
     def decode(self, latent, tiled=None):
         """Decoder output in [-1, 1] (N, H, W, 3); `tiled` None tiles images
         above `TILED_DECODE_ABOVE` pixels."""
         if tiled is None:
-            tiled = latent.shape[1] * latent.shape[2] * PIXELS_PER_LATENT**2 > TILED_DECODE_ABOVE
+            tiled = needs_tiles(latent.shape[1] * PIXELS_PER_LATENT, latent.shape[2] * PIXELS_PER_LATENT)
         return decode_tiled(self._decode, latent) if tiled else self._decode(latent)
 
     def _step_function(self, guided, sampler, controlnets=(), guess_mode=False):
@@ -306,9 +311,9 @@ class Pipeline:
 
                 def body(i, latent, state):
                     if cutoff:
-                        conditional_context, guided_steps = extra[3 if controlnets else 0]
+                        conditional_context, guided_at = extra[3 if controlnets else 0]
                         latent, state = tf.cond(
-                            guided_steps[i], lambda: step(i, latent, state, True, context),
+                            guided_at[i], lambda: step(i, latent, state, True, context),
                             lambda: step(i, latent, state, False, conditional_context))
                     else:
                         latent, state = step(i, latent, state, guided, context)
