@@ -34,8 +34,24 @@ def weights_policy(policy):
     return policy
 
 
+# A 3x3 convolution runs as one matmul over gathered patches when its input
+# has at most this many rows (batch x height x width) per input channel. With
+# few rows and many channels oneDNN's convolution is weight-bound and several
+# times slower than the matmul (SD1.5's 1280-channel levels at small latents);
+# with many rows the convolution wins. Measured on a 2-core CPU in
+# docs/latency_levers.md, section 6.
+MATMUL_ROWS_PER_INPUT_CHANNEL = 1
+
+
 class PaddedConv2D(keras.layers.Layer):
-    """Zero padding then a valid convolution (symmetric, unlike 'same' at stride 2)."""
+    """Zero padding then a valid convolution (symmetric, unlike 'same' at stride 2).
+
+    The variables are a plain `Conv2D`'s (KerasCV's weight order); the
+    computation is a matmul for 1x1 kernels and, for larger kernels, a matmul
+    over patches when the output has few rows per input channel (see
+    `MATMUL_ROWS_PER_INPUT_CHANNEL`), else the convolution. The choice is made
+    at run time, so one graph serves every size.
+    """
 
     def __init__(self, filters, kernel_size, padding=0, strides=1,
                  kernel_initializer="glorot_uniform", **kwargs):
@@ -45,6 +61,8 @@ class PaddedConv2D(keras.layers.Layer):
             filters, kernel_size, strides=strides,
             kernel_initializer=kernel_initializer, dtype=weights_policy(self.dtype_policy),
         )
+        self.kernel_size = kernel_size
+        self.strides = strides
 
     def build(self, input_shape):
         self.conv2d.build(self.padding2d.compute_output_shape(input_shape))
@@ -52,8 +70,23 @@ class PaddedConv2D(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return self.conv2d.compute_output_shape(self.padding2d.compute_output_shape(input_shape))
 
+    def _as_matmul(self, padded):
+        k, s = self.kernel_size, self.strides
+        if k > 1:
+            # (batch, out_h, out_w, k*k*channels), taps in the kernel's (row, column, channel) order.
+            padded = tf.image.extract_patches(padded, (1, k, k, 1), (1, s, s, 1), (1, 1, 1, 1), "VALID")
+        kernel = tf.reshape(tf.cast(self.conv2d.kernel, padded.dtype), (-1, self.conv2d.filters))
+        rows = tf.matmul(tf.reshape(padded, (-1, kernel.shape[0])), kernel)
+        rows = tf.nn.bias_add(rows, tf.cast(self.conv2d.bias, rows.dtype))
+        return tf.reshape(rows, tf.concat([tf.shape(padded)[:3], [self.conv2d.filters]], 0))
+
     def call(self, inputs):
-        return self.conv2d(self.padding2d(inputs))
+        padded = self.padding2d(inputs)
+        if self.kernel_size == 1 and self.strides == 1:
+            return self._as_matmul(padded)
+        channels = inputs.shape[-1]
+        few_rows = tf.size(inputs, out_type=tf.int64) <= MATMUL_ROWS_PER_INPUT_CHANNEL * channels * channels
+        return tf.cond(few_rows, lambda: self._as_matmul(padded), lambda: self.conv2d(padded))
 
 
 def _dense(units, initializer, use_bias=True, dtype=None):

@@ -66,7 +66,10 @@ def test_unet_matches_kerascv_diffusion_model(kerascv_and_ours):
     }
     expected = np.asarray(models["unet"](inputs))
     actual = np.asarray(ours.components.unet.model()(inputs))
-    assert np.abs(actual - expected).max() <= 1e-5
+    # float32 rounding only: at this latent the 1280-channel convolutions run
+    # as matmuls over patches, which sum the same products in another order
+    # (max |output| is ~3, so 2e-5 is ~1e-5 relative).
+    assert np.abs(actual - expected).max() <= 2e-5
 
 
 def test_text_encoder_matches_kerascv(kerascv_and_ours):

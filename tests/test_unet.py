@@ -160,3 +160,37 @@ def test_unet_attends_in_chunks_above_the_score_budget(tiny_unet, monkeypatch):
     monkeypatch.setattr(unet_blocks, "MAX_SCORES_AT_ONCE", 1000)
     np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), expected, rtol=1e-5, atol=1e-5)
     assert chunks  # the budget really forced chunking
+
+
+@pytest.mark.parametrize("kernel,strides,padding", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (3, 2, 0)])
+@pytest.mark.parametrize("rows_per_channel", [0, 10**6])
+def test_padded_conv_as_matmul_equals_the_convolution(kernel, strides, padding, rows_per_channel,
+                                                      monkeypatch):
+    """Both routes (0: convolution except 1x1; 10**6: matmul) give the convolution's result."""
+    monkeypatch.setattr(unet_blocks, "MATMUL_ROWS_PER_INPUT_CHANNEL", rows_per_channel)
+    layer = unet_blocks.PaddedConv2D(5, kernel, padding=padding, strides=strides)
+    x = np.random.default_rng(kernel + strides).standard_normal((2, 7, 9, 6)).astype("float32")
+    layer.build(x.shape)
+    layer.conv2d.bias.assign(np.linspace(-1, 1, 5))
+    expected = np.asarray(layer.conv2d(layer.padding2d(x)))
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("height,width,route", [(2, 2, "matmul"), (4, 4, "convolution")])
+def test_padded_conv_takes_the_matmul_for_few_rows_per_channel(height, width, route, monkeypatch):
+    """8 channels: 1x2x2 = 4 input rows -> matmul; 1x4x4 = 16 rows -> convolution."""
+    taken = []
+    original = unet_blocks.PaddedConv2D._as_matmul
+    monkeypatch.setattr(unet_blocks.PaddedConv2D, "_as_matmul",
+                        lambda self, padded: taken.append("matmul") or original(self, padded))
+    layer = unet_blocks.PaddedConv2D(8, 3, padding=1)
+    layer(np.ones((1, height, width, 8), "float32"))
+    assert (taken == ["matmul"]) == (route == "matmul")
+
+
+def test_unet_with_every_convolution_as_a_matmul_matches(tiny_unet, monkeypatch):
+    inputs = unet_inputs(tiny_unet.config, 2, 16, 24)
+    monkeypatch.setattr(unet_blocks, "MATMUL_ROWS_PER_INPUT_CHANNEL", 0)
+    as_convolutions = np.asarray(tiny_unet.model()(inputs))
+    monkeypatch.setattr(unet_blocks, "MATMUL_ROWS_PER_INPUT_CHANNEL", 10**6)
+    np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), as_convolutions, rtol=1e-5, atol=1e-5)
