@@ -34,6 +34,7 @@ from kcv_sd.schedulers.base import add_noise
 from kcv_sd.tiled_vae import decode_tiled, encode_tiled
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 from kcv_sd.unet import control_input_names, timestep_embedding
+from kcv_sd.unet_blocks import static_routes
 from kcv_sd.vae import PIXELS_PER_LATENT
 
 MIN_SIZE, MAX_SIZE = 64, 2048
@@ -168,15 +169,23 @@ class Pipeline:
             (a tf.while_loop) instead of one call per step from Python.
         components: already-built `Components` to share (then `model`,
             `weights` and `precision` are taken from them).
+        static_routes: trace the denoising step per image size class: the
+            UNet's layers choose matmul or convolution, and whole or chunked
+            attention, in Python from the size, so the graph holds no
+            run-time choices and its first call is ~15 s faster for SD1.5 on
+            a 2-core CPU; a size whose choices differ (most new sizes) traces
+            again. False: one trace serves every size, choosing at run time
+            (better when many sizes are generated in one process).
     """
 
     def __init__(self, model="sd15", weights="kerascv", precision="float32",
-                 jit_compile=False, components=None, compiled_loop=False):
+                 jit_compile=False, components=None, compiled_loop=False, static_routes=True):
         if components is None:
             components = load_components(model, weights, check_precision(precision))
         self.components = components
         self.jit_compile = bool(jit_compile)
         self.compiled_loop = bool(compiled_loop)
+        self.static_routes = bool(static_routes)
         self.tokenizer = get_tokenizer()
         self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
@@ -186,6 +195,7 @@ class Pipeline:
             keep_unmasked, [latent_spec] * 3 + [mask_spec, tf.TensorSpec((2,), tf.float32)])
         self._encode_image = None  # compiled on first use, as the encoder loads
         self._steps = {}
+        self._route_keys = {}
 
     @property
     def config(self):
@@ -223,12 +233,26 @@ class Pipeline:
             tiled = needs_tiles(latent.shape[1] * PIXELS_PER_LATENT, latent.shape[2] * PIXELS_PER_LATENT)
         return decode_tiled(self._decode, latent) if tiled else self._decode(latent)
 
-    def _step_function(self, guided, sampler, controlnets=(), guess_mode=False):
+    def _route_key(self, size, controlnets):
+        """The routes the UNet's and ControlNets' layers take for latents of
+        `size` (batch, height, width), at the batch and the guided batch; None
+        for an unknown size (then the layers choose at run time)."""
+        if size is None:
+            return None
+        key = (size, tuple(id(c) for c in controlnets))
+        if key not in self._route_keys:
+            batch, height, width = size
+            self._route_keys[key] = tuple(
+                model.routes(rows, height, width, MAX_PROMPT_LENGTH)
+                for model in (self.components.unet, *controlnets) for rows in (batch, 2 * batch))
+        return self._route_keys[key]
+
+    def _step_function(self, guided, sampler, controlnets=(), guess_mode=False, size=None):
         """One step, uncompiled: ControlNets, UNet (both CFG halves batched),
         guidance, sampler update. Returns the function and its input signature."""
         scheduler = SAMPLERS[sampler]
         c = self.config
-        predict = self._noise_predictor(guided, controlnets, guess_mode)
+        predict = self._noise_predictor(guided, controlnets, guess_mode, size)
 
         def run(latent, state, t_embed, context, guidance_scale, coefficients, *control):
             noise = predict(scheduler.model_input(latent, coefficients), t_embed, context, *control)
@@ -255,21 +279,25 @@ class Pipeline:
             ]
         return run, signature
 
-    def denoise_step(self, guided, sampler="ddim", controlnets=(), guess_mode=False):
-        """The compiled step, one per configuration.
+    def denoise_step(self, guided, sampler="ddim", controlnets=(), guess_mode=False, size=None):
+        """The compiled step, one per configuration and, given a latent `size`
+        (batch, height, width), per set of layer routes (sizes whose routes
+        agree share it); with `size` None one step serves every size.
 
         Signature: (latent, state, t_embed, context, guidance_scale,
         coefficients[, control_images, control_scales]) -> (latent, state);
         `state` is the sampler's tuple, `control_images` one (B, H, W, 3)
         tensor per ControlNet and `control_scales` (ControlNets, residuals).
         """
-        key = ("step", guided, sampler, tuple(id(c) for c in controlnets), guess_mode)
+        key = ("step", guided, sampler, tuple(id(c) for c in controlnets), guess_mode,
+               self._route_key(size, controlnets))
         if key not in self._steps:
-            self._steps[key] = self._compile(*self._step_function(guided, sampler, controlnets, guess_mode))
+            self._steps[key] = self._compile(*self._step_function(guided, sampler, controlnets,
+                                                                  guess_mode, size))
         return self._steps[key]
 
     def denoise_loop(self, guided, sampler="ddim", controlnets=(), guess_mode=False, inpaint=False,
-                     cutoff=False):
+                     cutoff=False, size=None):
         """All steps in one compiled function (a tf.while_loop): no host round trip per step.
 
         Signature: (latent, state, t_embeds (steps, dim), context,
@@ -279,14 +307,16 @@ class Pipeline:
         noise_levels (steps + 1, 2))]) -> latent.
         Steps whose `keep` is False skip the ControlNets; with `cutoff`
         (guided only), steps whose `guided` is False run the conditional half
-        alone; with `inpaint`, every step ends with `keep_unmasked`.
+        alone; with `inpaint`, every step ends with `keep_unmasked`. `size`
+        as for `denoise_step`.
         """
-        key = ("loop", guided, sampler, tuple(id(c) for c in controlnets), guess_mode, inpaint, cutoff)
+        key = ("loop", guided, sampler, tuple(id(c) for c in controlnets), guess_mode, inpaint, cutoff,
+               self._route_key(size, controlnets))
         if key not in self._steps:
             halves = (True, False) if cutoff else (guided,)
-            steps = {(g, False): self._step_function(g, sampler)[0] for g in halves}
+            steps = {(g, False): self._step_function(g, sampler, size=size)[0] for g in halves}
             if controlnets:
-                steps.update({(g, True): self._step_function(g, sampler, controlnets, guess_mode)[0]
+                steps.update({(g, True): self._step_function(g, sampler, controlnets, guess_mode, size)[0]
                               for g in halves})
             signature = self._step_function(guided, sampler, controlnets, guess_mode)[1]
             signature[2] = tf.TensorSpec((None,) + tuple(signature[2].shape[1:]), tf.float32)
@@ -329,16 +359,30 @@ class Pipeline:
             self._steps[key] = self._compile(loop, signature)
         return self._steps[key]
 
-    def _noise_predictor(self, guided, controlnets, guess_mode):
+    def _noise_predictor(self, guided, controlnets, guess_mode, size=None):
         """UNet noise prediction for the (doubled, if guided) batch.
 
         With ControlNets, their scaled residuals are summed and fed to the
         UNet. In guess mode with guidance, ControlNets see only the
         conditional half and the unconditional half gets zero residuals.
+        Given the latent `size` (batch, height, width), the models are traced
+        with static routes.
         """
         unet = self.components.unet
         copies = 2 if guided else 1
         conditional_only = guess_mode and guided
+
+        def routed(model, copies):
+            """`model` (a functional model), traced with routes for `copies` x the batch."""
+            if size is None:
+                return model
+            batch, height, width = size
+
+            def call(inputs):
+                with static_routes(copies * batch, height, width, MAX_PROMPT_LENGTH):
+                    return model(inputs)
+
+            return call
 
         def predict(latent, t_embed, context, control_images=(), control_scales=None):
             batch = tf.shape(latent)[0]
@@ -346,7 +390,7 @@ class Pipeline:
             t_doubled = tf.repeat(t_embed, copies * batch, axis=0)
             inputs = {"latent": doubled, "timestep_embedding": t_doubled, "context": context}
             if not controlnets:
-                return tf.cast(unet.model()(inputs), tf.float32)
+                return tf.cast(routed(unet.model(), copies)(inputs), tf.float32)
             residuals = None
             for index, (controlnet, image) in enumerate(zip(controlnets, control_images)):
                 if conditional_only:
@@ -354,14 +398,15 @@ class Pipeline:
                                       "context": context[batch:], "control_image": image}
                 else:
                     control_inputs = {**inputs, "control_image": tf.concat([image] * copies, axis=0)}
-                outputs = controlnet.model()(control_inputs)
+                outputs = routed(controlnet.model(), 1 if conditional_only else copies)(control_inputs)
                 scaled = [tf.cast(outputs[name], tf.float32) * control_scales[index, j]
                           for j, name in enumerate(controlnet.output_names)]
                 if conditional_only:
                     scaled = [tf.concat([tf.zeros_like(r), r], axis=0) for r in scaled]
                 residuals = scaled if residuals is None else [a + b for a, b in zip(residuals, scaled)]
             names = control_input_names(self.config)
-            return tf.cast(unet.model(with_control=True)({**inputs, **dict(zip(names, residuals))}), tf.float32)
+            controlled = routed(unet.model(with_control=True), copies)
+            return tf.cast(controlled({**inputs, **dict(zip(names, residuals))}), tf.float32)
 
         return predict
 
@@ -530,6 +575,9 @@ class Pipeline:
         skip = 0 if start is None else steps_skipped(num_steps, start.strength)
         schedule = scheduler.schedule(num_steps, skip)
         noise = tf.convert_to_tensor(noise, tf.float32)
+        # Unknown when traced inside another function (kcv_sd.distribute).
+        known = self.static_routes and noise.shape[:3].is_fully_defined()
+        size = tuple(noise.shape[:3]) if known else None
         latent = initial_latent(noise, schedule, start)
         if not len(schedule):
             return latent
@@ -556,7 +604,7 @@ class Pipeline:
                 extra += ((conditional_context, tf.constant(guided_at)),)
             if inpaint:
                 extra += ((*blend_inputs, noise_levels),)
-            loop = self.denoise_loop(guided, sampler, controlnets, guess_mode, inpaint, cutoff)
+            loop = self.denoise_loop(guided, sampler, controlnets, guess_mode, inpaint, cutoff, size)
             return loop(latent, state, t_embeds, context, scale, coefficients, *extra)
 
         steps = range(len(schedule))
@@ -570,10 +618,10 @@ class Pipeline:
             args = (latent, state, t_embeds[i : i + 1], step_context, scale, coefficients[i])
             if control is not None and control.keep[i].any():
                 scales = tf.constant(control.step_scales(i, num_residuals))
-                step = self.denoise_step(guided_now, sampler, controlnets, guess_mode)
+                step = self.denoise_step(guided_now, sampler, controlnets, guess_mode, size)
                 latent, state = step(*args, tuple(control.images), scales)
             else:
-                latent, state = self.denoise_step(guided_now, sampler)(*args)
+                latent, state = self.denoise_step(guided_now, sampler, size=size)(*args)
             if inpaint:
                 latent = self._keep_unmasked(latent, *blend_inputs, noise_levels[i + 1])
         return latent

@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from kcv_sd.unet_blocks import PaddedConv2D, ResBlock, SpatialTransformer, Upsample
+from kcv_sd.unet_blocks import PaddedConv2D, ResBlock, SpatialTransformer, Upsample, routes
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
@@ -54,29 +54,36 @@ class UNetEncoder:
         for level, out_channels in enumerate(c.block_channels):
             blocks = []
             for _ in range(c.layers_per_block):
-                blocks.append((self._resblock(channels, out_channels, c, init),
-                               self._transformer(out_channels, c, init) if c.attention_levels[level] else None))
+                blocks.append((self._resblock(channels, out_channels, c, init, level),
+                               self._transformer(out_channels, c, init, level)
+                               if c.attention_levels[level] else None))
                 channels = out_channels
                 skip_channels.append(channels)
             downsample = None
             if level < len(c.block_channels) - 1:
                 downsample = PaddedConv2D(channels, 3, strides=2, padding=1,
-                                          kernel_initializer=init)
+                                          kernel_initializer=init, level=level)
                 skip_channels.append(channels)
             self.down_levels.append((blocks, downsample))
         self.skip_channels = tuple(skip_channels)
-        self.mid_blocks = (self._resblock(channels, channels, c, init),
-                           self._transformer(channels, c, init),
-                           self._resblock(channels, channels, c, init))
+        bottom = len(c.block_channels) - 1
+        self.mid_blocks = (self._resblock(channels, channels, c, init, bottom),
+                           self._transformer(channels, c, init, bottom),
+                           self._resblock(channels, channels, c, init, bottom))
 
     @staticmethod
-    def _resblock(input_channels, output_channels, c, init):
-        return ResBlock(input_channels, output_channels, c.norm_groups, c.norm_epsilon, init)
+    def _resblock(input_channels, output_channels, c, init, level):
+        return ResBlock(input_channels, output_channels, c.norm_groups, c.norm_epsilon, init, level=level)
 
     @staticmethod
-    def _transformer(channels, c, init):
+    def _transformer(channels, c, init, level):
         return SpatialTransformer(channels, c.num_heads, c.norm_groups,
-                                  c.transformer_norm_epsilon, c.gelu_approximate, init)
+                                  c.transformer_norm_epsilon, c.gelu_approximate, init, level=level)
+
+    def routes(self, batch, height, width, context_length):
+        """Each convolution's and attention layer's route for latents of
+        (batch, height, width); see `kcv_sd.unet_blocks.static_routes`."""
+        return routes(self.model().layers, batch, height, width, context_length)
 
     def embed_time(self, t_embed):
         return self.time_dense2(ops.silu(self.time_dense1(t_embed)))
@@ -124,10 +131,11 @@ class UNet(UNetEncoder):
             blocks = []
             for _ in range(c.layers_per_block + 1):
                 cin = channels + skip_channels.pop()
-                blocks.append((self._resblock(cin, out_channels, c, init),
-                               self._transformer(out_channels, c, init) if c.attention_levels[level] else None))
+                blocks.append((self._resblock(cin, out_channels, c, init, level),
+                               self._transformer(out_channels, c, init, level)
+                               if c.attention_levels[level] else None))
                 channels = out_channels
-            upsample = Upsample(channels, init) if level > 0 else None
+            upsample = Upsample(channels, init, level=level) if level > 0 else None
             self.up_levels.append((blocks, upsample))
 
         self.norm_out = keras.layers.GroupNormalization(groups=c.norm_groups, epsilon=c.norm_epsilon)

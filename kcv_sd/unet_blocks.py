@@ -10,6 +10,9 @@ without that, Keras traces each block's `call` in a scratch graph while
 wiring the functional model, which costs ~10 s for the SD1.5 UNet.
 """
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -34,6 +37,47 @@ def weights_policy(policy):
     return policy
 
 
+
+_trace_size = threading.local()
+
+
+@contextlib.contextmanager
+def static_routes(batch, height, width, context_length):
+    """While a UNet or ControlNet is traced inside this context for latents of
+    (batch, height, width) and a text context of `context_length` tokens, its
+    convolutions (matmul or convolution) and attention layers (chunked or
+    whole) pick their route in Python. Outside it they pick at run time with a
+    `tf.cond` per layer, which serves every size from one graph but makes the
+    graph larger and its first call ~7 s slower (docs/latency_levers.md,
+    section 6). Sizes whose routes agree (`routes`) can share one trace.
+    """
+    previous = getattr(_trace_size, "value", None)
+    _trace_size.value = (batch, height, width, context_length)
+    try:
+        yield
+    finally:
+        _trace_size.value = previous
+
+
+def _static_size():
+    return getattr(_trace_size, "value", None)
+
+
+def _tokens_at(size, level):
+    """Feature-map positions at `level` (halvings of the latent) for a size from `static_routes`."""
+    height, width = size[1], size[2]
+    return -(-height // 2**level) * -(-width // 2**level)
+
+
+def routes(layers, batch, height, width, context_length):
+    """The route every convolution and attention layer in `layers` (and their
+    sublayers) takes for this size: traces whose routes are equal are the same
+    graph."""
+    size = (batch, height, width, context_length)
+    return tuple(layer.route(size)
+                 for top in layers for layer in top._flatten_layers(include_self=True)
+                 if isinstance(layer, (PaddedConv2D, Attention)))
+
 # A 3x3 convolution runs as one matmul over gathered patches when its input
 # has at most this many rows (batch x height x width) per input channel. With
 # few rows and many channels oneDNN's convolution is weight-bound and several
@@ -54,8 +98,9 @@ class PaddedConv2D(keras.layers.Layer):
     """
 
     def __init__(self, filters, kernel_size, padding=0, strides=1,
-                 kernel_initializer="glorot_uniform", **kwargs):
+                 kernel_initializer="glorot_uniform", level=0, **kwargs):
         super().__init__(**kwargs)
+        self.level = level  # halvings of the latent at this layer's input
         self.padding2d = keras.layers.ZeroPadding2D(padding, dtype=self.dtype_policy)
         self.conv2d = keras.layers.Conv2D(
             filters, kernel_size, strides=strides,
@@ -80,8 +125,19 @@ class PaddedConv2D(keras.layers.Layer):
         rows = tf.nn.bias_add(rows, tf.cast(self.conv2d.bias, rows.dtype))
         return tf.reshape(rows, tf.concat([tf.shape(padded)[:3], [self.conv2d.filters]], 0))
 
+    def route(self, size):
+        """"matmul" or "convolution" for a size from `static_routes`."""
+        if self.kernel_size == 1 and self.strides == 1:
+            return "matmul"
+        rows = size[0] * _tokens_at(size, self.level)
+        channels = self.conv2d.kernel.shape[-2]
+        return "matmul" if rows <= MATMUL_ROWS_PER_INPUT_CHANNEL * channels else "convolution"
+
     def call(self, inputs):
         padded = self.padding2d(inputs)
+        size = _static_size()
+        if size is not None:
+            return self._as_matmul(padded) if self.route(size) == "matmul" else self.conv2d(padded)
         if self.kernel_size == 1 and self.strides == 1:
             return self._as_matmul(padded)
         channels = inputs.shape[-1]
@@ -109,16 +165,16 @@ class ResBlock(keras.layers.Layer):
     """GroupNorm-SiLU-conv twice, with the timestep embedding added between."""
 
     def __init__(self, input_channels, output_channels, groups, epsilon,
-                 initializer, **kwargs):
+                 initializer, level=0, **kwargs):
         super().__init__(**kwargs)
         policy = self.dtype_policy
         self.norm1 = _group_norm(groups, epsilon, policy)
         self.conv1 = PaddedConv2D(output_channels, 3, padding=1,
-                                  kernel_initializer=initializer, dtype=policy)
+                                  kernel_initializer=initializer, level=level, dtype=policy)
         self.embedding_projection = _dense(output_channels, initializer, dtype=policy)
         self.norm2 = _group_norm(groups, epsilon, policy)
         self.conv2 = PaddedConv2D(output_channels, 3, padding=1,
-                                  kernel_initializer=initializer, dtype=policy)
+                                  kernel_initializer=initializer, level=level, dtype=policy)
         self.skip_projection = None
         if input_channels != output_channels:
             self.skip_projection = PaddedConv2D(
@@ -179,7 +235,8 @@ def _attend_in_chunks(q, k, v, scale, max_scores):
 
 def attention(q, k, v, scale, max_scores=None):
     """Scaled dot-product attention, in query chunks when there would be
-    more than `max_scores` (default `MAX_SCORES_AT_ONCE`) scores at once."""
+    more than `max_scores` (default `MAX_SCORES_AT_ONCE`) scores at once
+    (decided at run time)."""
     max_scores = MAX_SCORES_AT_ONCE if max_scores is None else max_scores
     q_shape, k_shape = tf.shape(q), tf.shape(k)
     # int64: 2 x 8 x 65536^2 overflows int32.
@@ -192,8 +249,10 @@ class Attention(keras.layers.Layer):
     """Multi-head (cross-)attention; softmax always runs in float32, and
     large attention runs in query chunks to bound its memory."""
 
-    def __init__(self, num_heads, head_size, initializer, **kwargs):
+    def __init__(self, num_heads, head_size, initializer, level=0, **kwargs):
         super().__init__(**kwargs)
+        self.level = level  # halvings of the latent at this layer's input
+        self.cross = False  # attends to a context (set by build)
         policy = self.dtype_policy
         width = num_heads * head_size
         self.to_q = _dense(width, initializer, use_bias=False, dtype=policy)
@@ -204,6 +263,7 @@ class Attention(keras.layers.Layer):
         self.head_size = head_size
 
     def build(self, inputs_shape, context_shape=None):
+        self.cross = context_shape is not None
         context_shape = inputs_shape if context_shape is None else context_shape
         self.to_q.build(inputs_shape)
         self.to_k.build(context_shape)
@@ -212,6 +272,12 @@ class Attention(keras.layers.Layer):
 
     def compute_output_shape(self, inputs_shape, context_shape=None):
         return _with_channels(inputs_shape, self.num_heads * self.head_size)
+
+    def route(self, size):
+        """"chunked" or "whole" for a size from `static_routes`."""
+        queries = _tokens_at(size, self.level)
+        keys = size[3] if self.cross else queries
+        return "chunked" if size[0] * self.num_heads * queries * keys > MAX_SCORES_AT_ONCE else "whole"
 
     def _split_heads(self, x):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
@@ -223,7 +289,15 @@ class Attention(keras.layers.Layer):
         q = self._split_heads(self.to_q(inputs))
         k = self._split_heads(self.to_k(context))
         v = self._split_heads(self.to_v(context))
-        attended = ops.transpose(attention(q, k, v, self.head_size**-0.5), (0, 2, 1, 3))
+        scale = self.head_size**-0.5
+        size = _static_size()
+        if size is None:
+            attended = attention(q, k, v, scale)
+        elif self.route(size) == "chunked":
+            attended = _attend_in_chunks(q, k, v, scale, MAX_SCORES_AT_ONCE)
+        else:
+            attended = _attend(q, k, v, scale)
+        attended = ops.transpose(attended, (0, 2, 1, 3))
         batch, length = ops.shape(attended)[0], ops.shape(attended)[1]
         merged = ops.reshape(attended, (batch, length, self.num_heads * self.head_size))
         return self.out_proj(merged)
@@ -256,14 +330,14 @@ class GEGLU(keras.layers.Layer):
 class TransformerBlock(keras.layers.Layer):
     """Self-attention, cross-attention on the text, GEGLU feed-forward."""
 
-    def __init__(self, num_heads, head_size, gelu_approximate, initializer, **kwargs):
+    def __init__(self, num_heads, head_size, gelu_approximate, initializer, level=0, **kwargs):
         super().__init__(**kwargs)
         policy = self.dtype_policy
         width = num_heads * head_size
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
-        self.attn1 = Attention(num_heads, head_size, initializer, dtype=policy)
+        self.attn1 = Attention(num_heads, head_size, initializer, level=level, dtype=policy)
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
-        self.attn2 = Attention(num_heads, head_size, initializer, dtype=policy)
+        self.attn2 = Attention(num_heads, head_size, initializer, level=level, dtype=policy)
         self.norm3 = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
         self.geglu = GEGLU(width * 4, gelu_approximate, initializer, dtype=policy)
         self.dense = _dense(width, initializer, dtype=policy)
@@ -291,13 +365,13 @@ class SpatialTransformer(keras.layers.Layer):
     """Flattens the feature map to tokens, runs a transformer block, restores it."""
 
     def __init__(self, channels, num_heads, groups, epsilon, gelu_approximate,
-                 initializer, **kwargs):
+                 initializer, level=0, **kwargs):
         super().__init__(**kwargs)
         policy = self.dtype_policy
         self.norm = _group_norm(groups, epsilon, policy)
         self.proj_in = PaddedConv2D(channels, 1, kernel_initializer=initializer, dtype=policy)
         self.transformer_block = TransformerBlock(
-            num_heads, channels // num_heads, gelu_approximate, initializer, dtype=policy
+            num_heads, channels // num_heads, gelu_approximate, initializer, level=level, dtype=policy
         )
         self.proj_out = PaddedConv2D(channels, 1, kernel_initializer=initializer, dtype=policy)
 
@@ -325,11 +399,12 @@ class SpatialTransformer(keras.layers.Layer):
 class Upsample(keras.layers.Layer):
     """Nearest-neighbour 2x, then a 3x3 convolution."""
 
-    def __init__(self, channels, initializer, **kwargs):
+    def __init__(self, channels, initializer, level=1, **kwargs):
         super().__init__(**kwargs)
         self.ups = keras.layers.UpSampling2D(2, dtype=self.dtype_policy)
-        self.conv = PaddedConv2D(channels, 3, padding=1,
-                                 kernel_initializer=initializer, dtype=self.dtype_policy)
+        # `level`: the input's; the convolution sees the upsampled map.
+        self.conv = PaddedConv2D(channels, 3, padding=1, kernel_initializer=initializer,
+                                 level=level - 1, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.conv.build(self.ups.compute_output_shape(input_shape))

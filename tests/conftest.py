@@ -15,14 +15,17 @@ def tiny_components():
     return load_components("tiny", "random", seed=0)
 
 
+# The shared pipelines choose layer routes at run time, so the many sizes the
+# tests use share one trace; `Pipeline`'s default (static routes, a trace per
+# size class) is tested by the tests that build their own pipelines.
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_components):
-    return Pipeline(components=tiny_components, jit_compile=False)
+    return Pipeline(components=tiny_components, jit_compile=False, static_routes=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_xla_pipeline(tiny_components):
-    return Pipeline(components=tiny_components, jit_compile=True)
+    return Pipeline(components=tiny_components, jit_compile=True, static_routes=False)
 
 
 @pytest.fixture
@@ -31,8 +34,8 @@ def controlnet_step_calls(tiny_pipeline, monkeypatch):
     calls = []
     original = tiny_pipeline.denoise_step
 
-    def counting(guided, sampler="ddim", controlnets=(), guess_mode=False):
-        step = original(guided, sampler, controlnets, guess_mode)
+    def counting(guided, sampler="ddim", controlnets=(), guess_mode=False, size=None):
+        step = original(guided, sampler, controlnets, guess_mode, size)
 
         def counted(*args):
             calls.append(bool(controlnets))

@@ -9,6 +9,7 @@ import kcv_sd
 from kcv_sd.components import load_components
 from kcv_sd.pipeline import Pipeline, guide
 from kcv_sd.schedulers import KerasCVDDIM
+from kcv_sd.study import resolve_controlnet
 from kcv_sd.unet import timestep_embedding
 
 FAST = dict(num_inference_steps=2, seed=7)
@@ -41,13 +42,39 @@ def test_xla_flag_really_switches_compilation(tiny_components, jit):
         assert function_def.attr["_XlaMustCompile"].b is jit
 
 
-def test_step_traces_once_for_all_steps_sizes_and_calls(tiny_components):
+def test_step_traces_once_per_set_of_routes_for_all_steps_and_calls(tiny_components):
+    """128x64 and 64x128 have the same routes (same positions per level), 192x64 others."""
     pipeline = Pipeline(components=tiny_components)
-    for width in (128, 192):
-        pipeline("a", width=width, height=64, num_inference_steps=3, output_type="latent")
+    sizes = [(128, 64), (192, 64), (64, 128), (128, 64)]
+    for width, height in sizes:
+        pipeline("a", width=width, height=height, num_inference_steps=3, output_type="latent")
     pipeline("b", width=128, height=64, num_inference_steps=2, output_type="latent")
-    assert pipeline.denoise_step(True).experimental_get_tracing_count() == 1
+    routes = {size: pipeline._route_key((1, size[1] // 8, size[0] // 8), ()) for size in sizes}
+    assert routes[128, 64] == routes[64, 128] != routes[192, 64]
+    for width, height in sizes:
+        step = pipeline.denoise_step(True, size=(1, height // 8, width // 8))
+        assert step.experimental_get_tracing_count() == 1
+    assert len(pipeline._steps) == 2
     assert pipeline._decode.experimental_get_tracing_count() == 0
+
+
+@pytest.mark.parametrize("guess_mode", [None, False, True])
+def test_static_routes_give_the_run_time_routes_latents(tiny_components, tiny_pipeline, guess_mode):
+    """`tiny_pipeline` chooses routes at run time; None: no ControlNet."""
+    static = Pipeline(components=tiny_components)
+    args = dict(width=192, height=64, num_inference_steps=2, seed=3, output_type="latent")
+    if guess_mode is not None:
+        args.update(controlnet=resolve_controlnet(tiny_pipeline, "random", seed=4), guess_mode=guess_mode,
+                    image=np.random.default_rng(0).integers(0, 255, (64, 192, 3), dtype=np.uint8))
+    np.testing.assert_allclose(static("a cat", **args), tiny_pipeline("a cat", **args), rtol=1e-5, atol=1e-5)
+
+
+def test_routed_step_graph_has_no_run_time_choices(tiny_components):
+    pipeline = Pipeline(components=tiny_components)
+    routed = pipeline.denoise_step(True, size=(1, 8, 16)).get_concrete_function().graph
+    any_size = pipeline.denoise_step(True).get_concrete_function().graph
+    assert not [op for op in routed.get_operations() if op.type in ("If", "StatelessIf")]
+    assert [op for op in any_size.get_operations() if op.type in ("If", "StatelessIf")]
 
 
 def test_decoder_traces_once_across_sizes(tiny_components):
@@ -164,4 +191,4 @@ def test_compiled_loop_matches_step_by_step(tiny_components, tiny_pipeline, samp
     # Same ops; graph-level rewrites inside the loop body change rounding only.
     scale = np.abs(expected).max()
     np.testing.assert_allclose(looped("a cat", **args), expected, atol=1e-5 * scale, rtol=1e-4)
-    assert looped.denoise_loop(True, sampler).experimental_get_tracing_count() == 1
+    assert looped.denoise_loop(True, sampler, size=(1, 8, 16)).experimental_get_tracing_count() == 1

@@ -194,3 +194,25 @@ def test_unet_with_every_convolution_as_a_matmul_matches(tiny_unet, monkeypatch)
     as_convolutions = np.asarray(tiny_unet.model()(inputs))
     monkeypatch.setattr(unet_blocks, "MATMUL_ROWS_PER_INPUT_CHANNEL", 10**6)
     np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), as_convolutions, rtol=1e-5, atol=1e-5)
+
+
+def test_static_routes_take_the_run_time_routes(tiny_unet, monkeypatch):
+    """Under `static_routes` the layers choose in Python what they would
+    choose at run time, with the same results. A small score budget makes the
+    top level's attention chunk, so both routes of both layer kinds occur."""
+    monkeypatch.setattr(unet_blocks, "MAX_SCORES_AT_ONCE", 1000)
+    assert {"matmul", "convolution", "chunked", "whole"} <= set(tiny_unet.routes(2, 8, 16, 77))
+    taken = []
+    as_matmul, in_chunks = unet_blocks.PaddedConv2D._as_matmul, unet_blocks._attend_in_chunks
+    monkeypatch.setattr(unet_blocks.PaddedConv2D, "_as_matmul",
+                        lambda self, padded: taken.append("matmul") or as_matmul(self, padded))
+    monkeypatch.setattr(unet_blocks, "_attend_in_chunks",
+                        lambda *args: taken.append("chunked") or in_chunks(*args))
+    model, inputs = tiny_unet.model(), unet_inputs(tiny_unet.config, 2, 8, 16)
+    at_run_time = np.asarray(model(inputs))
+    run_time_routes, taken[:] = list(taken), []
+    assert {"matmul", "chunked"} <= set(run_time_routes)
+    with unet_blocks.static_routes(2, 8, 16, 77):
+        static = np.asarray(model(inputs))
+    assert taken == run_time_routes
+    np.testing.assert_allclose(static, at_run_time, rtol=1e-6, atol=1e-6)
