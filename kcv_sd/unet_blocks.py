@@ -37,7 +37,6 @@ def weights_policy(policy):
     return policy
 
 
-
 _trace_size = threading.local()
 
 
@@ -48,8 +47,9 @@ def static_routes(batch, height, width, context_length):
     convolutions (matmul or convolution) and attention layers (chunked or
     whole) pick their route in Python. Outside it they pick at run time with a
     `tf.cond` per layer, which serves every size from one graph but makes the
-    graph larger and its first call ~7 s slower (docs/latency_levers.md,
-    section 6). Sizes whose routes agree (`routes`) can share one trace.
+    graph larger and the SD1.5 pipeline's first call ~15 s slower on a 2-core
+    CPU (docs/latency_levers.md, section 6). Sizes whose routes agree
+    (`routes`) can share one trace.
     """
     previous = getattr(_trace_size, "value", None)
     _trace_size.value = (batch, height, width, context_length)
@@ -78,6 +78,7 @@ def routes(layers, batch, height, width, context_length):
                  for top in layers for layer in top._flatten_layers(include_self=True)
                  if isinstance(layer, (PaddedConv2D, Attention)))
 
+
 # A 3x3 convolution runs as one matmul over gathered patches when its input
 # has at most this many rows (batch x height x width) per input channel. With
 # few rows and many channels oneDNN's convolution is weight-bound and several
@@ -92,9 +93,10 @@ class PaddedConv2D(keras.layers.Layer):
 
     The variables are a plain `Conv2D`'s (KerasCV's weight order); the
     computation is a matmul for 1x1 kernels and, for larger kernels, a matmul
-    over patches when the output has few rows per input channel (see
+    over patches when the input has few rows per input channel (see
     `MATMUL_ROWS_PER_INPUT_CHANNEL`), else the convolution. The choice is made
-    at run time, so one graph serves every size.
+    in Python under `static_routes`, else at run time (one graph for every
+    size).
     """
 
     def __init__(self, filters, kernel_size, padding=0, strides=1,

@@ -62,12 +62,16 @@ def test_flops_match_a_hand_count():
 def _graph_matmul_flops(config, height, width, batch, context_length):
     """FLOPs of every Conv2D, MatMul and BatchMatMul in the traced UNet graph.
 
-    Attention is traced unchunked: the chunked form (a `tf.cond` branch that
-    runs only for huge sizes) holds the same matmuls inside function bodies
-    this walk of the top-level graph does not enter."""
+    Traced with static routes, as the pipeline does: run-time route choices
+    (`tf.cond`) would hide the matmuls inside branch functions that this walk
+    of the top-level graph does not enter."""
     model = UNet(config, initializer="zeros").model()
-    traced = tf.function(lambda latent, t, context: model(
-        {"latent": latent, "timestep_embedding": t, "context": context}))
+
+    def traced(latent, t, context):
+        with unet_blocks.static_routes(batch, height, width, context_length):
+            return model({"latent": latent, "timestep_embedding": t, "context": context})
+
+    traced = tf.function(traced)
     graph = traced.get_concrete_function(
         tf.TensorSpec((batch, height, width, config.latent_channels)),
         tf.TensorSpec((batch, config.timestep_dim)),
@@ -92,8 +96,7 @@ def _graph_matmul_flops(config, height, width, batch, context_length):
 @pytest.mark.parametrize("config", [HAND_CONFIG, UNetConfig(block_channels=(8, 16, 16, 16), num_heads=2,
                                                             context_dim=16, timestep_dim=8,
                                                             time_embed_dim=16, norm_groups=4)])
-def test_flops_match_the_traced_graph(config, monkeypatch):
-    monkeypatch.setattr(unet_blocks, "attention", lambda q, k, v, scale: unet_blocks._attend(q, k, v, scale))
+def test_flops_match_the_traced_graph(config):
     assert unet_flops(config, 16, 16, batch=2, context_length=77) == _graph_matmul_flops(config, 16, 16, 2, 77)
 
 
