@@ -11,6 +11,7 @@ import math
 import keras
 from keras import ops
 
+from kcv_sd.group_norm import GroupNorm
 from kcv_sd.unet_blocks import PaddedConv2D, ResBlock, SpatialTransformer, Upsample, routes
 
 
@@ -138,7 +139,7 @@ class UNet(UNetEncoder):
             upsample = Upsample(channels, init, level=level) if level > 0 else None
             self.up_levels.append((blocks, upsample))
 
-        self.norm_out = keras.layers.GroupNormalization(groups=c.norm_groups, epsilon=c.norm_epsilon)
+        self.norm_out = GroupNorm(groups=c.norm_groups, epsilon=c.norm_epsilon)
         # The 4-channel exit conv is cheap: keep it in float32 so the sampler
         # never sees float16 noise predictions.
         self.conv_out = PaddedConv2D(c.latent_channels, 3, padding=1,

@@ -17,6 +17,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from kcv_sd.group_norm import GroupNorm
+
 # Sigmoid-free tanh approximation of GELU used by KerasCV's GEGLU.
 _SQRT_2_OVER_PI = 0.7978845608
 _GELU_CUBIC = 0.044715
@@ -127,24 +129,27 @@ class PaddedConv2D(keras.layers.Layer):
         rows = tf.nn.bias_add(rows, tf.cast(self.conv2d.bias, rows.dtype))
         return tf.reshape(rows, tf.concat([tf.shape(padded)[:3], [self.conv2d.filters]], 0))
 
+    def _takes_matmul(self, rows):
+        """Whether an input of `rows` rows (batch x height x width: a Python
+        int, or a tensor at run time) runs as a matmul."""
+        if self.kernel_size == 1 and self.strides == 1:
+            return True
+        return rows <= MATMUL_ROWS_PER_INPUT_CHANNEL * self.conv2d.kernel.shape[-2]
+
     def route(self, size):
         """"matmul" or "convolution" for a size from `static_routes`."""
-        if self.kernel_size == 1 and self.strides == 1:
-            return "matmul"
-        rows = size[0] * _tokens_at(size, self.level)
-        channels = self.conv2d.kernel.shape[-2]
-        return "matmul" if rows <= MATMUL_ROWS_PER_INPUT_CHANNEL * channels else "convolution"
+        return "matmul" if self._takes_matmul(size[0] * _tokens_at(size, self.level)) else "convolution"
 
     def call(self, inputs):
         padded = self.padding2d(inputs)
         size = _static_size()
         if size is not None:
-            return self._as_matmul(padded) if self.route(size) == "matmul" else self.conv2d(padded)
-        if self.kernel_size == 1 and self.strides == 1:
-            return self._as_matmul(padded)
-        channels = inputs.shape[-1]
-        few_rows = tf.size(inputs, out_type=tf.int64) <= MATMUL_ROWS_PER_INPUT_CHANNEL * channels * channels
-        return tf.cond(few_rows, lambda: self._as_matmul(padded), lambda: self.conv2d(padded))
+            takes_matmul = self.route(size) == "matmul"
+        else:
+            takes_matmul = self._takes_matmul(tf.size(inputs, out_type=tf.int64) // inputs.shape[-1])
+        if isinstance(takes_matmul, bool):
+            return self._as_matmul(padded) if takes_matmul else self.conv2d(padded)
+        return tf.cond(takes_matmul, lambda: self._as_matmul(padded), lambda: self.conv2d(padded))
 
 
 def _dense(units, initializer, use_bias=True, dtype=None):
@@ -159,8 +164,8 @@ def _with_channels(shape, channels):
 
 
 def _group_norm(groups, epsilon, dtype=None):
-    # Keras computes GroupNorm statistics in float32 even under float16.
-    return keras.layers.GroupNormalization(groups=groups, epsilon=epsilon, dtype=dtype)
+    # Statistics in float32 even under a 16-bit policy.
+    return GroupNorm(groups=groups, epsilon=epsilon, dtype=dtype)
 
 
 class ResBlock(keras.layers.Layer):

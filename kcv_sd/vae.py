@@ -12,6 +12,8 @@ from keras_cv.src.models.stable_diffusion.attention_block import AttentionBlock
 from keras_cv.src.models.stable_diffusion.padded_conv2d import PaddedConv2D
 from keras_cv.src.models.stable_diffusion.resnet_block import ResnetBlock
 
+from kcv_sd.group_norm import GroupNorm, use_group_norm
+
 LATENT_SCALE = 0.18215
 PIXELS_PER_LATENT = 8  # image pixels per latent pixel along each axis
 
@@ -58,11 +60,11 @@ def build_decoder(config=SD15_VAE, name="decoder"):
         ]
         previous = channels
     layers += [
-        keras.layers.GroupNormalization(epsilon=1e-5),
+        GroupNorm(epsilon=1e-5),
         keras.layers.Activation("swish"),
         PaddedConv2D(3, 3, padding=1),
     ]
-    return _with_norm_epsilon(keras.Sequential(layers, name=name), config.norm_epsilon)
+    return use_group_norm(keras.Sequential(layers, name=name), config.norm_epsilon)
 
 
 def build_encoder(config=SD15_VAE, name="image_encoder"):
@@ -88,7 +90,7 @@ def build_encoder(config=SD15_VAE, name="image_encoder"):
             ResnetBlock(c0),
             AttentionBlock(c0),
             ResnetBlock(c0),
-            keras.layers.GroupNormalization(epsilon=1e-5),
+            GroupNorm(epsilon=1e-5),
             keras.layers.Activation("swish"),
             PaddedConv2D(2 * latent, 3, padding=1),
             PaddedConv2D(2 * latent, 1),
@@ -96,13 +98,5 @@ def build_encoder(config=SD15_VAE, name="image_encoder"):
         ],
         name=name,
     )
-    return _with_norm_epsilon(encoder, config.norm_epsilon)
+    return use_group_norm(encoder, config.norm_epsilon)
 
-
-def _with_norm_epsilon(model, epsilon):
-    """Set every GroupNorm's epsilon: KerasCV's blocks fix 1e-5 at construction,
-    and GroupNormalization reads the attribute on each call."""
-    for layer in model._flatten_layers():
-        if isinstance(layer, keras.layers.GroupNormalization):
-            layer.epsilon = epsilon
-    return model

@@ -8,7 +8,6 @@ the i-th level of the sequence. SD1.5's VAE has 248 keys (decoder 138,
 post_quant_conv 2, encoder 106, quant_conv 2).
 """
 
-import keras
 from keras_cv.src.models.stable_diffusion.attention_block import AttentionBlock
 from keras_cv.src.models.stable_diffusion.padded_conv2d import PaddedConv2D
 from keras_cv.src.models.stable_diffusion.resnet_block import ResnetBlock
@@ -17,6 +16,7 @@ from kcv_sd.convert.checks import describe
 from kcv_sd.convert.errors import CheckpointError
 from kcv_sd.convert.porter import WeightPorter
 from kcv_sd.convert.ports import port_conv, port_norm
+from kcv_sd.group_norm import GroupNorm
 from kcv_sd.weights import weighted_layers
 
 LEVELS = 4  # resolution levels `kcv_sd.vae` builds
@@ -53,7 +53,7 @@ PORTS = {
     PaddedConv2D: port_conv,
     ResnetBlock: port_vae_resnet,
     AttentionBlock: port_vae_attention,
-    keras.layers.GroupNormalization: port_norm,
+    GroupNorm: port_norm,
 }
 
 
