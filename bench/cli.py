@@ -30,7 +30,7 @@ def resolve_workload(preset, **overrides):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True,
-              help="quick: SD1.5 at 128x128, ~10 min on 2 CPU cores; tiny: tiny model, seconds; "
+              help="quick: SD1.5 at 128x128, ~20 min on 2 CPU cores; tiny: tiny model, seconds; "
                    "tutorial: the published workload (512x512, 50 steps, 3 images).")
 @click.option("--quick", "preset", flag_value="quick", help="Same as --preset quick.")
 @click.option("--tiny", "preset", flag_value="tiny", help="Same as --preset tiny (smoke test).")

@@ -86,9 +86,9 @@ class Preset:
 
 
 PRESETS = {
-    # About ten minutes on a 2-core CPU: the full SD1.5 architecture, small.
+    # About twenty minutes on a 2-core CPU: the full SD1.5 architecture, small.
     "quick": Preset(Workload("sd15", 128, 128, steps=2, batch=1, repeats=3),
-                    "xla=off,on;precision=float32 + xla=off;precision=mixed_bfloat16 "
+                    "xla=off,on;precision=float32 + xla=off;precision=mixed_bfloat16,bfloat16 "
                     "+ xla=off;precision=float32,mixed_bfloat16;controlnet=on",
                     "kerascv,diffusers"),
     # Seconds: the tiny model family, for tests and smoke runs.

@@ -26,7 +26,9 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from bench.control_input import depth_ramp
 
-TORCH_DTYPES = {"float32": torch.float32, "mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}
+# torch_dtype applies to every model: diffusers has no UNet-only ("mixed") precision.
+TORCH_DTYPES = {"float32": torch.float32, "mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16,
+                "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def sd15_unet():

@@ -14,12 +14,12 @@ import statistics
 
 from bench.stats import summarize
 
-MIXED_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+HALF_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def precision_note(precision, probe):
     """A label for a 16-bit precision whose matmuls are no faster than float32's here."""
-    dtype = MIXED_DTYPES.get(precision)
+    dtype = HALF_DTYPES.get(precision)
     rates = (probe or {}).get("matmul", {}).get("flops_per_s_by_dtype")
     if dtype is None or not rates:
         return None

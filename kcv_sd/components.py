@@ -14,7 +14,7 @@ import numpy as np
 
 from kcv_sd import config as unet_configs
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.precision import dtype_policy_scope
+from kcv_sd.precision import dtype_policy_scope, text_and_vae_precision
 from kcv_sd.text_encoder import SD15_TEXT, TINY_TEXT, build_text_encoder
 from kcv_sd.unet import UNet
 from kcv_sd.vae import SD15_VAE, TINY_VAE, build_decoder, build_encoder
@@ -63,7 +63,7 @@ class Components:
         """The VAE encoder, built and filled on first use: only img2img and
         inpainting need it, so text-to-image never pays for it."""
         if self._image_encoder is None:
-            with dtype_policy_scope("float32"), zero_initialized():
+            with dtype_policy_scope(text_and_vae_precision(self.precision)), zero_initialized():
                 encoder = build_encoder(self.family.vae)
             if is_diffusers_folder(self.weights):
                 from kcv_sd.convert import convert_diffusers_vae, read_state_dict
@@ -149,8 +149,9 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
             (unet/, vae/, text_encoder/ with safetensors, e.g. runwayml's or
             a community fine-tune; converted with diffusers' numerics), or
             "random".
-        precision: the UNet's dtype policy; text encoder and VAE stay
-            float32 (they run once per image and the VAE overflows in float16).
+        precision: a name from `kcv_sd.precision.PRECISIONS`: the UNet's
+            dtype policy, and the text encoder's and VAE's for "float16"
+            and "bfloat16" (float32 otherwise; the VAE can overflow in float16).
         seed: numpy seed for "random" weights.
     """
     family = family_by_name(model)
@@ -167,7 +168,7 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
         # Resolve every file before building anything: a missing file fails fast.
         files = {name: kerascv_file(name, weights) for name in ("text_encoder", "unet", "decoder")}
 
-    with dtype_policy_scope("float32"), zero_initialized():
+    with dtype_policy_scope(text_and_vae_precision(precision)), zero_initialized():
         text_encoder = build_text_encoder(family.text)
         decoder = build_decoder(family.vae)
     with dtype_policy_scope(precision):
@@ -194,7 +195,7 @@ def _load_diffusers_folder(family, folder, precision, seed):
         unet=dataclasses.replace(family.unet, transformer_norm_epsilon=1e-6, gelu_approximate=False),
         vae=dataclasses.replace(family.vae, norm_epsilon=1e-6),
     )
-    with dtype_policy_scope("float32"), zero_initialized():
+    with dtype_policy_scope(text_and_vae_precision(precision)), zero_initialized():
         text_encoder = build_text_encoder(family.text)
         decoder = build_decoder(family.vae)
     with dtype_policy_scope(precision):

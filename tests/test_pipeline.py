@@ -84,16 +84,41 @@ def test_decoder_traces_once_across_sizes(tiny_components):
     assert pipeline._decode.experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+PRECISION_DTYPES = {  # precision: (UNet compute dtype, text encoder and VAE dtype)
+    "float32": ("float32", "float32"),
+    "mixed_float16": ("float16", "float32"),
+    "mixed_bfloat16": ("bfloat16", "float32"),
+    "float16": ("float16", "float16"),
+    "bfloat16": ("bfloat16", "bfloat16"),
+}
+
+
+@pytest.mark.parametrize("precision", list(PRECISION_DTYPES))
 def test_precision_policies_are_finite_and_scoped(precision):
     keras.config.set_dtype_policy("float32")
     pipeline = Pipeline(model="tiny", weights="random", precision=precision)
     assert keras.config.dtype_policy().name == "float32"
-    images = pipeline("a", width=128, height=64, output_type="latent", **FAST)
-    assert np.isfinite(images).all()
-    compute_dtype = pipeline.components.unet.conv_in.compute_dtype
-    assert compute_dtype == {"float32": "float32", "mixed_float16": "float16",
-                             "mixed_bfloat16": "bfloat16"}[precision]
+    latents = pipeline("a", width=128, height=64, output_type="latent", **FAST)
+    assert latents.dtype == "float32" and np.isfinite(latents).all()
+    unet_dtype, outer_dtype = PRECISION_DTYPES[precision]
+    assert pipeline.components.unet.conv_in.compute_dtype == unet_dtype
+    c = pipeline.components
+    for model in (c.text_encoder, c.decoder, c.image_encoder):
+        assert {layer.compute_dtype for layer in model._flatten_layers() if layer.weights} == {outer_dtype}
+    assert pipeline.encode_prompts(["a"]).dtype == tf.float32
+    assert pipeline.decode(tf.constant(latents)).dtype == tf.float32
+    assert pipeline.encode_images(np.zeros((1, 64, 128, 3), "uint8")).dtype == tf.float32
+
+
+def test_bfloat16_images_stay_close_to_float32(tiny_components):
+    """Every model in bfloat16 changes the pixels a little, not the image
+    (on the tiny model, about as much as bfloat16 in the UNet alone)."""
+    full = Pipeline(components=tiny_components)
+    half = Pipeline(model="tiny", weights="random", precision="bfloat16")
+    args = dict(width=64, height=64, num_inference_steps=2, seed=5, output_type="np")
+    a, b = (pipeline("a cat", **args).astype(float) for pipeline in (full, half))
+    assert a.std() > 50  # an image with contrast to lose
+    assert np.abs(a - b).mean() < 8 and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
 
 
 def test_caller_policy_survives_a_mixed_pipeline():
@@ -129,6 +154,25 @@ def test_batch_of_prompts_and_images_per_prompt(tiny_pipeline):
                            output_type="np", **FAST)
     assert images.shape == (4, 64, 64, 3)
     assert not np.array_equal(images[0], images[1])  # different noise per image
+
+
+def test_prompts_are_encoded_once_each_and_the_empty_prompt_once_per_pipeline(tiny_components):
+    pipeline = Pipeline(components=tiny_components)
+    encode = pipeline._encode
+    encoded_rows = []
+
+    def counting(tokens):
+        encoded_rows.append(int(tokens.shape[0]))
+        return encode(tokens)
+
+    pipeline._encode = counting
+    prompts = ["a cat", "", "a dog", "a cat", ""]
+    encodings = pipeline.encode_prompts(prompts).numpy()
+    assert encoded_rows == [1, 2]  # the empty prompt, then "a cat" and "a dog"
+    separately = encode(tf.constant(pipeline.tokenizer.pad_batch(prompts))).numpy()
+    np.testing.assert_allclose(encodings, separately, atol=1e-6)
+    pipeline.encode_prompts(["a bird", ""])
+    assert encoded_rows == [1, 2, 1]
 
 
 def test_batched_cfg_equals_two_separate_unet_calls(tiny_pipeline):
