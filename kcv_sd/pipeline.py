@@ -28,7 +28,7 @@ from kcv_sd.image_inputs import (
     repaint_mask,
     resized_pixels,
 )
-from kcv_sd.precision import check_precision
+from kcv_sd.precision import check_precision, text_and_vae_precision
 from kcv_sd.schedulers import SAMPLERS
 from kcv_sd.schedulers.base import add_noise
 from kcv_sd.tiled_vae import decode_tiled, encode_tiled
@@ -170,13 +170,17 @@ class Pipeline:
         precision: "float32"; "mixed_float16" or "mixed_bfloat16" for the
             UNet alone; "float16" or "bfloat16" for every model, text
             encoder and VAE too (faster, images differ slightly;
-            `kcv_sd.precision`). GroupNorm statistics, softmax and the
-            sampler stay float32.
+            `kcv_sd.precision`). GroupNorm statistics, the UNet's softmax
+            and the sampler stay float32.
         jit_compile: compile the denoising step and decoder with XLA.
         compiled_loop: run all denoising steps in one compiled function
             (a tf.while_loop) instead of one call per step from Python.
         components: already-built `Components` to share (then `model`,
             `weights` and `precision` are taken from them).
+        xla_decoder: compile the VAE decoder with XLA. None (the default)
+            does when `jit_compile` is on or the VAE runs in float32: on a
+            2-core CPU XLA decoded float32 in 0.74x the time, but bfloat16
+            in 2.5x (docs/latency_levers.md, section 7).
         static_routes: trace the denoising step per image size class: the
             UNet's layers choose matmul or convolution, and whole or chunked
             attention, in Python from the size, so the graph holds no
@@ -187,7 +191,8 @@ class Pipeline:
     """
 
     def __init__(self, model="sd15", weights="kerascv", precision="float32",
-                 jit_compile=False, components=None, compiled_loop=False, static_routes=True):
+                 jit_compile=False, components=None, compiled_loop=False, static_routes=True,
+                 xla_decoder=None):
         if components is None:
             components = load_components(model, weights, check_precision(precision))
         self.components = components
@@ -197,7 +202,10 @@ class Pipeline:
         self.tokenizer = get_tokenizer()
         self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
-        self._decode = self._compile(as_float32(components.decoder), [latent_spec])
+        if xla_decoder is None:
+            xla_decoder = self.jit_compile or text_and_vae_precision(components.precision) == "float32"
+        self.xla_decoder = bool(xla_decoder)
+        self._decode = self._compile(as_float32(components.decoder), [latent_spec], self.xla_decoder)
         mask_spec = tf.TensorSpec((None, None, None, 1), tf.float32)
         self._keep_unmasked = self._compile(
             keep_unmasked, [latent_spec] * 3 + [mask_spec, tf.TensorSpec((2,), tf.float32)])
@@ -210,11 +218,12 @@ class Pipeline:
     def config(self):
         return self.components.family.unet
 
-    def _compile(self, fn, signature):
+    def _compile(self, fn, signature, jit_compile=None):
         # No autograph: the compiled code branches and loops only with explicit
         # tf.cond / tf.while_loop, and converting it slows every first trace
         # (docs/latency_levers.md, tools/measure_first_call.py).
-        return tf.function(fn, input_signature=signature, jit_compile=self.jit_compile, autograph=False)
+        jit_compile = self.jit_compile if jit_compile is None else jit_compile
+        return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=False)
 
     def _encode_tokens(self, tokens):
         positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(tokens))

@@ -7,9 +7,10 @@ global policy never changes.
 "mixed_float16" and "mixed_bfloat16" run the UNet (and ControlNets) in 16
 bits and keep the text encoder and VAE in float32. "float16" and "bfloat16"
 run every model in 16 bits, as KerasCV under that global policy and
-diffusers with that `torch_dtype` do: the VAE decodes about 3x faster where
-the processor has 16-bit matrix units, and images differ slightly. In all of
-them GroupNorm statistics, softmax, the UNet's exit convolution and the
+diffusers with that `torch_dtype` do: the VAE decodes faster where the
+processor has fast 16-bit matrix units (3.4x in bfloat16 on a CPU with AMX,
+docs/latency_levers.md section 7), and pixels differ slightly. In all of
+them GroupNorm statistics, the UNet's softmax and exit convolution, and the
 sampler stay float32.
 """
 

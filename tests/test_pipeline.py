@@ -34,12 +34,33 @@ def test_xla_on_and_off_agree(tiny_pipeline, tiny_xla_pipeline):
     np.testing.assert_allclose(compiled, eager, atol=2e-3, rtol=2e-3)
 
 
+def compiled_with_xla(fn):
+    return fn.get_concrete_function().function_def.attr["_XlaMustCompile"].b
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_xla_flag_really_switches_compilation(tiny_components, jit):
-    pipeline = Pipeline(components=tiny_components, jit_compile=jit)
+    pipeline = Pipeline(components=tiny_components, jit_compile=jit, xla_decoder=jit)
     for fn in (pipeline.denoise_step(True), pipeline._decode, pipeline._encode):
-        function_def = fn.get_concrete_function().function_def
-        assert function_def.attr["_XlaMustCompile"].b is jit
+        assert compiled_with_xla(fn) is jit
+
+
+@pytest.mark.parametrize("precision, jit, expected", [
+    ("float32", False, True), ("mixed_bfloat16", False, True),
+    ("bfloat16", False, False), ("bfloat16", True, True),
+])
+def test_decoder_takes_xla_by_default_where_the_vae_runs_in_float32(precision, jit, expected):
+    components = load_components("tiny", "random", precision)
+    pipeline = Pipeline(components=components, jit_compile=jit)
+    assert pipeline.xla_decoder is expected and compiled_with_xla(pipeline._decode) is expected
+    assert compiled_with_xla(pipeline.denoise_step(True)) is jit
+
+
+def test_xla_decoder_matches_the_plain_decoder(tiny_components):
+    latent = tf.random.normal((1, 8, 16, 4), seed=1)
+    plain = Pipeline(components=tiny_components, xla_decoder=False).decode(latent)
+    compiled = Pipeline(components=tiny_components, xla_decoder=True).decode(latent)
+    np.testing.assert_allclose(compiled, plain, atol=1e-5)
 
 
 def test_step_traces_once_per_set_of_routes_for_all_steps_and_calls(tiny_components):
