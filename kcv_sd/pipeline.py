@@ -28,7 +28,7 @@ from kcv_sd.image_inputs import (
     repaint_mask,
     resized_pixels,
 )
-from kcv_sd.precision import check_precision, text_and_vae_precision
+from kcv_sd.precision import check_precision
 from kcv_sd.schedulers import SAMPLERS
 from kcv_sd.schedulers.base import add_noise
 from kcv_sd.tiled_vae import decode_tiled, encode_tiled
@@ -177,10 +177,12 @@ class Pipeline:
             (a tf.while_loop) instead of one call per step from Python.
         components: already-built `Components` to share (then `model`,
             `weights` and `precision` are taken from them).
-        xla_decoder: compile the VAE decoder with XLA. None (the default)
-            does when `jit_compile` is on or the VAE runs in float32: on a
-            2-core CPU XLA decoded float32 in 0.74x the time, but bfloat16
-            in 2.5x (docs/latency_levers.md, section 7).
+        xla_decoder: compile the VAE decoder with XLA; None (the default)
+            follows `jit_compile`. True suits a float32 VAE (on a 2-core
+            CPU XLA decoded float32 in 0.74x the time, but bfloat16 in
+            2.5x; docs/latency_levers.md, section 7); each new image size
+            compiles again and keeps its executable (~17 MB for the tiny
+            model's decoder).
         static_routes: trace the denoising step per image size class: the
             UNet's layers choose matmul or convolution, and whole or chunked
             attention, in Python from the size, so the graph holds no
@@ -202,9 +204,7 @@ class Pipeline:
         self.tokenizer = get_tokenizer()
         self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
-        if xla_decoder is None:
-            xla_decoder = self.jit_compile or text_and_vae_precision(components.precision) == "float32"
-        self.xla_decoder = bool(xla_decoder)
+        self.xla_decoder = self.jit_compile if xla_decoder is None else bool(xla_decoder)
         self._decode = self._compile(as_float32(components.decoder), [latent_spec], self.xla_decoder)
         mask_spec = tf.TensorSpec((None, None, None, 1), tf.float32)
         self._keep_unmasked = self._compile(

@@ -45,13 +45,11 @@ def test_xla_flag_really_switches_compilation(tiny_components, jit):
         assert compiled_with_xla(fn) is jit
 
 
-@pytest.mark.parametrize("precision, jit, expected", [
-    ("float32", False, True), ("mixed_bfloat16", False, True),
-    ("bfloat16", False, False), ("bfloat16", True, True),
+@pytest.mark.parametrize("jit, xla_decoder, expected", [
+    (False, None, False), (True, None, True), (False, True, True), (True, False, False),
 ])
-def test_decoder_takes_xla_by_default_where_the_vae_runs_in_float32(precision, jit, expected):
-    components = load_components("tiny", "random", precision)
-    pipeline = Pipeline(components=components, jit_compile=jit)
+def test_decoder_follows_jit_compile_unless_told(tiny_components, jit, xla_decoder, expected):
+    pipeline = Pipeline(components=tiny_components, jit_compile=jit, xla_decoder=xla_decoder)
     assert pipeline.xla_decoder is expected and compiled_with_xla(pipeline._decode) is expected
     assert compiled_with_xla(pipeline.denoise_step(True)) is jit
 
