@@ -25,7 +25,15 @@ from PIL import Image
 
 from kcv_sd.control import native_sizing, plan_control
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.pipeline import Pipeline, check_options, check_size, prompt_lists, to_uint8
+from kcv_sd.pipeline import (
+    COMPILED_FUNCTIONS_KEPT,
+    Pipeline,
+    check_options,
+    check_size,
+    prompt_lists,
+    to_uint8,
+)
+from kcv_sd.recent import RecentlyUsed
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
 from kcv_sd.vae import PIXELS_PER_LATENT
 
@@ -89,7 +97,7 @@ class DistributedPipeline:
         pipeline_kwargs.setdefault("compiled_loop", True)
         with self.strategy.scope():
             self.pipeline = Pipeline(**pipeline_kwargs)
-        self._generators = {}
+        self._generators = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)
 
     @property
     def components(self):
@@ -170,8 +178,10 @@ class DistributedPipeline:
             tuple(id(c) for c in plan.controlnets), tuple(plan.scales), plan.keep.tobytes(),
             plan.keep.shape, plan.guess_mode)
         key = (num_steps, guidance_scale, sampler, decode, control_key)
-        if key in self._generators:
-            return self._generators[key]
+        return self._generators.get(key, lambda: self._compile_generate(num_steps, guidance_scale, sampler,
+                                                                          decode, plan))
+
+    def _compile_generate(self, num_steps, guidance_scale, sampler, decode, plan):
         pipeline, num_replicas = self.pipeline, self.num_replicas
         guided = guidance_scale != 1
 
@@ -200,5 +210,4 @@ class DistributedPipeline:
         def generate(*args):
             return self.strategy.experimental_local_results(self.strategy.run(on_replica, args=args))
 
-        self._generators[key] = generate
         return generate

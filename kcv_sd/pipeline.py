@@ -29,6 +29,7 @@ from kcv_sd.image_inputs import (
     resized_pixels,
 )
 from kcv_sd.precision import check_precision
+from kcv_sd.recent import RecentlyUsed
 from kcv_sd.schedulers import SAMPLERS
 from kcv_sd.schedulers.base import add_noise
 from kcv_sd.tiled_vae import decode_tiled, encode_tiled
@@ -41,6 +42,9 @@ MIN_SIZE, MAX_SIZE = 64, 2048
 OUTPUT_TYPES = ("pil", "np", "latent")
 # Above this many pixels, `tiled_decode=None` decodes in tiles (and init images are encoded in tiles).
 TILED_DECODE_ABOVE = 1024 * 1024
+# Compiled steps and loops a pipeline keeps: a few configurations per call
+# (guided or not, with or without ControlNets), times the sizes in use.
+COMPILED_FUNCTIONS_KEPT = 16
 
 
 def needs_tiles(height, width):
@@ -211,8 +215,8 @@ class Pipeline:
             keep_unmasked, [latent_spec] * 3 + [mask_spec, tf.TensorSpec((2,), tf.float32)])
         self._encode_image = None  # compiled on first use, as the encoder loads
         self._empty_encoding = None
-        self._steps = {}
-        self._route_keys = {}
+        self._steps = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)
+        self._routes = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)
 
     @property
     def config(self):
@@ -267,13 +271,14 @@ class Pipeline:
         for an unknown size (then the layers choose at run time)."""
         if size is None:
             return None
-        key = (size, tuple(id(c) for c in controlnets))
-        if key not in self._route_keys:
-            batch, height, width = size
-            self._route_keys[key] = tuple(
-                model.routes(rows, height, width, MAX_PROMPT_LENGTH)
-                for model in (self.components.unet, *controlnets) for rows in (batch, 2 * batch))
-        return self._route_keys[key]
+        batch, height, width = size
+
+        def routes():  # held with the ControlNets, so that their ids stay theirs
+            return controlnets, tuple(model.routes(rows, height, width, MAX_PROMPT_LENGTH)
+                                      for model in (self.components.unet, *controlnets)
+                                      for rows in (batch, 2 * batch))
+
+        return self._routes.get((size, tuple(id(c) for c in controlnets)), routes)[1]
 
     def _step_function(self, guided, sampler, controlnets=(), guess_mode=False, size=None):
         """One step, uncompiled: ControlNets, UNet (both CFG halves batched),
@@ -319,10 +324,8 @@ class Pipeline:
         """
         key = ("step", guided, sampler, tuple(id(c) for c in controlnets), guess_mode,
                self._route_key(size, controlnets))
-        if key not in self._steps:
-            self._steps[key] = self._compile(*self._step_function(guided, sampler, controlnets,
-                                                                  guess_mode, size))
-        return self._steps[key]
+        return self._steps.get(key, lambda: self._compile(*self._step_function(
+            guided, sampler, controlnets, guess_mode, size)))
 
     def denoise_loop(self, guided, sampler="ddim", controlnets=(), guess_mode=False, inpaint=False,
                      cutoff=False, size=None):
@@ -340,52 +343,55 @@ class Pipeline:
         """
         key = ("loop", guided, sampler, tuple(id(c) for c in controlnets), guess_mode, inpaint, cutoff,
                self._route_key(size, controlnets))
-        if key not in self._steps:
-            halves = (True, False) if cutoff else (guided,)
-            steps = {(g, False): self._step_function(g, sampler, size=size)[0] for g in halves}
-            if controlnets:
-                steps.update({(g, True): self._step_function(g, sampler, controlnets, guess_mode, size)[0]
-                              for g in halves})
-            signature = self._step_function(guided, sampler, controlnets, guess_mode)[1]
-            signature[2] = tf.TensorSpec((None,) + tuple(signature[2].shape[1:]), tf.float32)
-            signature[5] = tf.TensorSpec((None,) + tuple(signature[5].shape), tf.float32)
-            if controlnets:
-                signature[7] = tf.TensorSpec((None,) + tuple(signature[7].shape), tf.float32)
-                signature.append(tf.TensorSpec((None,), tf.bool))
-            if cutoff:
-                signature.append((signature[3], tf.TensorSpec((None,), tf.bool)))
-            if inpaint:
-                signature.append(tuple(self._keep_unmasked.input_signature[1:4])
-                                 + (tf.TensorSpec((None, 2), tf.float32),))
+        return self._steps.get(key, lambda: self._compile_loop(guided, sampler, controlnets, guess_mode,
+                                                               inpaint, cutoff, size))
 
-            def loop(latent, state, t_embeds, context, guidance_scale, coefficients, *extra):
-                def step(i, latent, state, guided_now, step_context):
-                    args = (latent, state, t_embeds[i : i + 1], step_context, guidance_scale, coefficients[i])
-                    if not controlnets:
-                        return steps[guided_now, False](*args)
-                    images, scales, keep = extra[:3]
-                    return tf.cond(keep[i], lambda: steps[guided_now, True](*args, images, scales[i]),
-                                   lambda: steps[guided_now, False](*args))
+    def _compile_loop(self, guided, sampler, controlnets, guess_mode, inpaint, cutoff, size):
+        """`denoise_loop`'s function, compiled."""
+        halves = (True, False) if cutoff else (guided,)
+        steps = {(g, False): self._step_function(g, sampler, size=size)[0] for g in halves}
+        if controlnets:
+            steps.update({(g, True): self._step_function(g, sampler, controlnets, guess_mode, size)[0]
+                          for g in halves})
+        signature = self._step_function(guided, sampler, controlnets, guess_mode)[1]
+        signature[2] = tf.TensorSpec((None,) + tuple(signature[2].shape[1:]), tf.float32)
+        signature[5] = tf.TensorSpec((None,) + tuple(signature[5].shape), tf.float32)
+        if controlnets:
+            signature[7] = tf.TensorSpec((None,) + tuple(signature[7].shape), tf.float32)
+            signature.append(tf.TensorSpec((None,), tf.bool))
+        if cutoff:
+            signature.append((signature[3], tf.TensorSpec((None,), tf.bool)))
+        if inpaint:
+            signature.append(tuple(self._keep_unmasked.input_signature[1:4])
+                             + (tf.TensorSpec((None, 2), tf.float32),))
 
-                def body(i, latent, state):
-                    if cutoff:
-                        conditional_context, guided_at = extra[3 if controlnets else 0]
-                        latent, state = tf.cond(
-                            guided_at[i], lambda: step(i, latent, state, True, context),
-                            lambda: step(i, latent, state, False, conditional_context))
-                    else:
-                        latent, state = step(i, latent, state, guided, context)
-                    if inpaint:
-                        init_latent, noise, mask, levels = extra[-1]
-                        latent = keep_unmasked(latent, init_latent, noise, mask, levels[i + 1])
-                    return i + 1, latent, state
+        def loop(latent, state, t_embeds, context, guidance_scale, coefficients, *extra):
+            def step(i, latent, state, guided_now, step_context):
+                args = (latent, state, t_embeds[i : i + 1], step_context, guidance_scale, coefficients[i])
+                if not controlnets:
+                    return steps[guided_now, False](*args)
+                images, scales, keep = extra[:3]
+                return tf.cond(keep[i], lambda: steps[guided_now, True](*args, images, scales[i]),
+                               lambda: steps[guided_now, False](*args))
 
-                num_steps = tf.shape(coefficients)[0]
-                _, latent, _ = tf.while_loop(lambda i, *_: i < num_steps, body, (0, latent, state))
-                return latent
+            def body(i, latent, state):
+                if cutoff:
+                    conditional_context, guided_at = extra[3 if controlnets else 0]
+                    latent, state = tf.cond(
+                        guided_at[i], lambda: step(i, latent, state, True, context),
+                        lambda: step(i, latent, state, False, conditional_context))
+                else:
+                    latent, state = step(i, latent, state, guided, context)
+                if inpaint:
+                    init_latent, noise, mask, levels = extra[-1]
+                    latent = keep_unmasked(latent, init_latent, noise, mask, levels[i + 1])
+                return i + 1, latent, state
 
-            self._steps[key] = self._compile(loop, signature)
-        return self._steps[key]
+            num_steps = tf.shape(coefficients)[0]
+            _, latent, _ = tf.while_loop(lambda i, *_: i < num_steps, body, (0, latent, state))
+            return latent
+
+        return self._compile(loop, signature)
 
     def _noise_predictor(self, guided, controlnets, guess_mode, size=None):
         """UNet noise prediction for the (doubled, if guided) batch.

@@ -44,6 +44,7 @@ def test_tiny_controlnet_matches_diffusers(name):
     assert_residuals_match(controlnet, reference, config, height=16, width=8, seed=5)
 
 
+@pytest.mark.full_size
 def test_sd15_controlnet_matches_diffusers_on_all_340_keys():
     reference = diffusers_controlnet(SD15, seed=0)
     state_dict = numpy_state_dict(reference)

@@ -117,6 +117,7 @@ def test_checkpoints_that_do_not_fit_are_named(weights, converted):
             build_text_encoder(TINY_TEXT))
 
 
+@pytest.mark.full_size
 def test_sd15_vae_maps_all_248_keys():
     """Key and shape coverage at full size; the tiny tests above prove the numbers."""
     with torch.device("meta"):  # names and shapes, no memory

@@ -58,6 +58,7 @@ def test_tiny_unet_matches_diffusers_with_and_without_residuals(name):
     assert np.abs(controlled - plain).max() > 100 * TOLERANCE  # the residuals mattered
 
 
+@pytest.mark.full_size
 def test_sd15_unet_maps_all_686_keys():
     """Key and shape coverage at full size; the tiny tests above prove the numbers."""
     with torch.device("meta"):  # names and shapes, no memory

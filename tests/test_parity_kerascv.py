@@ -20,6 +20,8 @@ from kcv_sd.tokenizer import get_tokenizer
 from kcv_sd.unet import timestep_embedding
 from kcv_sd.weights import KERASCV_FILES
 
+pytestmark = pytest.mark.full_size
+
 SIZE = 128  # KerasCV needs multiples of 128; a 16x16 latent keeps this quick.
 
 

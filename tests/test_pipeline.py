@@ -1,11 +1,16 @@
 """Text-to-image on the tiny config: sizes, XLA, precision, seeds, batching, CFG."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_control_generation import random_controlnet
 
 import kcv_sd
+from kcv_sd import pipeline as pipeline_module
 from kcv_sd.components import load_components
 from kcv_sd.pipeline import Pipeline, guide
 from kcv_sd.schedulers import KerasCVDDIM
@@ -76,6 +81,23 @@ def test_step_traces_once_per_set_of_routes_for_all_steps_and_calls(tiny_compone
     assert len(pipeline._steps) == 2
     assert pipeline._decode.experimental_get_tracing_count() == 0
 
+
+
+def test_compiled_functions_and_their_controlnets_are_not_kept_forever(tiny_components, monkeypatch):
+    """Every new ControlNet gets its own compiled step; once that step falls
+    out of the pipeline's cache, the pipeline no longer holds the ControlNet."""
+    monkeypatch.setattr(pipeline_module, "COMPILED_FUNCTIONS_KEPT", 2)
+    pipeline = Pipeline(components=tiny_components)
+    image = np.zeros((64, 64, 3), np.uint8)
+    first = random_controlnet(1)
+    first_alive = weakref.ref(first)
+    for controlnet in (first, random_controlnet(2), random_controlnet(3)):
+        pipeline("a", width=64, height=64, num_inference_steps=1, output_type="latent",
+                 image=image, controlnet=controlnet)
+    del first, controlnet
+    gc.collect()
+    assert len(pipeline._steps) == 2
+    assert first_alive() is None
 
 @pytest.mark.parametrize("guess_mode", [None, False, True])
 def test_static_routes_give_the_run_time_routes_latents(tiny_components, tiny_pipeline, guess_mode):
