@@ -1,5 +1,5 @@
 """Shared fixtures (tiny random models are built once per worker) and the
-split of the tests over pytest-xdist workers."""
+number of pytest-xdist workers."""
 
 import os
 
@@ -11,8 +11,8 @@ import tensorflow as tf  # noqa: E402
 from kcv_sd.components import load_components  # noqa: E402
 from kcv_sd.pipeline import Pipeline  # noqa: E402
 
-# A worker's peak resident memory: the full-size tests reach about 8 GB, and
-# TensorFlow's oneDNN allocator keeps what it once held for large tensors.
+# A worker's resident memory by the end of its share of the tiny-model tests:
+# TensorFlow does not give back all that tracing took (about 0.1-2 GB a test).
 MEMORY_PER_WORKER = 10 * 2**30
 CORES = len(os.sched_getaffinity(0))
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -27,16 +27,6 @@ def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per core, as many as memory allows."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return max(1, min(CORES, memory // MEMORY_PER_WORKER))
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items):
-    """Under `--dist loadgroup`: a file's tests share a worker (and its
-    module fixtures); the full-size tests share one, so that only one
-    worker ever holds SD1.5-size models."""
-    for item in items:
-        group = "full_size" if item.get_closest_marker("full_size") else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,6 @@ def test_step_traces_once_per_set_of_routes_for_all_steps_and_calls(tiny_compone
     assert pipeline._decode.experimental_get_tracing_count() == 0
 
 
-
 def test_compiled_functions_and_their_controlnets_are_not_kept_forever(tiny_components, monkeypatch):
     """Every new ControlNet gets its own compiled step; once that step falls
     out of the pipeline's cache, the pipeline no longer holds the ControlNet."""
