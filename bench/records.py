@@ -14,6 +14,9 @@ import statistics
 
 from bench.stats import summarize
 
+# The compute dtype of each 16-bit precision (kcv_sd.precision's policies).
+# Written out here because this module runs in the bench's parent process,
+# which imports no framework.
 HALF_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16", "float16": "float16", "bfloat16": "bfloat16"}
 
 

@@ -60,7 +60,7 @@ def build_decoder(config=SD15_VAE, name="decoder"):
         ]
         previous = channels
     layers += [
-        GroupNorm(epsilon=1e-5),
+        GroupNorm(epsilon=config.norm_epsilon),
         keras.layers.Activation("swish"),
         PaddedConv2D(3, 3, padding=1),
     ]
@@ -90,7 +90,7 @@ def build_encoder(config=SD15_VAE, name="image_encoder"):
             ResnetBlock(c0),
             AttentionBlock(c0),
             ResnetBlock(c0),
-            GroupNorm(epsilon=1e-5),
+            GroupNorm(epsilon=config.norm_epsilon),
             keras.layers.Activation("swish"),
             PaddedConv2D(2 * latent, 3, padding=1),
             PaddedConv2D(2 * latent, 1),

@@ -5,6 +5,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kcv_sd import config, unet_blocks
 from kcv_sd.precision import dtype_policy_scope
@@ -164,16 +165,20 @@ def test_unet_attends_in_chunks_above_the_score_budget(tiny_unet, monkeypatch):
 
 @pytest.mark.parametrize("kernel,strides,padding", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (3, 2, 0)])
 @pytest.mark.parametrize("rows_per_channel", [0, 10**6])
+@pytest.mark.parametrize("spatial_shape_known", [True, False])
 def test_padded_conv_as_matmul_equals_the_convolution(kernel, strides, padding, rows_per_channel,
-                                                      monkeypatch):
-    """Both routes (0: convolution except 1x1; 10**6: matmul) give the convolution's result."""
+                                                      spatial_shape_known, monkeypatch):
+    """Both routes (0: convolution except 1x1; 10**6: matmul) give the
+    convolution's result, also traced for any height and width."""
     monkeypatch.setattr(unet_blocks, "MATMUL_ROWS_PER_INPUT_CHANNEL", rows_per_channel)
     layer = unet_blocks.PaddedConv2D(5, kernel, padding=padding, strides=strides)
     x = np.random.default_rng(kernel + strides).standard_normal((2, 7, 9, 6)).astype("float32")
     layer.build(x.shape)
     layer.conv2d.bias.assign(np.linspace(-1, 1, 5))
     expected = np.asarray(layer.conv2d(layer.padding2d(x)))
-    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-5, atol=1e-5)
+    call = layer if spatial_shape_known else tf.function(
+        layer, input_signature=[tf.TensorSpec((None, None, None, 6), tf.float32)])
+    np.testing.assert_allclose(np.asarray(call(x)), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("height,width,route", [(2, 2, "matmul"), (4, 4, "convolution")])
@@ -216,3 +221,28 @@ def test_static_routes_take_the_run_time_routes(tiny_unet, monkeypatch):
         static = np.asarray(model(inputs))
     assert taken == run_time_routes
     np.testing.assert_allclose(static, at_run_time, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_bfloat16_softmax_is_the_float32_softmax_rounded(traced):
+    """`unet_blocks._attend` gives bfloat16 scores to the softmax uncast,
+    on the ground that TensorFlow computes it in float32 and rounds once."""
+    softmax = tf.function(tf.nn.softmax) if traced else tf.nn.softmax
+    rng = np.random.default_rng(0)
+    for spread in (0.1, 3.0, 30.0):
+        scores = tf.cast(rng.standard_normal((2, 8, 64, 77)) * spread, tf.bfloat16)
+        rounded = tf.cast(softmax(tf.cast(scores, tf.float32)), tf.bfloat16)
+        np.testing.assert_array_equal(np.asarray(softmax(scores), np.float32), np.asarray(rounded, np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_attention_matches_float64(dtype):
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, 4, 48, 16)) for _ in range(3))
+    scores = np.einsum("bhqd,bhkd->bhqk", q, k) * 0.25
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    expected = np.einsum("bhqk,bhkd->bhqd", weights / weights.sum(-1, keepdims=True), v)
+    attended = unet_blocks._attend(*(tf.constant(x, dtype) for x in (q, k, v)), 0.25)
+    assert attended.dtype == dtype
+    tolerance = {"float32": 2e-6, "bfloat16": 0.03, "float16": 0.003}[dtype]
+    np.testing.assert_allclose(np.asarray(tf.cast(attended, tf.float32)), expected, atol=tolerance)
