@@ -24,11 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from bench.flops import unet_flops
-from kcv_sd.components import FAMILIES, randomize
-from kcv_sd.precision import dtype_policy_scope
-from kcv_sd.unet import UNet, timestep_embedding
 from kcv_sd.unet_blocks import static_routes
-from measure_unet_efficiency import seconds  # tools/ is on the path when run as a script
+from measure_unet_efficiency import guided_inputs, sd15_unet, seconds  # tools/ is on sys.path when run as a script
 
 TIMED_OPS = ("MatMul", "BatchMatMulV2", "Conv2D")
 COPIES = 4
@@ -38,10 +35,8 @@ def _hashable(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def traced_ops(model, inputs, batch, side):
-    """Each (op type, input shapes, attributes that change the work) with its count."""
-    with static_routes(batch, side, side, 77):
-        graph = tf.function(lambda x: model(x)).get_concrete_function(inputs).graph
+def traced_ops(graph):
+    """Each (op type, input shapes, attributes that change the work) in `graph`, with its count."""
     found = collections.Counter()
     for op in graph.get_operations():
         if op.type in TIMED_OPS:
@@ -74,22 +69,15 @@ def main():
     parser.add_argument("--side", type=int, default=16, help="latent side")
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
-    config = FAMILIES["sd15"].unet
-    with dtype_policy_scope(args.precision):
-        unet = UNet(config, initializer="zeros")
-        model = unet.model()
-    randomize(unet.kerascv_layer_order(), 1)
-    rng = np.random.default_rng(0)
-    inputs = {"latent": tf.constant(rng.standard_normal((2, args.side, args.side, 4)), tf.float32),
-              "timestep_embedding": timestep_embedding(np.array([999.0, 999.0]), config.timestep_dim),
-              "context": tf.constant(rng.standard_normal((2, 77, config.context_dim)), tf.float32)}
+    config, model = sd15_unet(args.precision)
+    inputs = guided_inputs(config, args.side, np.random.default_rng(0))
     dtype = model.compute_dtype
-    forward = tf.function(lambda x: model(x))
-    with static_routes(2, args.side, args.side, 77):
-        step = seconds(lambda: forward(inputs).numpy(), args.reps)
+    with static_routes(2, args.side, args.side, 77):  # the pipeline's routes for this size
+        forward = tf.function(lambda x: model(x)).get_concrete_function(inputs)
+    step = seconds(lambda: forward(inputs).numpy(), args.reps)
     floor = 0.0
     rows = []
-    for (op_type, shapes, attrs), count in traced_ops(model, inputs, 2, args.side).items():
+    for (op_type, shapes, attrs), count in traced_ops(forward.graph).items():
         ops = op_alone(op_type, shapes, attrs, dtype)
         alone = seconds(lambda: ops().numpy(), args.reps) / COPIES  # noqa: B023 (called at once)
         floor += count * alone

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from bench.flops import unet_flops
 from kcv_sd.components import FAMILIES, randomize
+from kcv_sd.precision import dtype_policy_scope
 from kcv_sd.unet import UNet, timestep_embedding
 
 
@@ -32,15 +33,29 @@ def seconds(fn, reps):
     return statistics.median(times)
 
 
+def sd15_unet(precision="float32"):
+    """The SD1.5 UNet's functional model under `precision`, random weights."""
+    config = FAMILIES["sd15"].unet
+    with dtype_policy_scope(precision):
+        unet = UNet(config, initializer="zeros")
+        model = unet.model()
+    randomize(unet.kerascv_layer_order(), 1)
+    return config, model
+
+
+def guided_inputs(config, side, rng):
+    """The UNet's inputs for a guided step (batch 2) on a `side` x `side` latent."""
+    return {"latent": tf.constant(rng.standard_normal((2, side, side, 4)), tf.float32),
+            "timestep_embedding": timestep_embedding(np.array([999.0, 999.0]), config.timestep_dim),
+            "context": tf.constant(rng.standard_normal((2, 77, config.context_dim)), tf.float32)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64], help="latent sides")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    config = FAMILIES["sd15"].unet
-    unet = UNet(config, initializer="zeros")
-    model = unet.model()
-    randomize(unet.kerascv_layer_order(), 1)
+    config, model = sd15_unet()
     forward = tf.function(lambda inputs: model(inputs))
     a = tf.random.normal((2048, 2048))
     matmul = 2 * 2048**3 / seconds(lambda: tf.matmul(a, a).numpy(), 5)
@@ -49,9 +64,7 @@ def main():
     print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for side in args.sizes:
-        inputs = {"latent": tf.constant(rng.standard_normal((2, side, side, 4)), tf.float32),
-                  "timestep_embedding": timestep_embedding(np.array([999.0, 999.0]), config.timestep_dim),
-                  "context": tf.constant(rng.standard_normal((2, 77, config.context_dim)), tf.float32)}
+        inputs = guided_inputs(config, side, rng)
         step = seconds(lambda: forward(inputs).numpy(), args.reps)
         flops = unet_flops(config, side, side, batch=2, context_length=77)
         print(f"| {side}x{side} | {8 * side}x{8 * side} | {step:.2f} | {flops / 1e9:.0f} | "
