@@ -41,10 +41,18 @@ DEFINITIONS = """\
 
 TARGETS_NOTE = """\
 kcv-sd's best configuration in each precision against the peer's best row in
-the same precision, all measured in this run on this machine. The equal-quality
+the same precision, all measured in this run on this machine; against
+diffusers, the interleaved medians where they exist. The equal-quality
 row extrapolates whole images to 20 and 50 steps from each row's warm median
 and step median (the step's cost does not depend on the step count or the
 sampler's elementwise update); every other row is measured directly."""
+
+INTERLEAVED_NOTE = """\
+kcv-sd's fastest configuration in each precision (by the rows above) and
+diffusers, each built in its own fresh process, warmed up with one image,
+then asked for images in turn: {rounds} rounds, the order flipping every
+round, so that drift in the machine's load falls on both alike (the rows
+above ran minutes apart). The diffusers target uses these medians."""
 
 ABLATION_NOTE = """\
 kcv-sd's levers one at a time, in one fresh process with one set of models
@@ -62,6 +70,15 @@ def _ablation(report):
     note = ABLATION_NOTE.format(precision=ablation["precision"], rounds=report["workload"]["repeats"],
                                 minutes=ablation["duration_s"] / 60)
     return ["## Ablation: one lever at a time", note, table.as_markdown(*table.ablation_rows(ablation))]
+
+
+def _interleaved(report):
+    interleaved = report.get("interleaved")
+    if not interleaved:
+        return []
+    return ["### kcv-sd and diffusers, interleaved (seconds)",
+            INTERLEAVED_NOTE.format(rounds=interleaved[0]["rounds"]),
+            table.as_markdown(*table.interleaved_rows(interleaved))]
 
 
 def _machine(report):
@@ -106,9 +123,11 @@ def render(report):
         "### Cold start, part by part (seconds)", table.as_markdown(*table.cold_rows(records)),
         "### Warm stages (seconds, medians)", table.as_markdown(*table.stage_rows(records)),
         "### ControlNet step cost (seconds, medians)", table.as_markdown(*table.controlnet_rows(records)),
+        *_interleaved(report),
         "## Targets (issue 6), from this run's rows", TARGETS_NOTE,
         table.as_markdown(*table.target_rows(records, report["workload"]["steps"],
-                                             table.best_matmul_flops_per_s(report["machine"]))),
+                                             table.best_matmul_flops_per_s(report["machine"]),
+                                             report.get("interleaved") or ())),
         *_ablation(report),
         "## Published figures (not measured here)",
         (f"{report['published']['source']}: {report['published']['workload']['images']} images, "

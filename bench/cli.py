@@ -55,6 +55,8 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     Every configuration (jit_compile x precision x ControlNet) and every peer runs in its
     own fresh Python process: the cold start is measured from spawning it to
     the first image, then warm images and per-stage times in that process.
+    kcv-sd's fastest configuration per precision then takes turns with
+    diffusers, image by image, each in its own process.
     """
     workload = resolve_workload(preset, width=width, height=height, steps=steps, batch=batch, repeats=repeats)
     try:
@@ -87,7 +89,10 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     click.echo("\nCold start parts:\n" + table.as_text(*table.cold_rows(records)))
     click.echo("\nWarm stages:\n" + table.as_text(*table.stage_rows(records)))
     click.echo("\nControlNet step cost:\n" + table.as_text(*table.controlnet_rows(records)))
-    targets = table.target_rows(records, workload.steps, table.best_matmul_flops_per_s(report["machine"]))
+    if report["interleaved"]:
+        click.echo("\nInterleaved with diffusers:\n" + table.as_text(*table.interleaved_rows(report["interleaved"])))
+    targets = table.target_rows(records, workload.steps, table.best_matmul_flops_per_s(report["machine"]),
+                                report["interleaved"])
     click.echo("\nTargets:\n" + table.as_text(*targets))
     if report["ablation"]:
         click.echo("\nAblation:\n" + table.as_text(*table.ablation_rows(report["ablation"])))

@@ -148,7 +148,25 @@ def _target_row(what, ours, theirs, target):
             "met" if ratio <= target else "missed"]
 
 
-def _precision_targets(records, precision, workload_steps, best_matmul_flops_per_s):
+def _interleaved(interleaved, precision, peer):
+    """The ok interleaved result of kcv-sd and `peer` in `precision`, if any."""
+    return next((pair for pair in interleaved if pair["status"] == "ok" and pair["precision"] == precision
+                 and pair["systems"][1]["system"] == peer), None)
+
+
+def _vs_diffusers(records, precision, interleaved):
+    """From the interleaved pair where there is one: the fresh-process rows ran minutes apart."""
+    pair = _interleaved(interleaved, precision, "diffusers")
+    if pair:
+        ours, theirs = (warm["median_s"] for warm in pair["warm"])
+        return _target_row(f"warm image vs diffusers, equal steps, interleaved ({precision}; s)", ours, theirs,
+                           DIFFUSERS_TARGET)
+    return _target_row(f"warm image vs diffusers, equal steps ({precision}; s)",
+                       _best(records, "kcv-sd", precision, "warm", "median_s"),
+                       _best(records, "diffusers", precision, "warm", "median_s"), DIFFUSERS_TARGET)
+
+
+def _precision_targets(records, precision, workload_steps, best_matmul_flops_per_s, interleaved):
     def best(system, part, key):
         return _best(records, system, precision, part, key)
 
@@ -160,8 +178,7 @@ def _precision_targets(records, precision, workload_steps, best_matmul_flops_per
                     _at_steps(records, "kcv-sd", precision, EQUAL_QUALITY_STEPS["ours"], workload_steps),
                     _at_steps(records, "kerascv", precision, EQUAL_QUALITY_STEPS["kerascv"], workload_steps),
                     EQUAL_QUALITY_TARGET),
-        _target_row(f"warm image vs diffusers, equal steps ({precision}; s)",
-                    best("kcv-sd", "warm", "median_s"), best("diffusers", "warm", "median_s"), DIFFUSERS_TARGET),
+        _vs_diffusers(records, precision, interleaved),
         _target_row(f"cold start vs KerasCV ({precision}; s)", best("kcv-sd", "cold", "total_s"),
                     best("kerascv", "cold", "total_s"), COLD_TARGET),
     ]
@@ -189,13 +206,33 @@ def best_matmul_flops_per_s(machine):
     return max([matmul["float32_flops_per_s"], *matmul["flops_per_s_by_dtype"].values()])
 
 
-def target_rows(records, workload_steps, best_matmul_flops_per_s=None):
+def target_rows(records, workload_steps, best_matmul_flops_per_s=None, interleaved=()):
     """Issue 6's targets from this run's rows: kcv-sd's best configuration per
-    precision against each peer's best row in the same precision."""
+    precision against each peer's best row in the same precision, or against
+    diffusers in their `interleaved` pair where there is one."""
     headers = ["target", "kcv-sd", "reference", "ratio", "target", "status"]
     precisions = dict.fromkeys(r["precision"] for r in records if r["system"] == "kcv-sd")
     return headers, [row for precision in precisions
-                     for row in _precision_targets(records, precision, workload_steps, best_matmul_flops_per_s)]
+                     for row in _precision_targets(records, precision, workload_steps, best_matmul_flops_per_s,
+                                                   interleaved)]
+
+
+def interleaved_rows(interleaved):
+    """Each interleaved pair: both systems' warm images and their ratios."""
+    headers = ["precision", "kcv-sd", "peer", "kcv-sd warm median s (min-max)", "peer warm median s (min-max)",
+               "ratio of medians", "round ratios min-max", "status"]
+    rows = []
+    for pair in interleaved:
+        ours, peer = pair["systems"]
+        cells = [pair["precision"], f"xla={XLA_TEXT[ours['config']['xla']]}", peer["system"]]
+        if pair["status"] != "ok":
+            rows.append(cells + ["-", "-", "-", "-", f"failed: {pair['error']}"])
+            continue
+        ratios = pair["round_ratios"]
+        rows.append(cells + [f"{seconds(w['median_s'])} ({seconds(w['min_s'])}-{seconds(w['max_s'])})"
+                             for w in pair["warm"]]
+                    + [f"{pair['ratio']:.2f}x", f"{min(ratios):.2f}-{max(ratios):.2f}x", "ok"])
+    return headers, rows
 
 
 def ablation_rows(ablation):

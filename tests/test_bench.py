@@ -5,6 +5,7 @@ were measured, in the right processes, and recorded.
 """
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -15,10 +16,12 @@ from click.testing import CliRunner
 from bench import plan
 from bench.cli import main
 from bench.configs import Config, Workload, parse_configs, parse_peers
+from bench.benchmark import interleaved_pairs
 from bench.flops import unet_flops
+from bench.interleaved import round_orders, run_interleaved, summarize_pair
 from bench.ablation_worker import LEVERS
 from bench.records import build_record, precision_note
-from bench.table import target_rows
+from bench.table import interleaved_rows, target_rows
 from bench.subprocess_run import run_worker
 from kcv_sd import unet_blocks
 from kcv_sd.config import UNetConfig
@@ -323,3 +326,61 @@ def test_targets_compare_best_rows_in_the_same_precision():
     assert by_name["UNet+ControlNet step / UNet step"][3:] == ["1.30x", "<= 1.40x", "met"]
     assert by_name["UNet step FLOP/s / best matmul FLOP/s"][3:] == ["50%", ">= 90%", "missed"]
     assert "warm image vs diffusers, equal steps" not in by_name  # no diffusers row in float32
+
+
+def test_targets_against_diffusers_use_the_interleaved_pair():
+    records = [_row("kcv-sd", "bfloat16", warm=1.0, step=0.3, cold=30.0),
+               _row("diffusers", "bfloat16", warm=2.0, step=0.4, cold=15.0)]
+    pair = {"precision": "bfloat16", "status": "ok", "rounds": 2,
+            "systems": [{"system": "kcv-sd", "config": {"xla": False}}, {"system": "diffusers", "config": {}}],
+            "warm": [{"median_s": 0.9, "min_s": 0.8, "max_s": 1.0}, {"median_s": 1.0, "min_s": 1.0, "max_s": 1.1}],
+            "round_ratios": [0.8, 1.0], "ratio": 0.9}
+    _, fresh = target_rows(records, workload_steps=2)
+    assert [row[3] for row in fresh if "diffusers" in row[0]] == ["0.50x"]
+    _, rows = target_rows(records, workload_steps=2, interleaved=[pair])
+    assert [row[:4] for row in rows if "diffusers" in row[0]] == [
+        ["warm image vs diffusers, equal steps, interleaved (bfloat16; s)", "0.90", "1.00", "0.90x"]]
+    _, failed = target_rows(records, workload_steps=2, interleaved=[{**pair, "status": "failed"}])
+    assert [row[3] for row in failed if "diffusers" in row[0]] == ["0.50x"]
+    assert interleaved_rows([pair])[1] == [["bfloat16", "xla=off", "diffusers", "0.90 (0.80-1.00)",
+                                            "1.00 (1.00-1.10)", "0.90x", "0.80-1.00x", "ok"]]
+
+
+def test_interleaved_pairs_take_the_fastest_plain_kcv_sd_row_per_precision():
+    runs = [plan.Run("kcv-sd", False, "float32"), plan.Run("kcv-sd", True, "float32"),
+            plan.Run("kcv-sd", False, "float32", controlnet=True), plan.Run("kcv-sd", False, "bfloat16"),
+            plan.Run("diffusers", None, "float32"), plan.Run("diffusers", None, "float32", controlnet=True),
+            plan.Run("diffusers", None, "bfloat16"), plan.Run("kerascv", True, "float32")]
+    warm = [2.0, 1.5, 1.0, None, 3.0, 3.0, 3.0, 3.0]  # the ControlNet row is fastest but not plain
+    records = [{"status": "ok" if w else "failed", "warm": {"median_s": w} if w else None} for w in warm]
+    assert interleaved_pairs(runs, records) == [(runs[1], runs[4])]  # no ok bfloat16 row of kcv-sd
+
+
+def test_interleaved_rounds_flip_the_order_and_ratios_pair_rounds():
+    assert round_orders(3) == [(0, 1), (1, 0), (0, 1)]
+    summary = summarize_pair([[1.0, 3.0, 2.0], [2.0, 2.0, 5.0]])
+    assert summary["round_ratios"] == [0.5, 1.5, 0.4]
+    assert summary["ratio"] == 1.0 and summary["warm"][1]["median_s"] == 2.0
+
+
+def _tiny_spec(precision):
+    return {"system": "kcv-sd", "config": {"xla": False, "precision": precision, "controlnet": False},
+            "workload": dataclasses.asdict(Workload("tiny", 64, 64, steps=1, batch=1, repeats=1)), "token_ids": None}
+
+
+def test_interleaved_run_takes_images_in_turn_from_two_processes(tmp_path):
+    lines = []
+    result = run_interleaved([_tiny_spec("float32"), _tiny_spec("mixed_bfloat16")], 2, tmp_path / "log",
+                             lines.append, timeout_s=600)
+    assert result["status"] == "ok", result.get("error")
+    assert [w["runs"] for w in result["warm"]] == [2, 2]
+    assert len(result["round_ratios"]) == 2 and result["ratio"] > 0
+    assert [line.split(":")[0] for line in lines if line.startswith("round")] == ["round 1/2", "round 2/2"]
+
+
+def test_interleaved_run_records_a_worker_that_cannot_build(tmp_path):
+    result = run_interleaved([_tiny_spec("float64"), _tiny_spec("float32")], 2, tmp_path / "log",
+                             lambda line: None, timeout_s=600)
+    assert result["status"] == "failed"
+    assert result["error"].startswith("kcv-sd: ") and "float64" in result["error"]
+    assert "Traceback" in (tmp_path / "log").read_text()
