@@ -14,15 +14,15 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from bench import plan
+from bench.ablation_worker import LEVERS
+from bench.benchmark import interleaved_pairs
 from bench.cli import main
 from bench.configs import Config, Workload, parse_configs, parse_peers
-from bench.benchmark import interleaved_pairs
 from bench.flops import unet_flops
 from bench.interleaved import round_orders, run_interleaved, summarize_pair
-from bench.ablation_worker import LEVERS
 from bench.records import build_record, precision_note
-from bench.table import interleaved_rows, target_rows
 from bench.subprocess_run import run_worker
+from bench.table import interleaved_rows, target_rows
 from kcv_sd import unet_blocks
 from kcv_sd.config import UNetConfig
 from kcv_sd.unet import UNet
@@ -287,7 +287,7 @@ def test_help():
 
 
 def test_ablation_times_every_lever_against_its_baseline(tiny_run):
-    folder, output, report = tiny_run
+    folder, _, report = tiny_run
     ablation = report["ablation"]
     assert ablation["status"] == "ok", ablation.get("error")
     rows = {row["lever"]: row for row in ablation["rows"]}
