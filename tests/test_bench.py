@@ -214,6 +214,8 @@ def test_report_schema(tiny_run):
     assert {"tensorflow", "keras", "keras-cv", "torch"} <= set(env["versions"])
     assert env["cpu_count"] and env["devices"]
     assert report["machine"]["matmul"]["float32_flops_per_s"] > 0
+    assert report["machine"]["matmul"]["compare_sizes"] == [1024, 2048]
+    assert set(report["machine"]["matmul"]["flops_per_s_by_dtype"]) == {"float32", "float16", "bfloat16"}
     good = _records(report)[("kcv-sd", "float32")]
     assert good["status"] == "ok"
     assert {"interpreter_s", "import_s", "build_s", "first_call_s", "first_call_overhead_s",
