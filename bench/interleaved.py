@@ -4,9 +4,10 @@ The fresh-process rows run minutes apart, and on a shared machine the load
 drifts in between: diffusers' bfloat16 image moved 2x from one benchmark to
 the next here. Here both systems are built in their own processes (as in
 their rows: in one try with both frameworks in one process, kcv-sd's
-bfloat16 image was 10% slower and diffusers' 9% faster), each warmed up with one image, and then asked for images in
-turn, in rounds whose order flips every round (AB, BA, AB, ...), so that
-drift in the machine's load lands on both alike. Only one of them works at
+bfloat16 image was 10% slower and diffusers' 9% faster), each warmed up
+with one image, and then asked for images in turn, in rounds whose order
+flips every round (AB, BA, AB, ...), so that drift in the machine's load
+lands on both alike. Only one of them works at
 a time; the other waits on its input.
 """
 
@@ -31,10 +32,9 @@ class WorkerFailed(Exception):
 class ServedWorker:
     """A `bench.served_worker` process; other output goes to `log`."""
 
-    def __init__(self, spec, scratch, log, echo):
+    def __init__(self, spec, spec_path, log, echo):
         self.name = spec["system"]
         self.log, self.echo = log, echo
-        spec_path = Path(scratch) / f"{self.name}.json"
         spec_path.write_text(json.dumps(spec))
         self.process = subprocess.Popen([sys.executable, "-m", "bench.served_worker", str(spec_path)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -98,8 +98,8 @@ def run_interleaved(specs, rounds, log_path, echo, timeout_s):
         timer = threading.Timer(timeout_s, kill)
         timer.start()
         try:
-            for spec in specs:  # one at a time, so neither build slows the other
-                workers.append(ServedWorker(spec, scratch, log, echo))
+            for index, spec in enumerate(specs):  # one at a time, so neither build slows the other
+                workers.append(ServedWorker(spec, Path(scratch) / f"spec{index}.json", log, echo))
                 workers[-1].answer()
                 echo(f"{spec['system']} built and warmed up")
             times = [[], []]

@@ -13,10 +13,9 @@ are stdout lines starting with `REPLY_PREFIX`; a failure is answered with
 import importlib
 import json
 import sys
-import time
 import traceback
 
-from bench.cold_worker import ADAPTERS
+from bench.cold_worker import ADAPTERS, timed
 
 REPLY_PREFIX = "[bench-reply] "
 
@@ -30,9 +29,8 @@ def serve(spec, requests):
     runner.generate(0)
     reply("READY")
     for line in requests:
-        start = time.perf_counter()
-        runner.generate(int(line))
-        reply(f"{time.perf_counter() - start!r}")
+        _, seconds = timed(runner.generate, int(line))
+        reply(repr(seconds))
 
 
 def main(spec_path):
