@@ -1,10 +1,10 @@
 """Latency levers one at a time, in one fresh process: the ablation table.
 
 Run by `bench.subprocess_run` with the workload and `precision`. One set of
-random-weight models serves every variant; each variant gets its own
-pipeline options, is warmed up once (tracing excluded), and then the
-variants run in interleaved rounds so that drift in machine load spreads
-over all of them alike. A variant is compared with its `baseline` row: the
+random-weight models serves every variant, with oneDNN weight caching on
+as in the rows; each variant gets its own pipeline options, is warmed up
+once (tracing excluded), and then the variants run in interleaved rounds
+so that drift in machine load spreads over all of them alike. A variant is compared with its `baseline` row: the
 plain pipeline, or the pipeline with a ControlNet on every step for the
 ControlNet levers. Levers that change the maths say so in their row.
 """
@@ -49,7 +49,9 @@ def measure(spec):
     import kcv_sd
     from bench.control_input import depth_ramp
     from kcv_sd.study import resolve_controlnet
+    from kcv_sd.weight_cache import cache_weights_for_inference
 
+    cache_weights_for_inference()
     w = spec["workload"]
     start = time.perf_counter()
     pipelines = {False: kcv_sd.Pipeline(model=w["model"], weights="random", precision=spec["precision"])}

@@ -36,7 +36,11 @@ DEFINITIONS = """\
 - All systems use **random weights** of the benchmarked architecture (SD1.5
   unless the tiny test model is chosen): pretrained weights cannot be
   downloaded on this machine. Timings depend on the architecture, not on
-  weight values; the images are noise."""
+  weight values; the images are noise.
+- kcv-sd's processes (rows, interleaved pairs, ablation) run as `kcv-sd
+  generate` does, with oneDNN **weight caching** on (`kcv_sd.weight_cache`):
+  faster on a CPU, for one more copy of the weights per compiled step
+  function, which the peak RSS includes. KerasCV and diffusers run stock."""
 
 
 TARGETS_NOTE = """\

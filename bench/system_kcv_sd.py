@@ -1,5 +1,9 @@
 """kcv-sd itself: `kcv_sd.Pipeline` with random weights of the chosen family.
 
+The worker process runs as the `kcv-sd` command does, with oneDNN weight
+caching (`kcv_sd.weight_cache`), unless the config has `weight_cache` false
+(`tools/measure_weight_cache.py` compares the two).
+
 With `controlnet` on, one random ControlNet of the family (the SD1.5 depth
 ControlNet's architecture for sd15) guides every step from a synthetic
 depth ramp at the output size.
@@ -16,12 +20,15 @@ from bench.control_input import depth_ramp
 from bench.tf_devices import tensorflow_device, tensorflow_peak_device_bytes
 from kcv_sd.study import resolve_controlnet
 from kcv_sd.unet import timestep_embedding
+from kcv_sd.weight_cache import cache_weights_for_inference
 
 
 class Runner:
     def __init__(self, spec):
         config, self.workload = spec["config"], spec["workload"]
         w = self.workload
+        if config.get("weight_cache", True):
+            cache_weights_for_inference()
         self.pipeline = kcv_sd.Pipeline(model=w["model"], weights="random",
                                         precision=config["precision"], jit_compile=config["xla"])
         self.controlnet = self.control_image = None

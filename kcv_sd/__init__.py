@@ -11,6 +11,7 @@ from kcv_sd.distribute import DistributedPipeline  # noqa: E402  (imports Pipeli
 from kcv_sd.errors import InvalidArgumentError, KcvSdError, WeightsNotFoundError
 from kcv_sd.generate import generate, get_pipeline
 from kcv_sd.pipeline import Pipeline
+from kcv_sd.weight_cache import cache_weights_for_inference
 
 __all__ = [
     "DistributedPipeline",
@@ -18,6 +19,7 @@ __all__ = [
     "KcvSdError",
     "Pipeline",
     "WeightsNotFoundError",
+    "cache_weights_for_inference",
     "generate",
     "get_pipeline",
 ]

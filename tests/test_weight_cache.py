@@ -1,0 +1,158 @@
+"""oneDNN weight caching (`kcv_sd.weight_cache`) leaves kcv-sd's images unchanged.
+
+The caching is process-wide and read once, so the cached run happens in a
+fresh process: this file run as a script with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1,
+writing its outputs to a file, while this process computes the same outputs
+uncached. For float32 and bfloat16 tiny models: the latents of several calls
+in a row (two prompts and seeds, two sizes, a ControlNet, img2img, the first
+call again) and a decoded image. Graph kernels of every size cache (checked
+down to 8x32x32 products), so the tiny models exercise the same kernels as
+SD1.5. As the hazard the caching brings, both processes then halve the UNet's
+weights in place and repeat the first call: the cached process does not see
+the change. `probe_stale` checks that caching is live at all: a bias-fused
+matmul given new weights on its second call still uses its first ones.
+
+Tolerance: the same kernels on the same shapes; results agree to 1e-5 of the
+latents' magnitude (float32 differs by ~1e-6 where oneDNN picks another
+kernel path for cached weights).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE, cache_weights_for_inference
+
+REPO = Path(__file__).resolve().parents[1]
+PRECISIONS = ("float32", "bfloat16")
+CASES = ("first", "other prompt and seed", "other size", "controlnet", "img2img", "first again", "decoded")
+
+
+def probe_stale():
+    rng = np.random.default_rng(0)
+    x, first, second, bias = (tf.constant(rng.standard_normal(shape), tf.float32)
+                              for shape in ((8, 64), (64, 64), (64, 64), (64,)))
+    product = tf.function(lambda x, w: tf.nn.bias_add(tf.matmul(x, w), bias))
+    product(x, first)
+    return not np.allclose(product(x, second), x.numpy() @ second.numpy() + bias.numpy(), atol=1e-3)
+
+
+def outputs(precision):
+    from kcv_sd.components import load_components
+    from kcv_sd.pipeline import Pipeline
+    from kcv_sd.study import resolve_controlnet
+
+    pipeline = Pipeline(components=load_components("tiny", "random", precision=precision, seed=0))
+    controlnet = resolve_controlnet(pipeline, "random", seed=4)
+    control = (np.random.default_rng(0).random((64, 128, 3)) * 255).astype("uint8")
+
+    def latent(prompt, **options):
+        return pipeline(prompt, num_inference_steps=2, output_type="latent", **options)
+
+    results = {
+        "first": latent("a red cube", width=64, height=64, seed=1),
+        "other prompt and seed": latent("a blue sphere", width=64, height=64, seed=2),
+        "other size": latent("a red cube", width=128, height=64, seed=3),
+        "controlnet": latent("a red cube", width=128, height=64, seed=4, image=control, controlnet=controlnet),
+        "img2img": latent("a red cube", init_image=control, strength=0.5, seed=5),
+        "first again": latent("a red cube", width=64, height=64, seed=1),
+    }
+    results["decoded"] = pipeline.decode(results["first"])
+    for variable in pipeline.components.unet.model().weights:
+        variable.assign(variable * 0.5)
+    results["first, weights halved after"] = latent("a red cube", width=64, height=64, seed=1)
+    return {f"{precision} {name}": np.asarray(value, np.float32) for name, value in results.items()}
+
+
+def run(out_path=None):
+    """Every output above, and the probe; saved to `out_path` when given."""
+    results = {"probe_stale": np.array(probe_stale())}
+    for precision in PRECISIONS:
+        results.update(outputs(precision))
+    if out_path is not None:
+        np.savez(out_path, **results)
+    return results
+
+
+@pytest.fixture(scope="module")
+def cached_run(tmp_path_factory):
+    """The child, with caching on, started first so that it runs beside this process's references."""
+    out_path = tmp_path_factory.mktemp("weight_cache") / "cached.npz"
+    env = {**os.environ, FROZEN_WEIGHTS_VARIABLE: "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen([sys.executable, __file__, str(out_path)], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield process, out_path
+    process.kill()
+
+
+@pytest.fixture(scope="module")
+def both(cached_run):
+    if os.environ.get(FROZEN_WEIGHTS_VARIABLE, "0") != "0":
+        pytest.skip(f"this test process has {FROZEN_WEIGHTS_VARIABLE} set: it must run uncached")
+    uncached = run()
+    process, out_path = cached_run
+    _, err = process.communicate(timeout=900)
+    assert process.returncode == 0, err[-3000:]
+    cached = dict(np.load(out_path))
+    if not cached["probe_stale"]:
+        pytest.skip("this TensorFlow build does not cache oneDNN weights: nothing to compare")
+    return uncached, cached
+
+
+def test_the_uncached_process_is_not_stale(both):
+    uncached, _ = both
+    assert not uncached["probe_stale"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("case", CASES)
+def test_cached_weights_leave_pipeline_outputs_unchanged(both, precision, case):
+    uncached, cached = both
+    reference = uncached[f"{precision} {case}"]
+    scale = np.abs(reference).max()
+    assert np.abs(cached[f"{precision} {case}"] - reference).max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_weights_changed_after_a_run_are_not_seen_with_caching(both, precision):
+    """The hazard the docs warn of, and proof that the pipeline's own kernels cache:
+    after the UNet's weights are halved in place, the cached process differs
+    from the uncached one."""
+    uncached, cached = both
+    name = f"{precision} first, weights halved after"
+    scale = np.abs(uncached[name]).max()
+    assert np.abs(uncached[name] - uncached[f"{precision} first"]).max() > 1e-2 * scale
+    assert np.abs(cached[name] - uncached[name]).max() > 1e-2 * scale
+
+
+@pytest.mark.parametrize("command, cached", [("generate", "1"), ("study", None)])
+def test_kcv_sd_generate_turns_caching_on_unless_told(monkeypatch, command, cached):
+    from kcv_sd.cli import console_main
+
+    monkeypatch.setattr(sys, "argv", ["kcv-sd", command, "--help"])
+    monkeypatch.delenv(FROZEN_WEIGHTS_VARIABLE, raising=False)
+    with pytest.raises(SystemExit) as finished:
+        console_main()
+    assert finished.value.code == 0 and os.environ.get(FROZEN_WEIGHTS_VARIABLE) == cached
+    monkeypatch.setenv(FROZEN_WEIGHTS_VARIABLE, "0")
+    with pytest.raises(SystemExit):
+        console_main()
+    assert os.environ[FROZEN_WEIGHTS_VARIABLE] == "0"
+
+
+def test_environment_value_stands(monkeypatch):
+    monkeypatch.setenv(FROZEN_WEIGHTS_VARIABLE, "0")
+    assert not cache_weights_for_inference()
+    monkeypatch.delenv(FROZEN_WEIGHTS_VARIABLE)
+    assert cache_weights_for_inference()
+    assert os.environ[FROZEN_WEIGHTS_VARIABLE] == "1"
+
+
+if __name__ == "__main__":
+    cache_weights_for_inference()
+    run(sys.argv[1])

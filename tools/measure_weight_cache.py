@@ -1,0 +1,52 @@
+"""kcv-sd with and without oneDNN weight caching, two processes taking turns.
+
+The caching (`kcv_sd.weight_cache`) is process-wide, so the benchmark's
+one-process ablation cannot switch it. Here, for each precision, two fresh
+kcv-sd processes with the benchmark's quick workload (SD1.5, random weights,
+128x128, 2 steps), one with `weight_cache` on and one off, are built, warmed
+up with one image, and then asked for images in turn, the order flipping
+every round (`bench.interleaved`). Prints each side's median image seconds,
+the ratio of medians (cached / uncached) and the range of round ratios.
+
+    python tools/measure_weight_cache.py --precisions bfloat16 float32 --rounds 6
+"""
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from bench.configs import PRESETS
+from bench.interleaved import run_interleaved
+from kcv_sd.tokenizer import get_tokenizer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precisions", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per precision")
+    args = parser.parse_args()
+    workload = dataclasses.asdict(PRESETS["quick"].workload)
+    common = {"system": "kcv-sd", "workload": workload,
+              "token_ids": get_tokenizer().pad_batch([workload["prompt"], ""]).tolist()}
+    print("| precision | cached s (min-max) | uncached s (min-max) | cached / uncached | round ratios |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as scratch:
+        for precision in args.precisions:
+            specs = [{**common, "config": {"xla": False, "precision": precision, "controlnet": False,
+                                           "weight_cache": cached}} for cached in (True, False)]
+            result = run_interleaved(specs, args.rounds, Path(scratch) / "log", lambda message: None,
+                                     args.timeout)
+            if result["status"] != "ok":
+                print(f"| {precision} | failed: {result['error']} | | | |")
+                continue
+            cached, uncached = result["warm"]
+            ratios = result["round_ratios"]
+            print(f"| {precision} | {cached['median_s']:.2f} ({cached['min_s']:.2f}-{cached['max_s']:.2f}) | "
+                  f"{uncached['median_s']:.2f} ({uncached['min_s']:.2f}-{uncached['max_s']:.2f}) | "
+                  f"{result['ratio']:.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
