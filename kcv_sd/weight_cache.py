@@ -21,7 +21,8 @@ functions, so their outputs do not change (`tests/test_weight_cache.py`).
 
 `kcv-sd generate` (one image size per process) turns it on; Python callers
 opt in with `cache_weights_for_inference()` before their first TensorFlow
-computation. It does nothing off the CPU or under XLA.
+computation. It concerns TensorFlow's oneDNN CPU kernels only, which
+models placed on a GPU do not run.
 """
 
 import os
