@@ -4,9 +4,9 @@ Run by `bench.subprocess_run` with the workload and `precision`. One set of
 random-weight models serves every variant, with oneDNN weight caching on
 as in the rows; each variant gets its own pipeline options, is warmed up
 once (tracing excluded), and then the variants run in interleaved rounds
-so that drift in machine load spreads over all of them alike. A variant is compared with its `baseline` row: the
-plain pipeline, or the pipeline with a ControlNet on every step for the
-ControlNet levers. Levers that change the maths say so in their row.
+so that drift in machine load spreads over all of them alike. A variant is
+compared with its `baseline` row: the plain pipeline, or the pipeline with
+a ControlNet on every step for the ControlNet levers. Levers that change the maths say so in their row.
 """
 
 import dataclasses

@@ -217,6 +217,15 @@ def target_rows(records, workload_steps, best_matmul_flops_per_s=None, interleav
                                                    interleaved)]
 
 
+def median_and_range(warm):
+    """A warm summary as "median (min-max)" seconds."""
+    return f"{seconds(warm['median_s'])} ({seconds(warm['min_s'])}-{seconds(warm['max_s'])})"
+
+
+def ratio_range(ratios):
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x"
+
+
 def interleaved_rows(interleaved):
     """Each interleaved pair: both systems' warm images and their ratios."""
     headers = ["precision", "kcv-sd", "peer", "kcv-sd warm median s (min-max)", "peer warm median s (min-max)",
@@ -228,10 +237,8 @@ def interleaved_rows(interleaved):
         if pair["status"] != "ok":
             rows.append(cells + ["-", "-", "-", "-", f"failed: {pair['error']}"])
             continue
-        ratios = pair["round_ratios"]
-        rows.append(cells + [f"{seconds(w['median_s'])} ({seconds(w['min_s'])}-{seconds(w['max_s'])})"
-                             for w in pair["warm"]]
-                    + [f"{pair['ratio']:.2f}x", f"{min(ratios):.2f}-{max(ratios):.2f}x", "ok"])
+        rows.append(cells + [median_and_range(w) for w in pair["warm"]]
+                    + [f"{pair['ratio']:.2f}x", ratio_range(pair["round_ratios"]), "ok"])
     return headers, rows
 
 

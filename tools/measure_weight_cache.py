@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.configs import PRESETS
 from bench.interleaved import run_interleaved
+from bench.table import median_and_range, ratio_range
 from kcv_sd.tokenizer import get_tokenizer
 
 
@@ -41,11 +42,9 @@ def main():
             if result["status"] != "ok":
                 print(f"| {precision} | failed: {result['error']} | | | |")
                 continue
-            cached, uncached = result["warm"]
-            ratios = result["round_ratios"]
-            print(f"| {precision} | {cached['median_s']:.2f} ({cached['min_s']:.2f}-{cached['max_s']:.2f}) | "
-                  f"{uncached['median_s']:.2f} ({uncached['min_s']:.2f}-{uncached['max_s']:.2f}) | "
-                  f"{result['ratio']:.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x |", flush=True)
+            cached, uncached = (median_and_range(warm) for warm in result["warm"])
+            print(f"| {precision} | {cached} | {uncached} | {result['ratio']:.2f}x | "
+                  f"{ratio_range(result['round_ratios'])} |", flush=True)
 
 
 if __name__ == "__main__":
