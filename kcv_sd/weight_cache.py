@@ -4,8 +4,9 @@ On the CPU, TensorFlow's oneDNN convolutions and bias-fused matmuls reorder
 their weights into a blocked layout on every call. With the environment
 variable `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`, each kernel keeps the weights
 it reordered on its first call instead. On this project's 2-core AMX CPU a
-128x128 SD1.5 image took 0.77-0.85x the time (float32, mixed_bfloat16,
-bfloat16; `tools/measure_weight_cache.py`, docs/latency_levers.md section 10).
+128x128 SD1.5 image took 0.77-0.96x the time (float32, mixed_bfloat16,
+bfloat16, across four runs; less gain on a busier machine;
+`tools/measure_weight_cache.py`, docs/latency_levers.md section 10).
 
 The price is memory: every compiled function keeps its own copy of the
 weights it runs, so each step function (one per image size class, another
