@@ -11,12 +11,15 @@ bfloat16, across four runs; less gain on a busier machine;
 The price is memory: every compiled function keeps its own copy of the
 weights it runs, so each step function (one per image size class, another
 for a CFG cutoff) adds about one more copy of the UNet's weights (1.5 GiB in
-bfloat16). And TensorFlow reads the variable once per process, at the first
-such kernel it builds, and applies it to every kernel in the process. A
-kernel that later sees other weights keeps computing with its first ones,
-silently: training, weights assigned after a model has run, a function
-given other weights as an input, or eager calls of one shape with other
-weights (eager kernels are shared). kcv-sd's pipelines load all weights
+bfloat16). One step function for every size (`static_routes=False`) keeps a
+single copy, but its kernels cache the layout of the first size they run and
+reorder again for sizes that need another, so later sizes lose the gain
+(docs/latency_levers.md section 10). And TensorFlow reads the variable once
+per process, at the first such kernel it builds, and applies it to every
+kernel in the process. A kernel that later sees other weights keeps
+computing with its first ones, silently: training, weights assigned after a
+model has run, a function given other weights as an input, or eager calls of
+one shape with other weights (eager kernels are shared). kcv-sd's pipelines load all weights
 before their first call and run their models only inside their compiled
 functions, so their outputs do not change (`tests/test_weight_cache.py`).
 

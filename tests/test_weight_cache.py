@@ -5,7 +5,9 @@ fresh process: this file run as a script with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1,
 writing its outputs to a file, while this process computes the same outputs
 uncached. For float32 and bfloat16 tiny models: the latents of several calls
 in a row (two prompts and seeds, two sizes, a ControlNet, img2img, the first
-call again) and a decoded image. Graph kernels of every size cache (checked
+call again), images decoded at two sizes, and a pipeline with one step
+function for every size (`static_routes=False`) called at two sizes and the
+first again, so that its kernels meet several shapes. Graph kernels of every size cache (checked
 down to 8x32x32 products), so the tiny models exercise the same kernels as
 SD1.5. As the hazard the caching brings, both processes then halve the UNet's
 weights in place and repeat the first call: the cached process does not see
@@ -30,7 +32,8 @@ from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE, cache_weights_for_infer
 
 REPO = Path(__file__).resolve().parents[1]
 PRECISIONS = ("float32", "bfloat16")
-CASES = ("first", "other prompt and seed", "other size", "controlnet", "img2img", "first again", "decoded")
+CASES = ("first", "other prompt and seed", "other size", "controlnet", "img2img", "first again", "decoded",
+         "decoded, other size", "one trace for every size", "one trace, other size", "one trace, first size again")
 
 
 def probe_stale():
@@ -63,6 +66,13 @@ def outputs(precision):
         "first again": latent("a red cube", width=64, height=64, seed=1),
     }
     results["decoded"] = pipeline.decode(results["first"])
+    results["decoded, other size"] = pipeline.decode(results["other size"])
+    # One step function for every size: its kernels see several shapes.
+    shared = Pipeline(components=pipeline.components, static_routes=False)
+    for name, width in (("one trace for every size", 64), ("one trace, other size", 128),
+                        ("one trace, first size again", 64)):
+        results[name] = shared("a red cube", num_inference_steps=2, output_type="latent",
+                               width=width, height=64, seed=6)
     for variable in pipeline.components.unet.model().weights:
         variable.assign(variable * 0.5)
     results["first, weights halved after"] = latent("a red cube", width=64, height=64, seed=1)
