@@ -19,9 +19,10 @@ per process, at the first such kernel it builds, and applies it to every
 kernel in the process. A kernel that later sees other weights keeps
 computing with its first ones, silently: training, weights assigned after a
 model has run, a function given other weights as an input, or eager calls of
-one shape with other weights (eager kernels are shared). kcv-sd's pipelines load all weights
-before their first call and run their models only inside their compiled
-functions, so their outputs do not change (`tests/test_weight_cache.py`).
+one shape with other weights (eager kernels are shared). kcv-sd's pipelines
+load all weights before their first call and run their models only inside
+their compiled functions, so their outputs do not change
+(`tests/test_weight_cache.py`).
 
 `kcv-sd generate` (one image size per process) turns it on; Python callers
 opt in with `cache_weights_for_inference()` before their first TensorFlow
