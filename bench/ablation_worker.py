@@ -6,7 +6,8 @@ as in the rows; each variant gets its own pipeline options, is warmed up
 once (tracing excluded), and then the variants run in interleaved rounds
 so that drift in machine load spreads over all of them alike. A variant is
 compared with its `baseline` row: the plain pipeline, or the pipeline with
-a ControlNet on every step for the ControlNet levers. Levers that change the maths say so in their row.
+a ControlNet on every step for the ControlNet levers. Levers that change the
+maths say so in their row.
 """
 
 import dataclasses

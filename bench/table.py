@@ -223,6 +223,7 @@ def median_and_range(warm):
 
 
 def ratio_range(ratios):
+    """Round ratios as "min-max" with an x."""
     return f"{min(ratios):.2f}-{max(ratios):.2f}x"
 
 

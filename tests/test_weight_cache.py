@@ -9,9 +9,9 @@ call again), images decoded at two sizes, and a pipeline with one step
 function for every size (`static_routes=False`) called at two sizes and the
 first again, so that its kernels meet several shapes. Graph kernels of
 every size cache (checked down to 8x32x32 products), so the tiny models
-exercise the same kernels as SD1.5. As the hazard the caching brings, both processes then halve the UNet's
-weights in place and repeat the first call: the cached process does not see
-the change. `probe_stale` checks that caching is live at all: a bias-fused
+exercise the same kernels as SD1.5. As the hazard the caching brings, both
+processes then halve the UNet's weights in place and repeat the first call:
+the cached process does not see the change. `probe_stale` checks that caching is live at all: a bias-fused
 matmul given new weights on its second call still uses its first ones.
 
 Tolerance: the same kernels on the same shapes; results agree to 1e-5 of the
