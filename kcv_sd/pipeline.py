@@ -35,7 +35,7 @@ from kcv_sd.schedulers.base import add_noise
 from kcv_sd.tiled_vae import decode_tiled, encode_tiled
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 from kcv_sd.unet import control_input_names, timestep_embedding
-from kcv_sd.unet_blocks import static_routes
+from kcv_sd.routing import static_routes
 from kcv_sd.vae import PIXELS_PER_LATENT
 
 MIN_SIZE, MAX_SIZE = 64, 2048

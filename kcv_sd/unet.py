@@ -12,7 +12,8 @@ import keras
 from keras import ops
 
 from kcv_sd.group_norm import GroupNorm
-from kcv_sd.unet_blocks import PaddedConv2D, ResBlock, SpatialTransformer, Upsample, routes
+from kcv_sd.routing import routes
+from kcv_sd.unet_blocks import PaddedConv2D, ResBlock, SpatialTransformer, Upsample
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
@@ -83,7 +84,7 @@ class UNetEncoder:
 
     def routes(self, batch, height, width, context_length):
         """Each convolution's and attention layer's route for latents of
-        (batch, height, width); see `kcv_sd.unet_blocks.static_routes`."""
+        (batch, height, width); see `kcv_sd.routing`."""
         return routes(self.model().layers, batch, height, width, context_length)
 
     def embed_time(self, t_embed):

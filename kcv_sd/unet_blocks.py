@@ -7,16 +7,15 @@ at run time, so one model serves every latent size.
 
 Every block builds its sublayers from shapes and states its output shape:
 without that, Keras traces each block's `call` in a scratch graph while
-wiring the functional model, which costs ~10 s for the SD1.5 UNet.
+wiring the functional model (seconds for the SD1.5 UNet). Which kernel a
+layer runs at a size is `kcv_sd.routing`'s choice.
 """
-
-import contextlib
-import threading
 
 import keras
 import tensorflow as tf
 from keras import ops
 
+from kcv_sd import routing
 from kcv_sd.group_norm import GroupNorm
 
 # Sigmoid-free tanh approximation of GELU used by KerasCV's GEGLU.
@@ -39,66 +38,13 @@ def weights_policy(policy):
     return policy
 
 
-_trace_size = threading.local()
-
-
-@contextlib.contextmanager
-def static_routes(batch, height, width, context_length):
-    """While a UNet or ControlNet is traced inside this context for latents of
-    (batch, height, width) and a text context of `context_length` tokens, its
-    convolutions (matmul or convolution) and attention layers (chunked or
-    whole) pick their route in Python. Outside it they pick at run time with a
-    `tf.cond` per layer, which serves every size from one graph but makes the
-    graph larger and the SD1.5 pipeline's first call ~15 s slower on a 2-core
-    CPU (docs/latency_levers.md, section 6). Sizes whose routes agree
-    (`routes`) can share one trace.
-    """
-    previous = getattr(_trace_size, "value", None)
-    _trace_size.value = (batch, height, width, context_length)
-    try:
-        yield
-    finally:
-        _trace_size.value = previous
-
-
-def _static_size():
-    return getattr(_trace_size, "value", None)
-
-
-def _tokens_at(size, level):
-    """Feature-map positions at `level` (halvings of the latent) for a size from `static_routes`."""
-    height, width = size[1], size[2]
-    return -(-height // 2**level) * -(-width // 2**level)
-
-
-def routes(layers, batch, height, width, context_length):
-    """The route every convolution and attention layer in `layers` (and their
-    sublayers) takes for this size: traces whose routes are equal are the same
-    graph."""
-    size = (batch, height, width, context_length)
-    return tuple(layer.route(size)
-                 for top in layers for layer in top._flatten_layers(include_self=True)
-                 if isinstance(layer, (PaddedConv2D, Attention)))
-
-
-# A 3x3 convolution runs as one matmul over gathered patches when its input
-# has at most this many rows (batch x height x width) per input channel. With
-# few rows and many channels oneDNN's convolution is weight-bound and several
-# times slower than the matmul (SD1.5's 1280-channel levels at small latents);
-# with many rows the convolution wins. Measured on a 2-core CPU in
-# docs/latency_levers.md, section 6.
-MATMUL_ROWS_PER_INPUT_CHANNEL = 1
-
-
 class PaddedConv2D(keras.layers.Layer):
     """Zero padding then a valid convolution (symmetric, unlike 'same' at stride 2).
 
     The variables are a plain `Conv2D`'s (KerasCV's weight order); the
     computation is a matmul for 1x1 kernels and, for larger kernels, a matmul
-    over patches when the input has few rows per input channel (see
-    `MATMUL_ROWS_PER_INPUT_CHANNEL`), else the convolution. The choice is made
-    in Python under `static_routes`, else at run time (one graph for every
-    size).
+    over patches when the input has few rows per input channel, else the
+    convolution: the route `kcv_sd.routing` chooses.
     """
 
     def __init__(self, filters, kernel_size, padding=0, strides=1,
@@ -121,9 +67,9 @@ class PaddedConv2D(keras.layers.Layer):
 
     def _patches(self, padded):
         """(batch, out_h, out_w, k*k*channels), taps in the kernel's (row,
-        column, channel) order: one strided slice per tap, concatenated, up
-        to 4x faster on CPU than `tf.image.extract_patches` (1.05x on the
-        smallest maps; docs/latency_levers.md, section 8)."""
+        column, channel) order: one strided slice per tap, concatenated,
+        faster on CPU than `tf.image.extract_patches` (docs/latency_levers.md,
+        section 8)."""
         k, s = self.kernel_size, self.strides
         shape = tf.shape(padded)
         spans = [(size if size is not None else shape[axis]) - k + 1
@@ -140,19 +86,16 @@ class PaddedConv2D(keras.layers.Layer):
         return tf.reshape(rows, tf.concat([tf.shape(padded)[:3], [self.conv2d.filters]], 0))
 
     def _takes_matmul(self, rows):
-        """Whether an input of `rows` rows (batch x height x width: a Python
-        int, or a tensor at run time) runs as a matmul."""
-        if self.kernel_size == 1 and self.strides == 1:
-            return True
-        return rows <= MATMUL_ROWS_PER_INPUT_CHANNEL * self.conv2d.kernel.shape[-2]
+        return routing.conv_takes_matmul(self.kernel_size, self.strides, self.conv2d.kernel.shape[-2], rows)
 
     def route(self, size):
-        """"matmul" or "convolution" for a size from `static_routes`."""
-        return "matmul" if self._takes_matmul(size[0] * _tokens_at(size, self.level)) else "convolution"
+        """"matmul" or "convolution" for a `kcv_sd.routing.static_routes` size."""
+        rows = size[0] * routing.tokens_at(size, self.level)
+        return "matmul" if self._takes_matmul(rows) else "convolution"
 
     def call(self, inputs):
         padded = self.padding2d(inputs)
-        size = _static_size()
+        size = routing.traced_size()
         if size is not None:
             takes_matmul = self.route(size) == "matmul"
         else:
@@ -222,12 +165,6 @@ class ResBlock(keras.layers.Layer):
         return h + skip
 
 
-# Above this many attention scores (batch x heads x queries x keys) at once,
-# queries are processed in chunks: a 2048x2048 image's first-level
-# self-attention would otherwise hold 2 x 8 x 65536^2 scores (~275 GB).
-MAX_SCORES_AT_ONCE = 2**28  # 1 GiB of float32 scores
-
-
 def _attend(q, k, v, scale):
     """softmax(q k^T * scale) v over (batch, heads, length, head_size).
 
@@ -236,8 +173,7 @@ def _attend(q, k, v, scale):
     up and the weights back down; bfloat16 scores go in as they are, since
     TensorFlow's bfloat16 softmax computes in float32 and rounds once
     (bit-identical on CPU, `test_bfloat16_softmax_is_the_float32_softmax_rounded`)
-    without the two casts. Together 2x faster in bfloat16 on a 4096-token
-    self-attention (docs/latency_levers.md, section 8)."""
+    without the two casts (docs/latency_levers.md, section 8)."""
     scores = tf.matmul(q * scale, k, transpose_b=True)
     if scores.dtype != tf.bfloat16:
         scores = tf.cast(scores, tf.float32)
@@ -263,7 +199,7 @@ def attention(q, k, v, scale, max_scores=None):
     """Scaled dot-product attention, in query chunks when there would be
     more than `max_scores` (default `MAX_SCORES_AT_ONCE`) scores at once
     (decided at run time)."""
-    max_scores = MAX_SCORES_AT_ONCE if max_scores is None else max_scores
+    max_scores = routing.MAX_SCORES_AT_ONCE if max_scores is None else max_scores
     q_shape, k_shape = tf.shape(q), tf.shape(k)
     # int64: 2 x 8 x 65536^2 overflows int32.
     scores = tf.reduce_prod(tf.cast(tf.concat([q_shape[:3], k_shape[2:3]], 0), tf.int64))
@@ -300,10 +236,10 @@ class Attention(keras.layers.Layer):
         return _with_channels(inputs_shape, self.num_heads * self.head_size)
 
     def route(self, size):
-        """"chunked" or "whole" for a size from `static_routes`."""
-        queries = _tokens_at(size, self.level)
+        """"chunked" or "whole" for a `kcv_sd.routing.static_routes` size."""
+        queries = routing.tokens_at(size, self.level)
         keys = size[3] if self.cross else queries
-        return "chunked" if size[0] * self.num_heads * queries * keys > MAX_SCORES_AT_ONCE else "whole"
+        return "chunked" if routing.attention_is_chunked(size[0], self.num_heads, queries, keys) else "whole"
 
     def _split_heads(self, x):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
@@ -316,11 +252,11 @@ class Attention(keras.layers.Layer):
         k = self._split_heads(self.to_k(context))
         v = self._split_heads(self.to_v(context))
         scale = self.head_size**-0.5
-        size = _static_size()
+        size = routing.traced_size()
         if size is None:
             attended = attention(q, k, v, scale)
         elif self.route(size) == "chunked":
-            attended = _attend_in_chunks(q, k, v, scale, MAX_SCORES_AT_ONCE)
+            attended = _attend_in_chunks(q, k, v, scale, routing.MAX_SCORES_AT_ONCE)
         else:
             attended = _attend(q, k, v, scale)
         attended = ops.transpose(attended, (0, 2, 1, 3))

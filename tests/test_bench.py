@@ -23,7 +23,7 @@ from bench.interleaved import round_orders, run_interleaved, summarize_pair
 from bench.records import build_record, precision_note
 from bench.subprocess_run import run_worker
 from bench.table import interleaved_rows, target_rows
-from kcv_sd import unet_blocks
+from kcv_sd import routing
 from kcv_sd.config import UNetConfig
 from kcv_sd.unet import UNet
 
@@ -71,7 +71,7 @@ def _graph_matmul_flops(config, height, width, batch, context_length):
     model = UNet(config, initializer="zeros").model()
 
     def traced(latent, t, context):
-        with unet_blocks.static_routes(batch, height, width, context_length):
+        with routing.static_routes(batch, height, width, context_length):
             return model({"latent": latent, "timestep_embedding": t, "context": context})
 
     traced = tf.function(traced)

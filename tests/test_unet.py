@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcv_sd import config, unet_blocks
+from kcv_sd import config, routing, unet_blocks
 from kcv_sd.precision import dtype_policy_scope
 from kcv_sd.unet import UNet, control_input_names, timestep_embedding
 
@@ -158,7 +158,7 @@ def test_unet_attends_in_chunks_above_the_score_budget(tiny_unet, monkeypatch):
     chunks = []
     original = unet_blocks._attend_in_chunks
     monkeypatch.setattr(unet_blocks, "_attend_in_chunks", lambda *args: chunks.append(1) or original(*args))
-    monkeypatch.setattr(unet_blocks, "MAX_SCORES_AT_ONCE", 1000)
+    monkeypatch.setattr(routing, "MAX_SCORES_AT_ONCE", 1000)
     np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), expected, rtol=1e-5, atol=1e-5)
     assert chunks  # the budget really forced chunking
 
@@ -170,7 +170,7 @@ def test_padded_conv_as_matmul_equals_the_convolution(kernel, strides, padding, 
                                                       spatial_shape_known, monkeypatch):
     """Both routes (0: convolution except 1x1; 10**6: matmul) give the
     convolution's result, also traced for any height and width."""
-    monkeypatch.setattr(unet_blocks, "MATMUL_ROWS_PER_INPUT_CHANNEL", rows_per_channel)
+    monkeypatch.setattr(routing, "MATMUL_ROWS_PER_INPUT_CHANNEL", rows_per_channel)
     layer = unet_blocks.PaddedConv2D(5, kernel, padding=padding, strides=strides)
     x = np.random.default_rng(kernel + strides).standard_normal((2, 7, 9, 6)).astype("float32")
     layer.build(x.shape)
@@ -195,9 +195,9 @@ def test_padded_conv_takes_the_matmul_for_few_rows_per_channel(height, width, ro
 
 def test_unet_with_every_convolution_as_a_matmul_matches(tiny_unet, monkeypatch):
     inputs = unet_inputs(tiny_unet.config, 2, 16, 24)
-    monkeypatch.setattr(unet_blocks, "MATMUL_ROWS_PER_INPUT_CHANNEL", 0)
+    monkeypatch.setattr(routing, "MATMUL_ROWS_PER_INPUT_CHANNEL", 0)
     as_convolutions = np.asarray(tiny_unet.model()(inputs))
-    monkeypatch.setattr(unet_blocks, "MATMUL_ROWS_PER_INPUT_CHANNEL", 10**6)
+    monkeypatch.setattr(routing, "MATMUL_ROWS_PER_INPUT_CHANNEL", 10**6)
     np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), as_convolutions, rtol=1e-5, atol=1e-5)
 
 
@@ -205,7 +205,7 @@ def test_static_routes_take_the_run_time_routes(tiny_unet, monkeypatch):
     """Under `static_routes` the layers choose in Python what they would
     choose at run time, with the same results. A small score budget makes the
     top level's attention chunk, so both routes of both layer kinds occur."""
-    monkeypatch.setattr(unet_blocks, "MAX_SCORES_AT_ONCE", 1000)
+    monkeypatch.setattr(routing, "MAX_SCORES_AT_ONCE", 1000)
     assert {"matmul", "convolution", "chunked", "whole"} <= set(tiny_unet.routes(2, 8, 16, 77))
     taken = []
     as_matmul, in_chunks = unet_blocks.PaddedConv2D._as_matmul, unet_blocks._attend_in_chunks
@@ -217,7 +217,7 @@ def test_static_routes_take_the_run_time_routes(tiny_unet, monkeypatch):
     at_run_time = np.asarray(model(inputs))
     run_time_routes, taken[:] = list(taken), []
     assert {"matmul", "chunked"} <= set(run_time_routes)
-    with unet_blocks.static_routes(2, 8, 16, 77):
+    with routing.static_routes(2, 8, 16, 77):
         static = np.asarray(model(inputs))
     assert taken == run_time_routes
     np.testing.assert_allclose(static, at_run_time, rtol=1e-6, atol=1e-6)

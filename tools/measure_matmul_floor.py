@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench.flops import unet_flops
-from kcv_sd.unet_blocks import static_routes
+from kcv_sd.routing import static_routes
 from measure_unet_efficiency import guided_inputs, sd15_unet, seconds  # tools/ is on sys.path when run as a script
 
 TIMED_OPS = ("MatMul", "BatchMatMulV2", "Conv2D")
