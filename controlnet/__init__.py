@@ -1,7 +1,6 @@
-"""ControlNet for SD1.x on Keras 3: model, configurations, residual scaling."""
-
-from controlnet.config import SD15, TINY, ControlNetConfig
-from controlnet.model import ControlNet
-from controlnet.scales import control_scales, scale_residuals
-
-__all__ = ["SD15", "TINY", "ControlNet", "ControlNetConfig", "control_scales", "scale_residuals"]
+"""The control-image side of ControlNet, numpy and PIL only: control images
+from depth maps, normals and edges (`control_images`), fitting them to an
+output size (`sizing`), the structure-fidelity metric (`structure`) and
+depth estimation from photos (`depth_estimation`). The model itself is
+`kcv_sd.controlnet.ControlNet`.
+"""

@@ -5,7 +5,6 @@ from a seeded numpy generator ("random"), so no build pays for TensorFlow's
 random initialisers and random weights are reproducible.
 """
 
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import keras
 import numpy as np
 
 from kcv_sd import config as unet_configs
+from kcv_sd.convert import convert_diffusers_folder, convert_diffusers_vae, read_state_dict
+from kcv_sd.convert.sd_folder import component_file
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.precision import dtype_policy_scope, text_and_vae_precision
 from kcv_sd.text_encoder import SD15_TEXT, TINY_TEXT, build_text_encoder
@@ -27,19 +28,14 @@ class ModelFamily:
     text: object
     vae: object
     kerascv_weights: bool  # whether KerasCV's published files fit
-    controlnet: str  # name of the matching config in `controlnet.config`
-
-    def controlnet_config(self):
-        from controlnet import config
-
-        return getattr(config, self.controlnet)
+    controlnet: unet_configs.ControlNetConfig  # what ControlNet checkpoints for this UNet convert to
 
 
 FAMILIES = {
     "sd15": ModelFamily(unet_configs.SD15, SD15_TEXT, SD15_VAE, kerascv_weights=True,
-                        controlnet="SD15"),
+                        controlnet=unet_configs.CONTROLNET_SD15),
     "tiny": ModelFamily(unet_configs.TINY, TINY_TEXT, TINY_VAE, kerascv_weights=False,
-                        controlnet="TINY"),
+                        controlnet=unet_configs.CONTROLNET_TINY),
 }
 
 
@@ -66,9 +62,6 @@ class Components:
             with dtype_policy_scope(text_and_vae_precision(self.precision)), zero_initialized():
                 encoder = build_encoder(self.family.vae)
             if is_diffusers_folder(self.weights):
-                from kcv_sd.convert import convert_diffusers_vae, read_state_dict
-                from kcv_sd.convert.sd_folder import component_file
-
                 vae_file = component_file(Path(self.weights), "vae")
                 convert_diffusers_vae(read_state_dict(vae_file), self.decoder, encoder, source=str(vae_file))
             else:
@@ -89,28 +82,29 @@ def family_by_name(name):
     return FAMILIES[name]
 
 
-@contextlib.contextmanager
+# The names a Keras layer can be given for a random initializer.
+_RANDOM_INITIALIZERS = (
+    "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "LecunNormal", "LecunUniform",
+    "Orthogonal", "OrthogonalInitializer", "RandomNormal", "RandomUniform", "TruncatedNormal",
+    "VarianceScaling", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal",
+    "lecun_uniform", "normal", "orthogonal", "random_normal", "random_uniform", "truncated_normal",
+    "uniform", "variance_scaling",
+)
+
+
 def zero_initialized():
-    """Every weight Keras creates in this scope starts as zeros, whatever its
-    layer's initializer: KerasCV's text encoder and VAE blocks would draw
-    TensorFlow random kernels that the fill right after overwrites."""
-    add_weight = keras.layers.Layer.add_weight
-
-    def add_zero_weight(self, *args, **kwargs):
-        return add_weight(self, *args, **{**kwargs, "initializer": "zeros"})
-
-    keras.layers.Layer.add_weight = add_zero_weight
-    try:
-        yield
-    finally:
-        keras.layers.Layer.add_weight = add_weight
+    """A scope in which Keras resolves every random initializer named by a
+    layer (KerasCV's text encoder and VAE blocks name "glorot_uniform" and
+    "uniform") to zeros, through Keras' own custom-object scope (this thread
+    only): the fill right after building overwrites the weights anyway, so
+    drawing them would be wasted work."""
+    return keras.saving.custom_object_scope({name: keras.initializers.Zeros for name in _RANDOM_INITIALIZERS})
 
 
 def randomize(layers, seed):
     """Glorot-uniform kernels, unit scales, zero offsets, from one numpy seed.
 
-    Drawn in float32: float64 draws cast down take ~2.5x as long, seconds
-    for SD1.5's ~1e9 weights."""
+    Drawn in float32, faster than float64 draws cast down."""
     rng = np.random.default_rng(seed)
     for layer in layers:
         for variable in layer.weights:
@@ -188,8 +182,6 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
 def _load_diffusers_folder(family, folder, precision, seed):
     """Components converted from a diffusers folder, with diffusers' numerics
     (exact GELU and GroupNorm epsilon 1e-6 in the UNet's transformers and the VAE)."""
-    from kcv_sd.convert import convert_diffusers_folder
-
     family = dataclasses.replace(
         family,
         unet=dataclasses.replace(family.unet, transformer_norm_epsilon=1e-6, gelu_approximate=False),

@@ -1,4 +1,4 @@
-"""UNet configurations: SD1.5 (KerasCV's weights) and tiny ones for fast tests.
+"""UNet and ControlNet configurations: SD1.5 (KerasCV's weights) and tiny ones for fast tests.
 
 The flags cover the numeric differences between weight families, so that a
 diffusers-converted checkpoint can be reproduced exactly by the same code.
@@ -82,3 +82,34 @@ TINY = UNetConfig(
     time_embed_dim=32,  # 4 x 8, as diffusers' UNets and ControlNets have it
     norm_groups=4,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlNetConfig:
+    """Shape of an SD1.x ControlNet.
+
+    Attributes:
+        unet: the `UNetConfig` of the UNet whose encoder is copied.
+        conditioning_channels: channels of the conditioning-embedding stages
+            (diffusers' `conditioning_embedding_out_channels`). Four stages,
+            so three stride-2 steps take the control image down the VAE's 8x.
+        image_channels: channels of the control image (RGB).
+    """
+
+    unet: UNetConfig = SD15_DIFFUSERS
+    conditioning_channels: tuple = (16, 32, 96, 256)
+    image_channels: int = 3
+
+    def __post_init__(self):
+        if len(self.conditioning_channels) != 4:
+            raise ValueError(
+                "conditioning_channels needs 4 stages (3 stride-2 steps = the "
+                f"VAE's 8x), got {self.conditioning_channels}"
+            )
+
+
+# lllyasviel's SD1.5 ControlNets (1.0 and 1.1), with diffusers numerics.
+CONTROLNET_SD15 = ControlNetConfig()
+
+# Steers `TINY`, for tests that exercise wiring.
+CONTROLNET_TINY = ControlNetConfig(unet=TINY, conditioning_channels=(4, 8, 8, 16))

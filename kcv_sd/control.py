@@ -14,8 +14,12 @@ import re
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
+from controlnet.sizing import fit_control_image, output_size
 from kcv_sd.cache import keras_home
+from kcv_sd.controlnet import ControlNet
+from kcv_sd.convert import convert_controlnet_file
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
 from kcv_sd.image_inputs import load_image
 from kcv_sd.precision import dtype_policy_scope
@@ -35,23 +39,44 @@ def as_list(value, count, what):
     return [value] * count
 
 
+# Conditioning scale and guess mode are kept out of the model, so that one
+# compiled ControlNet serves every scale.
+def control_scales(num_residuals, conditioning_scale=1.0, guess_mode=False):
+    """One multiplier per residual, skips first and the middle block last.
+
+    Guess mode ramps from 0.1 at the first skip to 1 at the middle block
+    (logarithmically, as diffusers' `ControlNetModel` does), so the coarse,
+    semantic residuals dominate when the prompt is empty.
+    """
+    if guess_mode:
+        ramp = np.logspace(-1, 0, num_residuals, dtype=np.float32)
+        return [float(s) * conditioning_scale for s in ramp]
+    return [float(conditioning_scale)] * num_residuals
+
+
+def scale_residuals(residuals, names, conditioning_scale=1.0, guess_mode=False):
+    """Residuals (a dict of tensors) times their scales.
+
+    `names` gives the residual order, e.g. `ControlNet.output_names`: a
+    dict's own order is not trusted to carry the skip order.
+    """
+    scales = control_scales(len(names), conditioning_scale, guess_mode)
+    return {name: residuals[name] * scale for name, scale in zip(names, scales)}
+
+
 def load_controlnet(source, config, precision="float32"):
-    """A `controlnet.ControlNet` from a model, a checkpoint file or a repo id.
+    """A `kcv_sd.controlnet.ControlNet` from a model, a checkpoint file or a repo id.
 
     Hugging Face repo ids need `huggingface_hub` and a connection the first
     time; the converted weights are cached under the Keras home, so later
     loads need neither the hub nor the conversion.
     """
-    from controlnet import ControlNet
-
     if isinstance(source, ControlNet):
         return source
-    from kcv_sd.convert import load_controlnet as convert_file
-
     path = Path(str(source))
     if path.is_file():
         with dtype_policy_scope(precision):
-            return convert_file(path, config)
+            return convert_controlnet_file(path, config)
     if not _REPO_ID.match(str(source)):
         raise WeightsNotFoundError(
             f"ControlNet {source!r} is neither a checkpoint file nor a Hugging Face repo id "
@@ -62,7 +87,7 @@ def load_controlnet(source, config, precision="float32"):
         # Cached in float32 whatever the precision asked: mixed policies store
         # large weights in 16 bits (`kcv_sd.unet_blocks.weights_policy`).
         with dtype_policy_scope("float32"):
-            model = convert_file(_download_from_hub(str(source)), config)
+            model = convert_controlnet_file(_download_from_hub(str(source)), config)
         cached.parent.mkdir(parents=True, exist_ok=True)
         model.model().save_weights(cached)
         if precision == "float32":
@@ -105,8 +130,6 @@ def load_control_images(image):
 
 def prepare_control_image(image, width, height, mode="resize"):
     """Control image fitted to the output size, float32 (H, W, 3) in [0, 1]."""
-    from controlnet.sizing import fit_control_image
-
     fitted = fit_control_image(load_control_image(image), mode, width, height)
     return np.asarray(fitted, np.float32) / 255.0
 
@@ -116,8 +139,6 @@ def native_sizing(image, width=None, height=None):
     images read once (planning reuses the arrays), and the output size the
     first one implies: its own aspect ratio, about 512x512 pixels' worth, in
     multiples of 64, with no crop."""
-    from controlnet.sizing import output_size
-
     if image is None:
         raise InvalidArgumentError(NO_CONTROL_IMAGE)
     images = load_control_images(image)
@@ -144,10 +165,13 @@ class ControlPlan:
     keep: np.ndarray  # bool (steps, controlnets)
     guess_mode: bool
 
+    def for_batch(self, batch):
+        """This plan with each control image repeated over a batch of `batch` latents, (batch, H, W, 3)."""
+        return dataclasses.replace(self, images=[tf.repeat(tf.convert_to_tensor(image)[None], batch, axis=0)
+                                                 for image in self.images])
+
     def step_scales(self, step, num_residuals):
         """Per-ControlNet, per-residual multipliers at `step`, float32 (n, residuals)."""
-        from controlnet import control_scales
-
         return np.array(
             [control_scales(num_residuals, scale * keep, self.guess_mode)
              for scale, keep in zip(self.scales, self.keep[step])],
@@ -179,3 +203,16 @@ def plan_control(controlnet, image, num_steps, width, height, config, precision,
         keep=keep,
         guess_mode=bool(guess_mode),
     )
+
+
+def check_controlnets(controlnets, unet_config):
+    """Each ControlNet was made for a UNet of `unet_config`'s architecture."""
+    for controlnet in controlnets:
+        theirs = controlnet.config.unet
+        if (theirs.block_channels, theirs.context_dim, theirs.layers_per_block) != (
+                unet_config.block_channels, unet_config.context_dim, unet_config.layers_per_block):
+            raise InvalidArgumentError(
+                "The ControlNet was made for another UNet (channels "
+                f"{theirs.block_channels}, text width {theirs.context_dim}) than this "
+                f"pipeline's ({unet_config.block_channels}, {unet_config.context_dim})."
+            )

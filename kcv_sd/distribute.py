@@ -18,24 +18,14 @@ import dataclasses
 import functools
 import math
 
-import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from kcv_sd.control import native_sizing, plan_control
-from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.pipeline import (
-    COMPILED_FUNCTIONS_KEPT,
-    Pipeline,
-    check_options,
-    check_size,
-    prompt_lists,
-    to_uint8,
-)
+from kcv_sd.pipeline import COMPILED_FUNCTIONS_KEPT, Pipeline, to_uint8
+from kcv_sd.prepare import context_rows, prepare
 from kcv_sd.recent import RecentlyUsed
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
-from kcv_sd.vae import PIXELS_PER_LATENT
 
 
 def _tpu_cluster_resolver():
@@ -120,45 +110,24 @@ class DistributedPipeline:
         accepted for compatibility and ignored: each replica runs all steps
         inside one compiled call.
         """
-        prompts, negatives = prompt_lists(prompt, negative_prompt)
-        if controlnet is not None and control_sizing == "native":
-            image, width, height = native_sizing(image, width, height)
-        width = 512 if width is None else width
-        height = 512 if height is None else height
-        config = self.pipeline.config
-        multiple = PIXELS_PER_LATENT * config.downsample_factor
-        check_size("width", width, multiple)
-        check_size("height", height, multiple)
-        check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type)
-
-        batch = len(prompts) * num_images_per_prompt
-        shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, config.latent_channels)
-        if latents is None:
-            latents = keras.random.normal(shape, seed=seed)  # the single-device pipeline's noise
-        elif tuple(np.shape(latents)) != shape:
-            raise InvalidArgumentError(f"latents have shape {np.shape(latents)}, expected {shape}.")
-
-        plan = None
-        if controlnet is not None:
-            with self.strategy.scope():  # ControlNets loaded here get variables on every replica
-                plan = plan_control(controlnet, image, num_inference_steps, width, height,
-                                    self.components.family.controlnet_config(), self.components.precision,
-                                    controlnet_conditioning_scale, guess_mode, control_guidance_start,
-                                    control_guidance_end, control_sizing)
-        elif image is not None:
-            raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
-
-        guided = guidance_scale != 1
+        call = prepare(
+            self.components, prompt, negative_prompt, width=width, height=height,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+            num_images_per_prompt=num_images_per_prompt, latents=latents, output_type=output_type,
+            sampler=sampler, image=image, controlnet=controlnet,
+            controlnet_conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
+            control_sizing=control_sizing, control_scope=self.strategy.scope)
         # Every replica encodes the same token batch as Pipeline (row order
         # changes the encoder's rounding) and keeps its images' rows.
-        tokens = self.pipeline.tokenizer.pad_batch(prompts + negatives if guided else prompts)
-        rows = padded_rows(batch, self.num_replicas)
-        generate = self._replicated_generate(num_inference_steps, float(guidance_scale), sampler,
-                                             output_type != "latent", plan)
-        shards = generate(tf.constant(tokens), tf.constant(rows // num_images_per_prompt, tf.int32),
-                          tf.gather(tf.convert_to_tensor(latents, tf.float32), rows),
-                          *(() if plan is None else map(tf.constant, plan.images)))
-        output = np.concatenate([np.asarray(shard) for shard in shards])[:batch]
+        tokens = self.pipeline.tokenizer.pad_batch(call.texts)
+        rows = padded_rows(call.batch, self.num_replicas)
+        generate = self._replicated_generate(call.num_inference_steps, float(call.guidance_scale), call.sampler,
+                                             call.output_type != "latent", call.plan)
+        shards = generate(tf.constant(tokens), tf.constant(call.prompt_of_image()[rows]),
+                          tf.gather(call.noise, rows),
+                          *(() if call.plan is None else map(tf.constant, call.plan.images)))
+        output = np.concatenate([np.asarray(shard) for shard in shards])[:call.batch]
         if output_type == "latent":
             return output
         pixels = to_uint8(output)
@@ -192,11 +161,8 @@ class DistributedPipeline:
             mine = prompt_of_image[start : start + count]
             positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(tokens))
             encodings = pipeline.components.text_encoder({"tokens": tokens, "positions": positions})
-            if guided:  # unconditional half first, as the guided UNet batch expects
-                mine = tf.concat([mine + tf.shape(tokens)[0] // 2, mine], axis=0)
-            context = tf.gather(encodings, mine)
-            control = None if plan is None else dataclasses.replace(
-                plan, images=[tf.repeat(image[None], count, axis=0) for image in control_images])
+            context = tf.gather(encodings, context_rows(mine, tf.shape(tokens)[0], guided))
+            control = None if plan is None else dataclasses.replace(plan, images=control_images).for_batch(count)
             latent = pipeline.denoise(noise, context, num_steps, guidance_scale, guided, sampler,
                                       control=control)
             return pipeline.decode(latent, tiled=False) if decode else latent

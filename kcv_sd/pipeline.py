@@ -1,10 +1,11 @@
-"""Text-to-image, img2img and inpainting: prompt encoding, the denoising loop,
-and decoding, kept apart.
+"""Text-to-image, img2img and inpainting: prompt -> encodings -> denoising
+steps -> decoder -> image, each stage a method of `Pipeline`.
 
-The pipeline owns compiled functions: one denoising step and one decoder
-call per input shape (tf.function with a shape-polymorphic signature; XLA
-compiles each concrete shape once when `jit_compile=True`). Classifier-free
-guidance runs the conditional and unconditional halves in one UNet call.
+The pipeline owns the compiled functions: the text encoder, the decoder,
+and one denoising step (or loop of steps) per `kcv_sd.step.StepSpec`, each
+a tf.function with a shape-polymorphic signature (XLA compiles each concrete
+shape once when `jit_compile=True`). Classifier-free guidance runs the
+conditional and unconditional halves in one UNet call.
 
 img2img starts from the VAE-encoded init image noised to the first step it
 runs; inpainting (with a standard 4-channel UNet) also re-imposes, after
@@ -13,33 +14,35 @@ is black, and finally pastes the init image's pixels back there.
 """
 
 import dataclasses
+import functools
 
-import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
 from kcv_sd.components import load_components
-from kcv_sd.control import native_sizing, plan_control
+from kcv_sd.control import check_controlnets, plan_control
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.image_inputs import (
-    latent_repaint_mask,
-    load_init_inputs,
-    repaint_mask,
-    resized_pixels,
-)
+from kcv_sd.image_inputs import latent_repaint_mask, repaint_mask, resized_pixels
 from kcv_sd.precision import check_precision
+from kcv_sd.prepare import context_rows, prepare, steps_skipped
 from kcv_sd.recent import RecentlyUsed
-from kcv_sd.schedulers import SAMPLERS
-from kcv_sd.schedulers.base import add_noise
+from kcv_sd.samplers import SAMPLERS
+from kcv_sd.samplers.base import add_noise
+from kcv_sd.step import (
+    LoopInputs,
+    StepSpec,
+    advance,
+    loop_signature,
+    noise_predictor,
+    step_body,
+    step_signature,
+)
 from kcv_sd.tiled_vae import decode_tiled, encode_tiled
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
-from kcv_sd.unet import control_input_names, timestep_embedding
-from kcv_sd.routing import static_routes
+from kcv_sd.unet import timestep_embedding
 from kcv_sd.vae import PIXELS_PER_LATENT
 
-MIN_SIZE, MAX_SIZE = 64, 2048
-OUTPUT_TYPES = ("pil", "np", "latent")
 # Above this many pixels, `tiled_decode=None` decodes in tiles (and init images are encoded in tiles).
 TILED_DECODE_ABOVE = 1024 * 1024
 # Compiled steps and loops a pipeline keeps: a few configurations per call
@@ -58,74 +61,9 @@ def as_float32(model):
     return lambda inputs: tf.cast(model(inputs), tf.float32)
 
 
-def check_size(name, value, multiple):
-    if not isinstance(value, (int, np.integer)) or value % multiple or not MIN_SIZE <= value <= MAX_SIZE:
-        raise InvalidArgumentError(
-            f"{name}={value!r} is not supported: use a multiple of {multiple} "
-            f"from {MIN_SIZE} to {MAX_SIZE}."
-        )
-
-
-def _prompt_list(prompt, what):
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise InvalidArgumentError(f"Empty {what}: give a non-empty text (use negative_prompt=None for none).")
-    return prompts
-
-
-def prompt_lists(prompt, negative_prompt):
-    """(prompts, negatives), one negative per prompt, as `Pipeline` encodes them."""
-    prompts = _prompt_list(prompt, "prompt")
-    if negative_prompt is None:
-        return prompts, [""] * len(prompts)
-    negatives = _prompt_list(negative_prompt, "negative_prompt")
-    if len(negatives) == 1:
-        return prompts, negatives * len(prompts)
-    if len(negatives) != len(prompts):
-        raise InvalidArgumentError(
-            f"{len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one per prompt.")
-    return prompts, negatives
-
-
-def check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type):
-    """The scalar generation arguments, checked with messages that say the fix."""
-    if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-        raise InvalidArgumentError(f"num_inference_steps={num_inference_steps!r}: use an integer >= 1.")
-    if not guidance_scale >= 0:
-        raise InvalidArgumentError(f"guidance_scale={guidance_scale!r}: use a number >= 0 (7.5 is usual).")
-    if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
-        raise InvalidArgumentError(f"num_images_per_prompt={num_images_per_prompt!r}: use an integer >= 1.")
-    if sampler not in SAMPLERS:
-        raise InvalidArgumentError(f"sampler={sampler!r}: use one of {', '.join(SAMPLERS)}.")
-    if output_type not in OUTPUT_TYPES:
-        raise InvalidArgumentError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
-
-
-def guide(noise_uncond, noise_cond, guidance_scale):
-    """Classifier-free guidance, in KerasCV's arithmetic order."""
-    return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-
-
-def guided_steps(steps_run, cfg_cutoff_step_ratio):
-    """How many of the steps that run keep guidance: diffusers'
-    `SDCFGCutoffCallback` turns it off after step int(steps * ratio)."""
-    if cfg_cutoff_step_ratio is None:
-        return None
-    if not 0 <= cfg_cutoff_step_ratio <= 1:
-        raise InvalidArgumentError(
-            f"cfg_cutoff_step_ratio={cfg_cutoff_step_ratio}: use a fraction from 0 to 1, or None to guide every step.")
-    return min(steps_run, int(steps_run * cfg_cutoff_step_ratio) + 1)
-
-
 def to_uint8(decoded):
     """Decoder output in [-1, 1] to uint8 pixels, truncating as KerasCV does."""
     return np.clip((np.asarray(decoded) + 1) / 2 * 255, 0, 255).astype("uint8")
-
-
-def steps_skipped(num_steps, strength):
-    """Leading steps img2img leaves out (diffusers' rule): it runs
-    int(num_steps * strength) of them, the least noisy ones."""
-    return num_steps - min(int(num_steps * strength), num_steps)
 
 
 @dataclasses.dataclass
@@ -146,25 +84,6 @@ def initial_latent(noise, schedule, start=None):
     return add_noise(start.latent, noise, schedule.noise_levels[0])
 
 
-def keep_unmasked(latent, init_latent, noise, mask, level):
-    """Inpainting after a step: outside the mask, the init latents noised to
-    the level the step reached (diffusers' 4-channel-UNet inpainting)."""
-    return mask * latent + (1 - mask) * add_noise(init_latent, noise, level)
-
-
-def size_from_init_image(init, width, height, multiple):
-    """(width, height): each given one, else the init image's rounded down to
-    a multiple of `multiple` (diffusers rounds to 8; the UNet needs 64)."""
-    fitted = [given if given is not None else side // multiple * multiple
-              for given, side in ((width, init.width), (height, init.height))]
-    if (width is None or height is None) and not all(MIN_SIZE <= side <= MAX_SIZE for side in fitted):
-        raise InvalidArgumentError(
-            f"The init image is {init.width}x{init.height} pixels: pass width= and height= "
-            f"(multiples of {multiple} from {MIN_SIZE} to {MAX_SIZE}) to resize it."
-        )
-    return fitted
-
-
 class Pipeline:
     """Text-to-image, img2img and inpainting; caches models and compiled functions.
 
@@ -182,16 +101,13 @@ class Pipeline:
         components: already-built `Components` to share (then `model`,
             `weights` and `precision` are taken from them).
         xla_decoder: compile the VAE decoder with XLA; None (the default)
-            follows `jit_compile`. True suits a float32 VAE (on a 2-core
-            CPU XLA decoded float32 in 0.74x the time, but bfloat16 in
-            2.5x; docs/latency_levers.md, section 7); each new image size
-            compiles again and keeps its executable (~17 MB for the tiny
-            model's decoder).
+            follows `jit_compile`. On CPUs it has suited a float32 VAE and
+            not a 16-bit one (docs/latency_levers.md, section 7); each new
+            image size compiles again and keeps its executable.
         static_routes: trace the denoising step per image size class: the
-            UNet's layers choose matmul or convolution, and whole or chunked
-            attention, in Python from the size, so the graph holds no
-            run-time choices and its first call is ~15 s faster for SD1.5 on
-            a 2-core CPU; a size whose choices differ (most new sizes) traces
+            layers choose their kernels in Python from the size
+            (`kcv_sd.routing`), so the graph holds no run-time choices and
+            its first call is faster; a size whose choices differ traces
             again. False: one trace serves every size, choosing at run time
             (better when many sizes are generated in one process).
     """
@@ -210,12 +126,9 @@ class Pipeline:
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
         self.xla_decoder = self.jit_compile if xla_decoder is None else bool(xla_decoder)
         self._decode = self._compile(as_float32(components.decoder), [latent_spec], self.xla_decoder)
-        mask_spec = tf.TensorSpec((None, None, None, 1), tf.float32)
-        self._keep_unmasked = self._compile(
-            keep_unmasked, [latent_spec] * 3 + [mask_spec, tf.TensorSpec((2,), tf.float32)])
         self._encode_image = None  # compiled on first use, as the encoder loads
         self._empty_encoding = None
-        self._steps = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)
+        self._compiled = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)  # steps and loops, by spec
         self._routes = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)
 
     @property
@@ -228,6 +141,8 @@ class Pipeline:
         # (docs/latency_levers.md, tools/measure_first_call.py).
         jit_compile = self.jit_compile if jit_compile is None else jit_compile
         return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=False)
+
+    # --- prompt -> encodings ---
 
     def _encode_tokens(self, tokens):
         positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(tokens))
@@ -247,6 +162,14 @@ class Pipeline:
             encoded.update(zip(texts, tf.unstack(self._encode(tf.constant(self.tokenizer.pad_batch(texts))))))
         return tf.stack([encoded[p] for p in prompts])
 
+    def encode_context(self, call):
+        """The UNet's text context for a `kcv_sd.prepare.Call`: one row per
+        image, both guidance halves (unconditional first) when guided."""
+        encodings = self.encode_prompts(call.texts)
+        return tf.gather(encodings, context_rows(call.prompt_of_image(), len(call.texts), call.guided))
+
+    # --- the VAE ---
+
     def encode_images(self, pixels, tiled=None):
         """Scaled VAE latent means (N, H/8, W/8, C) of uint8 images (N, H, W, 3);
         `tiled` None tiles images above `TILED_DECODE_ABOVE` pixels, as `decode`."""
@@ -265,6 +188,8 @@ class Pipeline:
             tiled = needs_tiles(latent.shape[1] * PIXELS_PER_LATENT, latent.shape[2] * PIXELS_PER_LATENT)
         return decode_tiled(self._decode, latent) if tiled else self._decode(latent)
 
+    # --- the denoising step ---
+
     def _route_key(self, size, controlnets):
         """The routes the UNet's and ControlNets' layers take for latents of
         `size` (batch, height, width), at the batch and the guided batch; None
@@ -280,169 +205,49 @@ class Pipeline:
 
         return self._routes.get((size, tuple(id(c) for c in controlnets)), routes)[1]
 
-    def _step_function(self, guided, sampler, controlnets=(), guess_mode=False, size=None):
-        """One step, uncompiled: ControlNets, UNet (both CFG halves batched),
-        guidance, sampler update. Returns the function and its input signature."""
-        scheduler = SAMPLERS[sampler]
-        c = self.config
-        predict = self._noise_predictor(guided, controlnets, guess_mode, size)
+    def _routed(self, spec):
+        """`spec` with the routes of its models at its size."""
+        return dataclasses.replace(spec, routes=self._route_key(spec.size, spec.controlnets))
 
-        def run(latent, state, t_embed, context, guidance_scale, coefficients, *control):
-            noise = predict(scheduler.model_input(latent, coefficients), t_embed, context, *control)
-            if guided:
-                batch = tf.shape(latent)[0]
-                noise = guide(noise[:batch], noise[batch:], guidance_scale)
-            return scheduler.step(latent, noise, coefficients, state)
+    def step_spec(self, sampler, guided, controlnets=(), guess_mode=False, cutoff=False, inpaint=False,
+                  size=None):
+        """The `StepSpec` of a step or loop; given a latent `size` (batch,
+        height, width), traced with static routes for it (sizes whose
+        routes agree share the compiled function); None serves every size."""
+        return self._routed(StepSpec(sampler, guided, tuple(controlnets), guess_mode, cutoff, inpaint,
+                                     size=size))
 
-        latent_spec = tf.TensorSpec((None, None, None, c.latent_channels), tf.float32)
-        example_row = scheduler.schedule(2).coefficients[0]
-        state_size = len(scheduler.initial_state(tf.zeros((1, 8, 8, c.latent_channels))))
-        signature = [
-            latent_spec,
-            tuple([latent_spec] * state_size),
-            tf.TensorSpec((1, c.timestep_dim), tf.float32),
-            tf.TensorSpec((None, None, c.context_dim), tf.float32),
-            tf.TensorSpec((), tf.float32),
-            tf.TensorSpec(example_row.shape, tf.float32),
-        ]
-        if controlnets:
-            signature += [
-                tuple(tf.TensorSpec((None, None, None, 3), tf.float32) for _ in controlnets),
-                tf.TensorSpec((len(controlnets), c.num_skip_connections + 1), tf.float32),
-            ]
-        return run, signature
+    def step_function(self, spec):
+        """The compiled single step of `spec` (no cutoff): `StepInputs` -> (latent, state)."""
+        def build():
+            predict = noise_predictor(spec, self.components.unet)
+            return self._compile(functools.partial(step_body, spec, predict),
+                                 [step_signature(spec, self.config)])
 
-    def denoise_step(self, guided, sampler="ddim", controlnets=(), guess_mode=False, size=None):
-        """The compiled step, one per configuration and, given a latent `size`
-        (batch, height, width), per set of layer routes (sizes whose routes
-        agree share it); with `size` None one step serves every size.
+        return self._compiled.get(("step", spec), build)
 
-        Signature: (latent, state, t_embed, context, guidance_scale,
-        coefficients[, control_images, control_scales]) -> (latent, state);
-        `state` is the sampler's tuple, `control_images` one (B, H, W, 3)
-        tensor per ControlNet and `control_scales` (ControlNets, residuals).
-        """
-        key = ("step", guided, sampler, tuple(id(c) for c in controlnets), guess_mode,
-               self._route_key(size, controlnets))
-        return self._steps.get(key, lambda: self._compile(*self._step_function(
-            guided, sampler, controlnets, guess_mode, size)))
+    def loop_function(self, spec):
+        """All steps of a run of `spec` in one compiled function (a
+        tf.while_loop, no host round trip per step): `LoopInputs` with
+        tensor flags -> latent."""
+        def build():
+            def step_for(guided, controlled):
+                variant = self._routed(spec.variant(guided, controlled))
+                return functools.partial(step_body, variant, noise_predictor(variant, self.components.unet))
 
-    def denoise_loop(self, guided, sampler="ddim", controlnets=(), guess_mode=False, inpaint=False,
-                     cutoff=False, size=None):
-        """All steps in one compiled function (a tf.while_loop): no host round trip per step.
+            def loop(inputs):
+                def body(i, latent, state):
+                    return (i + 1, *advance(spec, step_for, inputs, i, latent, state))
 
-        Signature: (latent, state, t_embeds (steps, dim), context,
-        guidance_scale, coefficients (steps, K)[, control_images,
-        control_scales (steps, ControlNets, residuals), keep (steps,)][,
-        (conditional_context, guided (steps,))][, (init_latent, noise, mask,
-        noise_levels (steps + 1, 2))]) -> latent.
-        Steps whose `keep` is False skip the ControlNets; with `cutoff`
-        (guided only), steps whose `guided` is False run the conditional half
-        alone; with `inpaint`, every step ends with `keep_unmasked`. `size`
-        as for `denoise_step`.
-        """
-        key = ("loop", guided, sampler, tuple(id(c) for c in controlnets), guess_mode, inpaint, cutoff,
-               self._route_key(size, controlnets))
-        return self._steps.get(key, lambda: self._compile_loop(guided, sampler, controlnets, guess_mode,
-                                                               inpaint, cutoff, size))
+                num_steps = tf.shape(inputs.coefficients)[0]
+                _, latent, _ = tf.while_loop(lambda i, *_: i < num_steps, body, (0, inputs.latent, inputs.state))
+                return latent
 
-    def _compile_loop(self, guided, sampler, controlnets, guess_mode, inpaint, cutoff, size):
-        """`denoise_loop`'s function, compiled."""
-        halves = (True, False) if cutoff else (guided,)
-        steps = {(g, False): self._step_function(g, sampler, size=size)[0] for g in halves}
-        if controlnets:
-            steps.update({(g, True): self._step_function(g, sampler, controlnets, guess_mode, size)[0]
-                          for g in halves})
-        signature = self._step_function(guided, sampler, controlnets, guess_mode)[1]
-        signature[2] = tf.TensorSpec((None,) + tuple(signature[2].shape[1:]), tf.float32)
-        signature[5] = tf.TensorSpec((None,) + tuple(signature[5].shape), tf.float32)
-        if controlnets:
-            signature[7] = tf.TensorSpec((None,) + tuple(signature[7].shape), tf.float32)
-            signature.append(tf.TensorSpec((None,), tf.bool))
-        if cutoff:
-            signature.append((signature[3], tf.TensorSpec((None,), tf.bool)))
-        if inpaint:
-            signature.append(tuple(self._keep_unmasked.input_signature[1:4])
-                             + (tf.TensorSpec((None, 2), tf.float32),))
+            return self._compile(loop, [loop_signature(spec, self.config)])
 
-        def loop(latent, state, t_embeds, context, guidance_scale, coefficients, *extra):
-            def step(i, latent, state, guided_now, step_context):
-                args = (latent, state, t_embeds[i : i + 1], step_context, guidance_scale, coefficients[i])
-                if not controlnets:
-                    return steps[guided_now, False](*args)
-                images, scales, keep = extra[:3]
-                return tf.cond(keep[i], lambda: steps[guided_now, True](*args, images, scales[i]),
-                               lambda: steps[guided_now, False](*args))
+        return self._compiled.get(("loop", spec), build)
 
-            def body(i, latent, state):
-                if cutoff:
-                    conditional_context, guided_at = extra[3 if controlnets else 0]
-                    latent, state = tf.cond(
-                        guided_at[i], lambda: step(i, latent, state, True, context),
-                        lambda: step(i, latent, state, False, conditional_context))
-                else:
-                    latent, state = step(i, latent, state, guided, context)
-                if inpaint:
-                    init_latent, noise, mask, levels = extra[-1]
-                    latent = keep_unmasked(latent, init_latent, noise, mask, levels[i + 1])
-                return i + 1, latent, state
-
-            num_steps = tf.shape(coefficients)[0]
-            _, latent, _ = tf.while_loop(lambda i, *_: i < num_steps, body, (0, latent, state))
-            return latent
-
-        return self._compile(loop, signature)
-
-    def _noise_predictor(self, guided, controlnets, guess_mode, size=None):
-        """UNet noise prediction for the (doubled, if guided) batch.
-
-        With ControlNets, their scaled residuals are summed and fed to the
-        UNet. In guess mode with guidance, ControlNets see only the
-        conditional half and the unconditional half gets zero residuals.
-        Given the latent `size` (batch, height, width), the models are traced
-        with static routes.
-        """
-        unet = self.components.unet
-        copies = 2 if guided else 1
-        conditional_only = guess_mode and guided
-
-        def routed(model, copies):
-            """`model` (a functional model), traced with routes for `copies` x the batch."""
-            if size is None:
-                return model
-            batch, height, width = size
-
-            def call(inputs):
-                with static_routes(copies * batch, height, width, MAX_PROMPT_LENGTH):
-                    return model(inputs)
-
-            return call
-
-        def predict(latent, t_embed, context, control_images=(), control_scales=None):
-            batch = tf.shape(latent)[0]
-            doubled = tf.concat([latent] * copies, axis=0)
-            t_doubled = tf.repeat(t_embed, copies * batch, axis=0)
-            inputs = {"latent": doubled, "timestep_embedding": t_doubled, "context": context}
-            if not controlnets:
-                return tf.cast(routed(unet.model(), copies)(inputs), tf.float32)
-            residuals = None
-            for index, (controlnet, image) in enumerate(zip(controlnets, control_images)):
-                if conditional_only:
-                    control_inputs = {"latent": latent, "timestep_embedding": t_doubled[:batch],
-                                      "context": context[batch:], "control_image": image}
-                else:
-                    control_inputs = {**inputs, "control_image": tf.concat([image] * copies, axis=0)}
-                outputs = routed(controlnet.model(), 1 if conditional_only else copies)(control_inputs)
-                scaled = [tf.cast(outputs[name], tf.float32) * control_scales[index, j]
-                          for j, name in enumerate(controlnet.output_names)]
-                if conditional_only:
-                    scaled = [tf.concat([tf.zeros_like(r), r], axis=0) for r in scaled]
-                residuals = scaled if residuals is None else [a + b for a, b in zip(residuals, scaled)]
-            names = control_input_names(self.config)
-            controlled = routed(unet.model(with_control=True), copies)
-            return tf.cast(controlled({**inputs, **dict(zip(names, residuals))}), tf.float32)
-
-        return predict
+    # --- a call ---
 
     def __call__(self, prompt, negative_prompt=None, width=None, height=None,
                  num_inference_steps=50, guidance_scale=7.5, seed=None,
@@ -470,7 +275,7 @@ class Pipeline:
                 (with an `init_image`, the noise added to its latents).
             output_type: "pil" (list of PIL images), "np" (uint8
                 (N, H, W, 3)) or "latent" (final latents, float32).
-            sampler: a name from `kcv_sd.schedulers.SAMPLERS` ("ddim" is
+            sampler: a name from `kcv_sd.samplers.SAMPLERS` ("ddim" is
                 KerasCV's DDIM).
             image: control image (path, PIL image or array) or one per ControlNet.
             controlnet: a `controlnet.ControlNet`, a checkpoint file, a
@@ -510,56 +315,28 @@ class Pipeline:
                 conditional prompt alone (half the UNet work each). It
                 changes the images; None (the default) guides every step.
         """
-        prompts, negatives = prompt_lists(prompt, negative_prompt)
-        if controlnet is not None and control_sizing == "native":
-            image, width, height = native_sizing(image, width, height)
-        multiple = PIXELS_PER_LATENT * self.config.downsample_factor
-        init, mask, strength = load_init_inputs(init_image, mask_image, strength)
-        if init is not None:
-            width, height = size_from_init_image(init, width, height, multiple)
         if tiled_decode not in (None, True, False):
             raise InvalidArgumentError(f"tiled_decode={tiled_decode!r}: use True, False or None (automatic).")
-        width = 512 if width is None else width
-        height = 512 if height is None else height
-        check_size("width", width, multiple)
-        check_size("height", height, multiple)
-        check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type)
-        steps_run = num_inference_steps - steps_skipped(num_inference_steps, strength)
-        guided_count = guided_steps(steps_run, cfg_cutoff_step_ratio)
-
-        batch = len(prompts) * num_images_per_prompt
-        shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, self.config.latent_channels)
-        if latents is None:
-            latents = keras.random.normal(shape, seed=seed)
-        elif tuple(np.shape(latents)) != shape:
-            raise InvalidArgumentError(f"latents have shape {np.shape(latents)}, expected {shape}.")
-        latent = tf.convert_to_tensor(latents, tf.float32)
-
-        guided = guidance_scale != 1
-        encodings = self.encode_prompts(prompts + negatives if guided else prompts)
-        encodings = tf.repeat(encodings, num_images_per_prompt, axis=0)
-        if guided:  # conditional half first in the encodings, unconditional first in the batch
-            context = tf.concat([encodings[batch:], encodings[:batch]], axis=0)
-        else:
-            context = encodings
-
-        plan = None
-        if controlnet is not None:
-            plan = self.plan_control(controlnet, image, steps_run, width, height, batch,
-                                     controlnet_conditioning_scale, guess_mode, control_guidance_start,
-                                     control_guidance_end, control_sizing)
-        elif image is not None:
-            raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
-
+        call = prepare(
+            self.components, prompt, negative_prompt, width=width, height=height,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+            num_images_per_prompt=num_images_per_prompt, latents=latents, output_type=output_type,
+            sampler=sampler, image=image, controlnet=controlnet,
+            controlnet_conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
+            control_sizing=control_sizing, init_image=init_image, strength=strength,
+            mask_image=mask_image, cfg_cutoff_step_ratio=cfg_cutoff_step_ratio)
+        context = self.encode_context(call)
         start = pixel_mask = None
-        if init is not None:
-            init_pixels = resized_pixels(init, width, height)
-            if mask is not None:
-                pixel_mask = repaint_mask(mask, width, height)
-            start = ImageStart(self.encode_images(init_pixels[None]), strength,
-                               None if mask is None else tf.constant(latent_repaint_mask(pixel_mask)))
-        latent = self.denoise(latent, context, num_inference_steps, guidance_scale, guided,
-                              sampler, progress, plan, start, guided_count)
+        if call.init is not None:
+            init_pixels = resized_pixels(call.init, call.width, call.height)
+            if call.mask is not None:
+                pixel_mask = repaint_mask(call.mask, call.width, call.height)
+            start = ImageStart(self.encode_images(init_pixels[None]), call.strength,
+                               None if pixel_mask is None else tf.constant(latent_repaint_mask(pixel_mask)))
+        control = None if call.plan is None else call.plan.for_batch(call.batch)
+        latent = self.denoise(call.noise, context, call.num_inference_steps, call.guidance_scale, call.guided,
+                              call.sampler, progress, control, start, call.guided_steps)
         if output_type == "latent":
             return latent.numpy()
         pixels = to_uint8(self.decode(latent, tiled_decode))
@@ -575,22 +352,10 @@ class Pipeline:
         steps, its control images repeated over the `batch` of latents;
         arguments as in `__call__`."""
         plan = plan_control(controlnet, image, num_steps, width, height,
-                            self.components.family.controlnet_config(), self.components.precision,
+                            self.components.family.controlnet, self.components.precision,
                             conditioning_scale, guess_mode, start, end, sizing)
-        self._check_controlnets(plan.controlnets)
-        plan.images = [tf.repeat(tf.constant(im[None]), batch, axis=0) for im in plan.images]
-        return plan
-
-    def _check_controlnets(self, controlnets):
-        for controlnet in controlnets:
-            theirs, ours = controlnet.config.unet, self.config
-            if (theirs.block_channels, theirs.context_dim, theirs.layers_per_block) != (
-                    ours.block_channels, ours.context_dim, ours.layers_per_block):
-                raise InvalidArgumentError(
-                    "The ControlNet was made for another UNet (channels "
-                    f"{theirs.block_channels}, text width {theirs.context_dim}) than this "
-                    f"pipeline's ({ours.block_channels}, {ours.context_dim})."
-                )
+        check_controlnets(plan.controlnets, self.config)
+        return plan.for_batch(batch)
 
     def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim",
                 progress=False, control=None, start=None, guided_steps=None):
@@ -598,64 +363,58 @@ class Pipeline:
         `noise` and an img2img or inpainting `start` (an `ImageStart`).
 
         `control` is a `kcv_sd.control.ControlPlan` over the steps that run
-        (with a `start`, the last int(num_steps * strength)); at steps where
-        none of its ControlNets is inside its guidance window the plain step
-        runs. With `guided`, only the first `guided_steps` of the steps that
-        run use guidance (None: all); later ones run the conditional half of
-        `context` alone. With `compiled_loop` the steps run inside one
-        compiled function and `progress` is not shown.
+        (with a `start`, the last int(num_steps * strength)), its images
+        repeated over the batch; at steps where none of its ControlNets is
+        inside its guidance window the plain step runs. With `guided`, only
+        the first `guided_steps` of the steps that run use guidance (None:
+        all); later ones run the conditional half of `context` alone. With
+        `compiled_loop` the steps run inside one compiled function and
+        `progress` is not shown.
         """
-        scheduler = SAMPLERS[sampler]
-        skip = 0 if start is None else steps_skipped(num_steps, start.strength)
-        schedule = scheduler.schedule(num_steps, skip)
+        schedule = SAMPLERS[sampler].schedule(num_steps, 0 if start is None else
+                                              steps_skipped(num_steps, start.strength))
         noise = tf.convert_to_tensor(noise, tf.float32)
+        latent = initial_latent(noise, schedule, start)
+        count = len(schedule)
+        if not count:
+            return latent
+        guided_at = np.arange(count) < (count if guided_steps is None else guided_steps)
+        cutoff = guided and not guided_at.all()
+        inpaint = start is not None and start.mask is not None
         # Unknown when traced inside another function (kcv_sd.distribute).
         known = self.static_routes and noise.shape[:3].is_fully_defined()
-        size = tuple(noise.shape[:3]) if known else None
-        latent = initial_latent(noise, schedule, start)
-        if not len(schedule):
-            return latent
-        scale = tf.constant(guidance_scale, tf.float32)
-        state = scheduler.initial_state(latent)
-        t_embeds = timestep_embedding(schedule.timesteps, self.config.timestep_dim)
-        coefficients = tf.constant(schedule.coefficients)
+        spec = self.step_spec(sampler, guided, () if control is None else control.controlnets,
+                              control is not None and control.guess_mode, cutoff, inpaint,
+                              tuple(noise.shape[:3]) if known else None)
+        context = tf.convert_to_tensor(context, tf.float32)
         num_residuals = self.config.num_skip_connections + 1
-        controlnets = tuple(control.controlnets) if control is not None else ()
-        guess_mode = control is not None and control.guess_mode
-        inpaint = start is not None and start.mask is not None
-        blend_inputs = (start.latent, noise, start.mask) if inpaint else ()
-        noise_levels = tf.constant(schedule.noise_levels)
-        guided_at = np.arange(len(schedule)) < (len(schedule) if guided_steps is None else guided_steps)
-        cutoff = guided and not guided_at.all()
-        conditional_context = tf.convert_to_tensor(context)[latent.shape[0]:] if cutoff else None
+        inputs = LoopInputs(
+            latent, SAMPLERS[sampler].initial_state(latent),
+            timestep_embedding(schedule.timesteps, self.config.timestep_dim), context,
+            tf.constant(guidance_scale, tf.float32), tf.constant(schedule.coefficients),
+            control_images=() if control is None else tuple(control.images),
+            control_scales=() if control is None else np.stack(
+                [control.step_scales(i, num_residuals) for i in range(count)]),
+            control_keep=() if control is None else control.keep.any(axis=1),
+            conditional_context=context[tf.shape(latent)[0]:] if cutoff else (),
+            guided_at=guided_at if cutoff else (),
+            blend=(start.latent, noise, start.mask) if inpaint else (),
+            noise_levels=tf.constant(schedule.noise_levels) if inpaint else ())
 
         if self.compiled_loop:
-            extra = ()
-            if control is not None:
-                scales = np.stack([control.step_scales(i, num_residuals) for i in range(len(schedule))])
-                extra = (tuple(control.images), tf.constant(scales), tf.constant(control.keep.any(axis=1)))
-            if cutoff:
-                extra += ((conditional_context, tf.constant(guided_at)),)
-            if inpaint:
-                extra += ((*blend_inputs, noise_levels),)
-            loop = self.denoise_loop(guided, sampler, controlnets, guess_mode, inpaint, cutoff, size)
-            return loop(latent, state, t_embeds, context, scale, coefficients, *extra)
+            flags = {name: tf.constant(getattr(inputs, name))
+                     for name in ("control_scales", "control_keep", "guided_at") if len(getattr(inputs, name))}
+            return self.loop_function(spec)(inputs._replace(**flags))
 
-        steps = range(len(schedule))
+        def step_for(guided_now, controlled):
+            return self.step_function(self._routed(spec.variant(guided_now, controlled)))
+
+        steps = range(count)
         if progress:
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc="denoising", unit="step")
+        state = inputs.state
         for i in steps:
-            guided_now = bool(guided and guided_at[i])
-            step_context = context if guided_now or not guided else conditional_context
-            args = (latent, state, t_embeds[i : i + 1], step_context, scale, coefficients[i])
-            if control is not None and control.keep[i].any():
-                scales = tf.constant(control.step_scales(i, num_residuals))
-                step = self.denoise_step(guided_now, sampler, controlnets, guess_mode, size)
-                latent, state = step(*args, tuple(control.images), scales)
-            else:
-                latent, state = self.denoise_step(guided_now, sampler, size=size)(*args)
-            if inpaint:
-                latent = self._keep_unmasked(latent, *blend_inputs, noise_levels[i + 1])
+            latent, state = advance(spec, step_for, inputs, i, latent, state)
         return latent

@@ -91,19 +91,20 @@ def ratio_size(ratio, pixel_budget=512 * 512):
 def resolve_controlnet(pipeline, source, seed=0):
     """A ControlNet loaded once for every ratio (a new object would recompile the step).
 
-    `source`: a `controlnet.ControlNet`, checkpoint path, repo id, or "random":
+    `source`: a `kcv_sd.controlnet.ControlNet`, checkpoint path, repo id, or "random":
     random weights of the pipeline family's ControlNet config, drawn from
     `seed`, for latency-only studies (their structure scores mean nothing).
     """
+    # TensorFlow-side modules, imported on use: the study's CLI starts without them.
+    from kcv_sd.components import randomize
     from kcv_sd.control import load_controlnet
+    from kcv_sd.controlnet import ControlNet
+    from kcv_sd.precision import dtype_policy_scope
 
-    config = pipeline.components.family.controlnet_config()
+    config = pipeline.components.family.controlnet
     precision = pipeline.components.precision
     if not (isinstance(source, str) and source == RANDOM_CONTROLNET):
         return load_controlnet(source, config, precision)
-    from controlnet import ControlNet
-    from kcv_sd.components import randomize
-    from kcv_sd.precision import dtype_policy_scope
 
     with dtype_policy_scope(precision):
         model = ControlNet(config, initializer="zeros")

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.pipeline import MAX_SIZE, prompt_lists
+from kcv_sd.prepare import MAX_SIZE, prompt_lists
 from kcv_sd.vae import PIXELS_PER_LATENT
 
 DEFAULT_REFINE_STRENGTH = 0.3

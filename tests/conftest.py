@@ -51,16 +51,16 @@ def tiny_xla_pipeline(tiny_components):
 def controlnet_step_calls(tiny_pipeline, monkeypatch):
     """Records, for each denoising step `tiny_pipeline` runs, whether it ran ControlNets."""
     calls = []
-    original = tiny_pipeline.denoise_step
+    original = tiny_pipeline.step_function
 
-    def counting(guided, sampler="ddim", controlnets=(), guess_mode=False, size=None):
-        step = original(guided, sampler, controlnets, guess_mode, size)
+    def counting(spec):
+        step = original(spec)
 
-        def counted(*args):
-            calls.append(bool(controlnets))
-            return step(*args)
+        def counted(inputs):
+            calls.append(bool(spec.controlnets))
+            return step(inputs)
 
         return counted
 
-    monkeypatch.setattr(tiny_pipeline, "denoise_step", counting)
+    monkeypatch.setattr(tiny_pipeline, "step_function", counting)
     return calls

@@ -15,7 +15,8 @@ from test_convert_reference import TINY_CONTROLNETS, diffusers_unet, nchw, nhwc,
 from kcv_sd.components import Components, ModelFamily
 from kcv_sd.convert import convert_diffusers_unet
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.pipeline import Pipeline, guided_steps
+from kcv_sd.pipeline import Pipeline
+from kcv_sd.prepare import guided_steps
 from kcv_sd.study import resolve_controlnet
 
 UNET_CONFIG = TINY_CONTROLNETS["four-levels"].unet
@@ -74,13 +75,13 @@ def test_final_latents_match_diffusers_cfg_cutoff_callback(ratio):
 
 def test_cutoff_runs_conditional_only_steps(tiny_pipeline, monkeypatch):
     guided_flags = []
-    original = tiny_pipeline.denoise_step
+    original = tiny_pipeline.step_function
 
-    def recording(guided, *args, **kwargs):
-        guided_flags.append(guided)
-        return original(guided, *args, **kwargs)
+    def recording(spec):
+        guided_flags.append(spec.guided)
+        return original(spec)
 
-    monkeypatch.setattr(tiny_pipeline, "denoise_step", recording)
+    monkeypatch.setattr(tiny_pipeline, "step_function", recording)
     cut = tiny_pipeline("a house", cfg_cutoff_step_ratio=0.25, **ARGS)
     assert guided_flags == [True, True, False, False]
     assert not np.allclose(cut, tiny_pipeline("a house", **ARGS))

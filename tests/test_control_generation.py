@@ -8,19 +8,20 @@ from click.testing import CliRunner
 from safetensors.numpy import save_file
 from test_convert_reference import diffusers_unet_kwargs, numpy_state_dict, randomize_
 
-import controlnet
 from controlnet.control_images import canny_edges, depth_to_control, load_depth, normals_from_depth
 from kcv_sd import samples
 from kcv_sd.cli import main
 from kcv_sd.components import randomize
+from kcv_sd.config import CONTROLNET_TINY
+from kcv_sd.controlnet import ControlNet
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
 from kcv_sd.png import read_parameters
 
 ARGS = dict(num_inference_steps=2, seed=3, output_type="latent")
 
 
-def random_controlnet(seed, config=controlnet.TINY):
-    model = controlnet.ControlNet(config)
+def random_controlnet(seed, config=CONTROLNET_TINY):
+    model = ControlNet(config)
     randomize([layer for layer in model.model().layers if layer.weights], seed)
     return model
 
@@ -74,7 +75,7 @@ def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth):
     """A diffusers-format tiny ControlNet file drives the CLI end to end."""
     from diffusers import ControlNetModel
 
-    unet_config = dataclasses.replace(controlnet.TINY.unet, transformer_norm_epsilon=1e-6,
+    unet_config = dataclasses.replace(CONTROLNET_TINY.unet, transformer_norm_epsilon=1e-6,
                                       gelu_approximate=False)
     torch_model = randomize_(ControlNetModel(**diffusers_unet_kwargs(unet_config),
                                              conditioning_embedding_out_channels=(4, 8, 8, 16)), 0)
@@ -121,8 +122,8 @@ def test_bad_control_input(tiny_pipeline, tiny_controlnets, kwargs, match):
 
 
 def test_controlnet_for_another_unet_is_refused(tiny_pipeline):
-    other_unet = dataclasses.replace(controlnet.TINY.unet, block_channels=(8, 16, 16, 32))
-    other = controlnet.ControlNet(dataclasses.replace(controlnet.TINY, unet=other_unet))
+    other_unet = dataclasses.replace(CONTROLNET_TINY.unet, block_channels=(8, 16, 16, 32))
+    other = ControlNet(dataclasses.replace(CONTROLNET_TINY, unet=other_unet))
     with pytest.raises(InvalidArgumentError, match="another UNet"):
         tiny_pipeline("a", width=64, height=64, image=np.zeros((64, 64, 3), np.uint8), controlnet=other)
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from test_convert_reference import control_image, random_inputs
 
-from controlnet import TINY, ControlNet, ControlNetConfig
+from kcv_sd.config import CONTROLNET_TINY, ControlNetConfig
+from kcv_sd.controlnet import ControlNet
 from kcv_sd.components import randomize
 from kcv_sd.precision import dtype_policy_scope
 from kcv_sd.unet import UNet, control_input_names
@@ -12,12 +13,12 @@ from kcv_sd.unet import UNet, control_input_names
 
 @pytest.fixture(scope="module")
 def tiny_controlnet():
-    return ControlNet(TINY)
+    return ControlNet(CONTROLNET_TINY)
 
 
 @pytest.fixture(scope="module")
 def tiny_unet():
-    unet = UNet(TINY.unet)
+    unet = UNet(CONTROLNET_TINY.unet)
     unet.model(with_control=True)
     randomize(unet.kerascv_layer_order(), seed=0)
     return unet
@@ -32,12 +33,12 @@ def run(controlnet, height, width):
 @pytest.mark.parametrize("height,width", [(16, 16), (16, 24)])
 def test_residuals_fit_the_unet_control_inputs(tiny_controlnet, tiny_unet, height, width):
     _, residuals = run(tiny_controlnet, height, width)
-    assert list(residuals) == control_input_names(TINY.unet)
+    assert list(residuals) == control_input_names(CONTROLNET_TINY.unet)
     unet_inputs = tiny_unet.model(with_control=True).input
     for name, residual in residuals.items():
         assert residual.shape[-1] == unet_inputs[name].shape[-1], name
     assert residuals["control_0"].shape[1:3] == (height, width)
-    factor = TINY.unet.downsample_factor
+    factor = CONTROLNET_TINY.unet.downsample_factor
     assert residuals["control_mid"].shape[1:3] == (height // factor, width // factor)
 
 
@@ -48,7 +49,7 @@ def test_untrained_controlnet_leaves_the_unet_alone(tiny_controlnet):
 
 
 def test_residuals_steer_the_unet(tiny_unet):
-    controlnet = ControlNet(TINY)
+    controlnet = ControlNet(CONTROLNET_TINY)
     controlnet.model()
     randomize([controlnet.conditioning_embedding, *controlnet.zero_convs,
                controlnet.mid_zero_conv], seed=1)
@@ -61,7 +62,7 @@ def test_residuals_steer_the_unet(tiny_unet):
 
 def test_mixed_precision_residuals_are_float16():
     with dtype_policy_scope("mixed_float16"):
-        controlnet = ControlNet(TINY)
+        controlnet = ControlNet(CONTROLNET_TINY)
     _, residuals = run(controlnet, 16, 16)
     assert {np.asarray(r).dtype for r in residuals.values()} == {np.dtype("float16")}
 

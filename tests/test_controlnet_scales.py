@@ -12,7 +12,7 @@ from test_convert_reference import (
     random_inputs,
 )
 
-from controlnet import control_scales, scale_residuals
+from kcv_sd.control import control_scales, scale_residuals
 from kcv_sd.unet import control_input_names
 
 

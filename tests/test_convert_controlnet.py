@@ -11,7 +11,8 @@ from test_convert_reference import (
     random_inputs,
 )
 
-from controlnet import SD15, ControlNet
+from kcv_sd.config import CONTROLNET_SD15
+from kcv_sd.controlnet import ControlNet
 from kcv_sd.convert import convert_controlnet
 
 # Float32 round-off is ~1e-6 here; a wrong numerics flag (tanh GELU, GroupNorm
@@ -46,14 +47,14 @@ def test_tiny_controlnet_matches_diffusers(name):
 
 @pytest.mark.full_size
 def test_sd15_controlnet_matches_diffusers_on_all_340_keys():
-    reference = diffusers_controlnet(SD15, seed=0)
+    reference = diffusers_controlnet(CONTROLNET_SD15, seed=0)
     state_dict = numpy_state_dict(reference)
     assert len(state_dict) == 340
-    controlnet = convert_controlnet(state_dict, SD15)
+    controlnet = convert_controlnet(state_dict, CONTROLNET_SD15)
     del state_dict
     assert controlnet.model().count_params() == sum(p.numel() for p in reference.parameters())
     # 16x8 latent: the middle block still attends over two positions.
-    assert_residuals_match(controlnet, reference, SD15, height=16, width=8,
+    assert_residuals_match(controlnet, reference, CONTROLNET_SD15, height=16, width=8,
                            tolerance=SD15_TOLERANCE)
 
 

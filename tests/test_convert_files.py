@@ -15,7 +15,7 @@ from test_convert_reference import (
 from kcv_sd.convert import (
     CheckpointError,
     convert_controlnet,
-    load_controlnet,
+    convert_controlnet_file,
     load_diffusers_unet,
     read_state_dict,
 )
@@ -32,7 +32,7 @@ def test_safetensors_controlnet_and_unet_load(tmp_path):
     controlnet_path = tmp_path / "diffusion_pytorch_model.safetensors"
     reference = numpy_state_dict(diffusers_controlnet(CONFIG))
     save_file(reference, controlnet_path)
-    controlnet = load_controlnet(controlnet_path, CONFIG)
+    controlnet = convert_controlnet_file(controlnet_path, CONFIG)
     kernel = np.transpose(reference["conv_in.weight"], (2, 3, 1, 0))
     np.testing.assert_array_equal(np.asarray(controlnet.conv_in.conv2d.kernel), kernel)
 
@@ -91,7 +91,7 @@ def test_repo_id_is_converted_once_and_cached_in_float32(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
                         lambda repo, name: downloads.append(repo) or str(checkpoint))
-    direct = weights_of(load_controlnet(checkpoint, CONFIG))
+    direct = weights_of(convert_controlnet_file(checkpoint, CONFIG))
 
     half = control.load_controlnet("someone/tiny-controlnet", CONFIG, "mixed_bfloat16")
     assert half.conv_in.conv2d.kernel.dtype == "bfloat16"  # large weights stored in the compute dtype

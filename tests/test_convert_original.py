@@ -18,7 +18,7 @@ from test_convert_reference import (
     numpy_state_dict,
 )
 
-from controlnet import SD15
+from kcv_sd.config import CONTROLNET_SD15
 from kcv_sd.convert import CheckpointError, convert_controlnet
 from kcv_sd.convert.controlnet_original import rename_original_keys
 
@@ -122,6 +122,6 @@ def test_sd15_original_names_cover_all_340_diffusers_keys():
         reference = ControlNetModel(cross_attention_dim=768)
     keys = list(reference.state_dict())
     assert len(keys) == 340
-    original = {original_key(k, SD15): k for k in keys}
-    renamed = rename_original_keys(original, SD15, "sd15 names")
+    original = {original_key(k, CONTROLNET_SD15): k for k in keys}
+    renamed = rename_original_keys(original, CONTROLNET_SD15, "sd15 names")
     assert renamed == {k: k for k in keys}

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from controlnet.config import ControlNetConfig
+from kcv_sd.config import ControlNetConfig
 from kcv_sd import config as unet_configs
 from kcv_sd.unet import timestep_embedding
 

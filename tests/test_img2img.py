@@ -37,15 +37,10 @@ from test_schedulers import (
 from kcv_sd.components import FAMILIES, Components, ModelFamily
 from kcv_sd.convert import convert_diffusers_unet
 from kcv_sd.image_inputs import latent_repaint_mask
-from kcv_sd.pipeline import (
-    ImageStart,
-    Pipeline,
-    initial_latent,
-    steps_skipped,
-    to_uint8,
-)
-from kcv_sd.schedulers import SAMPLERS
-from kcv_sd.schedulers.base import add_noise
+from kcv_sd.pipeline import ImageStart, Pipeline, initial_latent, to_uint8
+from kcv_sd.prepare import steps_skipped
+from kcv_sd.samplers import SAMPLERS
+from kcv_sd.samplers.base import add_noise
 from kcv_sd.weights import KERASCV_FILES
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers

@@ -12,8 +12,9 @@ from test_control_generation import random_controlnet
 import kcv_sd
 from kcv_sd import pipeline as pipeline_module
 from kcv_sd.components import load_components
-from kcv_sd.pipeline import Pipeline, guide
-from kcv_sd.schedulers import KerasCVDDIM
+from kcv_sd.pipeline import Pipeline
+from kcv_sd.step import StepInputs, guide
+from kcv_sd.samplers import KerasCVDDIM
 from kcv_sd.study import resolve_controlnet
 from kcv_sd.unet import timestep_embedding
 
@@ -46,7 +47,7 @@ def compiled_with_xla(fn):
 @pytest.mark.parametrize("jit", [False, True])
 def test_xla_flag_really_switches_compilation(tiny_components, jit):
     pipeline = Pipeline(components=tiny_components, jit_compile=jit, xla_decoder=jit)
-    for fn in (pipeline.denoise_step(True), pipeline._decode, pipeline._encode):
+    for fn in (pipeline.step_function(pipeline.step_spec("ddim", True)), pipeline._decode, pipeline._encode):
         assert compiled_with_xla(fn) is jit
 
 
@@ -56,7 +57,7 @@ def test_xla_flag_really_switches_compilation(tiny_components, jit):
 def test_decoder_follows_jit_compile_unless_told(tiny_components, jit, xla_decoder, expected):
     pipeline = Pipeline(components=tiny_components, jit_compile=jit, xla_decoder=xla_decoder)
     assert pipeline.xla_decoder is expected and compiled_with_xla(pipeline._decode) is expected
-    assert compiled_with_xla(pipeline.denoise_step(True)) is jit
+    assert compiled_with_xla(pipeline.step_function(pipeline.step_spec("ddim", True))) is jit
 
 
 def test_xla_decoder_matches_the_plain_decoder(tiny_components):
@@ -76,9 +77,9 @@ def test_step_traces_once_per_set_of_routes_for_all_steps_and_calls(tiny_compone
     routes = {size: pipeline._route_key((1, size[1] // 8, size[0] // 8), ()) for size in sizes}
     assert routes[128, 64] == routes[64, 128] != routes[192, 64]
     for width, height in sizes:
-        step = pipeline.denoise_step(True, size=(1, height // 8, width // 8))
+        step = pipeline.step_function(pipeline.step_spec("ddim", True, size=(1, height // 8, width // 8)))
         assert step.experimental_get_tracing_count() == 1
-    assert len(pipeline._steps) == 2
+    assert len(pipeline._compiled) == 2
     assert pipeline._decode.experimental_get_tracing_count() == 0
 
 
@@ -95,7 +96,7 @@ def test_compiled_functions_and_their_controlnets_are_not_kept_forever(tiny_comp
                  image=image, controlnet=controlnet)
     del first, controlnet
     gc.collect()
-    assert len(pipeline._steps) == 2
+    assert len(pipeline._compiled) == 2
     assert first_alive() is None
 
 @pytest.mark.parametrize("guess_mode", [None, False, True])
@@ -111,8 +112,8 @@ def test_static_routes_give_the_run_time_routes_latents(tiny_components, tiny_pi
 
 def test_routed_step_graph_has_no_run_time_choices(tiny_components):
     pipeline = Pipeline(components=tiny_components)
-    routed = pipeline.denoise_step(True, size=(1, 8, 16)).get_concrete_function().graph
-    any_size = pipeline.denoise_step(True).get_concrete_function().graph
+    routed = pipeline.step_function(pipeline.step_spec("ddim", True, size=(1, 8, 16))).get_concrete_function().graph
+    any_size = pipeline.step_function(pipeline.step_spec("ddim", True)).get_concrete_function().graph
     assert not [op for op in routed.get_operations() if op.type in ("If", "StatelessIf")]
     assert [op for op in any_size.get_operations() if op.type in ("If", "StatelessIf")]
 
@@ -223,8 +224,8 @@ def test_batched_cfg_equals_two_separate_unet_calls(tiny_pipeline):
     cond, uncond = tf.split(tiny_pipeline.encode_prompts(["a", "b", "", ""]), 2)
     t_embed = timestep_embedding(np.array([500.0]), cfg.timestep_dim)
     coefficients = tf.constant([0.6, 0.8, 0.5, 0.866], tf.float32)
-    stepped, _ = tiny_pipeline.denoise_step(True)(
-        latent, (), t_embed, tf.concat([uncond, cond], 0), tf.constant(7.5), coefficients)
+    stepped, _ = tiny_pipeline.step_function(tiny_pipeline.step_spec("ddim", True))(StepInputs(
+        latent, (), t_embed, tf.concat([uncond, cond], 0), tf.constant(7.5), coefficients))
 
     unet = tiny_pipeline.components.unet.model()
     t_batch = tf.repeat(t_embed, 2, axis=0)
@@ -246,7 +247,7 @@ def test_negative_prompt_steers(tiny_pipeline):
 def test_guidance_scale_one_skips_the_unconditional_branch(tiny_pipeline):
     args = dict(width=64, height=64, output_type="latent", **FAST)
     tiny_pipeline("a cat", guidance_scale=1.0, **args)
-    assert tiny_pipeline.denoise_step(False).experimental_get_tracing_count() == 1
+    assert tiny_pipeline.step_function(tiny_pipeline.step_spec("ddim", False)).experimental_get_tracing_count() == 1
     plain = tiny_pipeline("a cat", guidance_scale=1.0, **args)
     guided = tiny_pipeline("a cat", guidance_scale=1.0 + 1e-7, **args)
     np.testing.assert_allclose(plain, guided, atol=1e-4)
@@ -275,4 +276,4 @@ def test_compiled_loop_matches_step_by_step(tiny_components, tiny_pipeline, samp
     # Same ops; graph-level rewrites inside the loop body change rounding only.
     scale = np.abs(expected).max()
     np.testing.assert_allclose(looped("a cat", **args), expected, atol=1e-5 * scale, rtol=1e-4)
-    assert looped.denoise_loop(True, sampler, size=(1, 8, 16)).experimental_get_tracing_count() == 1
+    assert looped.loop_function(looped.step_spec(sampler, True, size=(1, 8, 16))).experimental_get_tracing_count() == 1

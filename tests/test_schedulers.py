@@ -14,7 +14,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 from keras_cv.src.models.stable_diffusion.stable_diffusion import StableDiffusionBase
 
-from kcv_sd.schedulers import SAMPLERS, DPMSolverPP2M, EulerDiscrete, KerasCVDDIM
+from kcv_sd.samplers import SAMPLERS, DPMSolverPP2M, EulerDiscrete, KerasCVDDIM
 
 # runwayml/stable-diffusion-v1-5's scheduler/scheduler_config.json.
 SD15_SCHEDULER_CONFIG = {

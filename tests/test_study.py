@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import controlnet
 from controlnet.control_images import depth_to_control, load_depth
 from controlnet.sizing import MAX_ASPECT_RATIO
 from kcv_sd import cli_study, study
+from kcv_sd.config import CONTROLNET_TINY
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.png import read_parameters
 from kcv_sd.samples import sample_depth_path
@@ -68,7 +68,7 @@ def test_sizes_are_native_sizing_of_the_ratio():
 
 
 def test_random_controlnet_matches_the_family(tiny_pipeline, tiny_controlnet):
-    assert tiny_controlnet.config == controlnet.TINY
+    assert tiny_controlnet.config == CONTROLNET_TINY
     assert any(np.abs(w).max() > 0 for w in tiny_controlnet.model().get_weights())
 
 

@@ -42,7 +42,8 @@ import tensorflow as tf
 
 from kcv_sd.components import load_components
 from kcv_sd.pipeline import Pipeline
-from kcv_sd.schedulers import SAMPLERS
+from kcv_sd.samplers import SAMPLERS
+from kcv_sd.step import StepInputs
 from kcv_sd.unet import timestep_embedding
 
 CALL = {"prompt": "a photo", "width": 128, "height": 128, "num_inference_steps": 2, "seed": 1,
@@ -86,13 +87,13 @@ def phases(fn, inputs, new_inputs=None):
 
 
 def step_inputs(config, side, rng):
-    scheduler = SAMPLERS["ddim"]
-    schedule = scheduler.schedule(2)
+    sampler = SAMPLERS["ddim"]
+    schedule = sampler.schedule(2)
     latent = tf.constant(rng.standard_normal((1, side, side, config.latent_channels)), tf.float32)
-    return (latent, scheduler.initial_state(latent),
-            timestep_embedding(schedule.timesteps[:1], config.timestep_dim),
-            tf.constant(rng.standard_normal((2, 77, config.context_dim)), tf.float32),
-            tf.constant(7.5, tf.float32), tf.constant(schedule.coefficients[0]))
+    return (StepInputs(latent, sampler.initial_state(latent),
+                       timestep_embedding(schedule.timesteps[:1], config.timestep_dim),
+                       tf.constant(rng.standard_normal((2, 77, config.context_dim)), tf.float32),
+                       tf.constant(7.5, tf.float32), tf.constant(schedule.coefficients[0])),)
 
 
 def measure(cls, components, full):
@@ -102,7 +103,7 @@ def measure(cls, components, full):
     tokens = tf.constant(pipe.tokenizer.pad_batch(["a photo", ""]))
     result, outputs = {}, {}
     result["encode"], outputs["encode"] = phases(pipe._encode, (tokens,))
-    step = pipe.denoise_step(True, "ddim")
+    step = pipe.step_function(pipe.step_spec("ddim", True))
     result["step"], outputs["step"] = phases(step, step_inputs(config, 16, rng), step_inputs(config, 8, rng))
     latents = [tf.constant(rng.standard_normal((1, s, s, config.latent_channels)), tf.float32) for s in (16, 8)]
     result["decode"], outputs["decode"] = phases(pipe._decode, latents[:1], latents[1:])

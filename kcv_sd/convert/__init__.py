@@ -4,7 +4,7 @@ Every converter maps each source key to one Keras weight through explicit
 tables and fails, naming the keys, unless both sides are fully covered.
 """
 
-from kcv_sd.convert.controlnet_loader import convert_controlnet, load_controlnet
+from kcv_sd.convert.controlnet_loader import convert_controlnet, convert_controlnet_file
 from kcv_sd.convert.errors import CheckpointError
 from kcv_sd.convert.sd_folder import convert_diffusers_folder
 from kcv_sd.convert.state_dict import read_state_dict
@@ -20,11 +20,11 @@ __all__ = [
     "CheckpointError",
     "convert_clip_text_encoder",
     "convert_controlnet",
+    "convert_controlnet_file",
     "convert_diffusers_folder",
     "convert_diffusers_unet",
     "convert_diffusers_vae",
     "fill_diffusers_unet",
-    "load_controlnet",
     "load_diffusers_unet",
     "read_state_dict",
 ]

@@ -4,7 +4,7 @@ SD1.5 ControlNets have 340 keys: the shared encoder (see `encoder_table`),
 the conditioning embedding, 12 skip zero convolutions and the middle one.
 """
 
-from controlnet.model import ControlNet
+from kcv_sd.controlnet import ControlNet
 from kcv_sd.convert.encoder_table import port_encoder
 from kcv_sd.convert.porter import WeightPorter
 from kcv_sd.convert.ports import port_conv

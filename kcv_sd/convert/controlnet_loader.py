@@ -1,6 +1,6 @@
 """ControlNet checkpoints of either format -> a Keras `ControlNet`."""
 
-from controlnet.config import SD15
+from kcv_sd.config import CONTROLNET_SD15
 from kcv_sd.convert.checks import check_text_width, describe, reject_sdxl
 from kcv_sd.convert.controlnet_diffusers import convert_diffusers_controlnet
 from kcv_sd.convert.controlnet_original import (
@@ -30,7 +30,7 @@ def controlnet_format(state_dict, source):
     )
 
 
-def convert_controlnet(state_dict, config=SD15, source="the state dict"):
+def convert_controlnet(state_dict, config=CONTROLNET_SD15, source="the state dict"):
     """A `ControlNet` from a diffusers or original (lllyasviel) state dict.
 
     Args:
@@ -48,6 +48,6 @@ def convert_controlnet(state_dict, config=SD15, source="the state dict"):
     return convert_diffusers_controlnet(state_dict, config, source)
 
 
-def load_controlnet(path, config=SD15, allow_pickle=False):
+def convert_controlnet_file(path, config=CONTROLNET_SD15, allow_pickle=False):
     """`convert_controlnet` on a file: .safetensors, or .pth/.ckpt with allow_pickle."""
     return convert_controlnet(read_state_dict(path, allow_pickle), config, source=str(path))

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
 
-from kcv_sd.schedulers.base import Schedule, check_num_steps, variance_preserving_levels
+from kcv_sd.samplers.base import Schedule, check_num_steps, variance_preserving_levels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from kcv_sd.schedulers.base import ScaledLinearSampler, Schedule, check_num_steps
+from kcv_sd.samplers.base import ScaledLinearSampler, Schedule, check_num_steps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,14 +2,63 @@
 
 `ControlNet` owns the layers; `ControlNet.model()` wires them into a
 functional model whose outputs are named like the residual inputs of
-`UNet.model(with_control=True)`, so one feeds the other by name.
+`UNet.model(with_control=True)`, so one feeds the other by name. The control
+image enters through `ConditioningEmbedding`, the hint encoder.
 """
 
-import keras
+import itertools
 
-from controlnet.conditioning import ConditioningEmbedding
+import keras
+from keras import ops
+
 from kcv_sd.unet import UNetEncoder, control_input_names
 from kcv_sd.unet_blocks import PaddedConv2D
+
+
+class ConditioningEmbedding(keras.layers.Layer):
+    """3x3 convolutions with SiLU, a stride-2 step between stages, zero exit conv.
+
+    Per stage after the first: a same-width conv, then a stride-2 conv to the
+    next width (diffusers' `ControlNetConditioningEmbedding`, lllyasviel's
+    `input_hint_block`). The exit conv starts at zero so that an untrained
+    ControlNet leaves the UNet's input untouched.
+    """
+
+    def __init__(self, stage_channels, output_channels, initializer="glorot_uniform",
+                 **kwargs):
+        super().__init__(**kwargs)
+        policy = self.dtype_policy
+
+        def conv(filters, strides=1, kernel_initializer=initializer):
+            return PaddedConv2D(filters, 3, padding=1, strides=strides,
+                                kernel_initializer=kernel_initializer, dtype=policy)
+
+        self.conv_in = conv(stage_channels[0])
+        self.blocks = []
+        for channels, next_channels in itertools.pairwise(stage_channels):
+            self.blocks += [conv(channels), conv(next_channels, strides=2)]
+        self.conv_out = conv(output_channels, kernel_initializer="zeros")
+
+    def _convs(self):
+        return [self.conv_in, *self.blocks, self.conv_out]
+
+    def build(self, input_shape):
+        shape = input_shape
+        for layer in self._convs():
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for layer in self._convs():
+            shape = layer.compute_output_shape(shape)
+        return shape
+
+    def call(self, inputs):
+        x = inputs
+        for layer in [self.conv_in, *self.blocks]:
+            x = ops.silu(layer(x))
+        return self.conv_out(x)
 
 
 class ControlNet(UNetEncoder):
@@ -20,7 +69,7 @@ class ControlNet(UNetEncoder):
     initialisation) to become a residual.
 
     Args:
-        config: a `controlnet.config.ControlNetConfig`.
+        config: a `kcv_sd.config.ControlNetConfig`.
         initializer: kernel initializer of the encoder; "zeros" when weights
             will be loaded anyway. Zero convolutions always start at zero.
     """
@@ -53,7 +102,7 @@ class ControlNet(UNetEncoder):
         Inputs: `latent` (B, h, w, latent_channels), `timestep_embedding`
         (B, timestep_dim), `context` (B, T, context_dim), `control_image`
         (B, 8h, 8w, 3) in [0, 1]. Outputs: a dict of residuals keyed by
-        `kcv_sd.unet.control_input_names`, unscaled (see `controlnet.scales`).
+        `kcv_sd.unet.control_input_names`, unscaled (see `kcv_sd.control.control_scales`).
         """
         if self._model is None:
             c = self.config.unet

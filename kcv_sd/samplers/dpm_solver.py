@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from kcv_sd.schedulers.base import (
+from kcv_sd.samplers.base import (
     ScaledLinearSampler,
     Schedule,
     check_num_steps,

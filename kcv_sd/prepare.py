@@ -1,0 +1,191 @@
+"""A generation call, checked and resolved before any denoising: prompts,
+sizes, noise, guidance ordering, step counts, control plan, init image.
+
+`Pipeline` and `DistributedPipeline` both start from `prepare`, so a call
+means the same on one device and on many.
+"""
+
+import contextlib
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kcv_sd.control import check_controlnets, native_sizing, plan_control
+from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.image_inputs import load_init_inputs
+from kcv_sd.samplers import SAMPLERS
+from kcv_sd.vae import PIXELS_PER_LATENT
+
+MIN_SIZE, MAX_SIZE = 64, 2048
+DEFAULT_SIZE = 512
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+
+def check_size(name, value, multiple):
+    if not isinstance(value, (int, np.integer)) or value % multiple or not MIN_SIZE <= value <= MAX_SIZE:
+        raise InvalidArgumentError(
+            f"{name}={value!r} is not supported: use a multiple of {multiple} "
+            f"from {MIN_SIZE} to {MAX_SIZE}."
+        )
+
+
+def _prompt_list(prompt, what):
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise InvalidArgumentError(f"Empty {what}: give a non-empty text (use negative_prompt=None for none).")
+    return prompts
+
+
+def prompt_lists(prompt, negative_prompt):
+    """(prompts, negatives), one negative per prompt, as `Pipeline` encodes them."""
+    prompts = _prompt_list(prompt, "prompt")
+    if negative_prompt is None:
+        return prompts, [""] * len(prompts)
+    negatives = _prompt_list(negative_prompt, "negative_prompt")
+    if len(negatives) == 1:
+        return prompts, negatives * len(prompts)
+    if len(negatives) != len(prompts):
+        raise InvalidArgumentError(
+            f"{len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one per prompt.")
+    return prompts, negatives
+
+
+def check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type):
+    """The scalar generation arguments, checked with messages that say the fix."""
+    if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+        raise InvalidArgumentError(f"num_inference_steps={num_inference_steps!r}: use an integer >= 1.")
+    if not guidance_scale >= 0:
+        raise InvalidArgumentError(f"guidance_scale={guidance_scale!r}: use a number >= 0 (7.5 is usual).")
+    if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
+        raise InvalidArgumentError(f"num_images_per_prompt={num_images_per_prompt!r}: use an integer >= 1.")
+    if sampler not in SAMPLERS:
+        raise InvalidArgumentError(f"sampler={sampler!r}: use one of {', '.join(SAMPLERS)}.")
+    if output_type not in OUTPUT_TYPES:
+        raise InvalidArgumentError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
+
+
+def guided_steps(steps_run, cfg_cutoff_step_ratio):
+    """How many of the steps that run keep guidance: diffusers'
+    `SDCFGCutoffCallback` turns it off after step int(steps * ratio)."""
+    if cfg_cutoff_step_ratio is None:
+        return None
+    if not 0 <= cfg_cutoff_step_ratio <= 1:
+        raise InvalidArgumentError(
+            f"cfg_cutoff_step_ratio={cfg_cutoff_step_ratio}: use a fraction from 0 to 1, or None to guide every step.")
+    return min(steps_run, int(steps_run * cfg_cutoff_step_ratio) + 1)
+
+
+def steps_skipped(num_steps, strength):
+    """Leading steps img2img leaves out (diffusers' rule): it runs
+    int(num_steps * strength) of them, the least noisy ones."""
+    return num_steps - min(int(num_steps * strength), num_steps)
+
+
+def size_from_init_image(init, width, height, multiple):
+    """(width, height): each given one, else the init image's rounded down to
+    a multiple of `multiple` (diffusers rounds to 8; the UNet needs 64)."""
+    fitted = [given if given is not None else side // multiple * multiple
+              for given, side in ((width, init.width), (height, init.height))]
+    if (width is None or height is None) and not all(MIN_SIZE <= side <= MAX_SIZE for side in fitted):
+        raise InvalidArgumentError(
+            f"The init image is {init.width}x{init.height} pixels: pass width= and height= "
+            f"(multiples of {multiple} from {MIN_SIZE} to {MAX_SIZE}) to resize it."
+        )
+    return fitted
+
+
+def context_rows(prompt_of_image, num_texts, guided):
+    """Rows of the encoded texts (prompts, then negatives when `guided`) that
+    make the UNet's text context for images whose prompts are
+    `prompt_of_image`: the unconditional half first, as the guided batch
+    expects. Numpy or tensors."""
+    if not guided:
+        return prompt_of_image
+    return tf.concat([prompt_of_image + num_texts // 2, prompt_of_image], axis=0)
+
+
+@dataclasses.dataclass
+class Call:
+    """One generation call, checked and resolved."""
+
+    prompts: list
+    negatives: list
+    width: int
+    height: int
+    num_images_per_prompt: int
+    noise: tf.Tensor  # float32 (batch, height / 8, width / 8, latent channels)
+    num_inference_steps: int
+    guidance_scale: float
+    sampler: str
+    output_type: str
+    guided_steps: int  # of the steps that run, how many keep guidance; None: all
+    plan: object = None  # a `kcv_sd.control.ControlPlan`, control images (H, W, 3)
+    init: object = None  # img2img / inpainting start, a PIL image
+    mask: object = None  # inpainting mask, a PIL image
+    strength: float = 1.0
+
+    @property
+    def batch(self):
+        return len(self.prompts) * self.num_images_per_prompt
+
+    @property
+    def guided(self):
+        return self.guidance_scale != 1
+
+    @property
+    def texts(self):
+        """What the text encoder encodes: the prompts, then the negatives when guided."""
+        return self.prompts + self.negatives if self.guided else self.prompts
+
+    def prompt_of_image(self):
+        """The prompt index of each image of the batch, int32 (batch,)."""
+        return np.arange(self.batch, dtype=np.int32) // self.num_images_per_prompt
+
+
+def prepare(components, prompt, negative_prompt=None, width=None, height=None, num_inference_steps=50,
+            guidance_scale=7.5, seed=None, num_images_per_prompt=1, latents=None, output_type="pil",
+            sampler="ddim", image=None, controlnet=None, controlnet_conditioning_scale=1.0,
+            guess_mode=False, control_guidance_start=0.0, control_guidance_end=1.0,
+            control_sizing="resize", init_image=None, strength=None, mask_image=None,
+            cfg_cutoff_step_ratio=None, control_scope=contextlib.nullcontext):
+    """Check and resolve `Pipeline.__call__`'s arguments for a pipeline's
+    `components` into a `Call`. ControlNets named by file or repo id are
+    loaded inside `control_scope()` (a distribution strategy's scope)."""
+    config = components.family.unet
+    prompts, negatives = prompt_lists(prompt, negative_prompt)
+    if controlnet is not None and control_sizing == "native":
+        image, width, height = native_sizing(image, width, height)
+    multiple = PIXELS_PER_LATENT * config.downsample_factor
+    init, mask, strength = load_init_inputs(init_image, mask_image, strength)
+    if init is not None:
+        width, height = size_from_init_image(init, width, height, multiple)
+    width = DEFAULT_SIZE if width is None else width
+    height = DEFAULT_SIZE if height is None else height
+    check_size("width", width, multiple)
+    check_size("height", height, multiple)
+    check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type)
+    steps_run = num_inference_steps - steps_skipped(num_inference_steps, strength)
+    guided_count = guided_steps(steps_run, cfg_cutoff_step_ratio)
+
+    batch = len(prompts) * num_images_per_prompt
+    shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, config.latent_channels)
+    if latents is None:
+        latents = keras.random.normal(shape, seed=seed)
+    elif tuple(np.shape(latents)) != shape:
+        raise InvalidArgumentError(f"latents have shape {np.shape(latents)}, expected {shape}.")
+
+    plan = None
+    if controlnet is not None:
+        with control_scope():  # ControlNets loaded here get their variables where the models' are
+            plan = plan_control(controlnet, image, steps_run, width, height,
+                                components.family.controlnet, components.precision,
+                                controlnet_conditioning_scale, guess_mode, control_guidance_start,
+                                control_guidance_end, control_sizing)
+        check_controlnets(plan.controlnets, config)
+    elif image is not None:
+        raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
+    return Call(prompts, negatives, width, height, num_images_per_prompt,
+                tf.convert_to_tensor(latents, tf.float32), num_inference_steps, guidance_scale, sampler,
+                output_type, guided_count, plan, init, mask, strength)

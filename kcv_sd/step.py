@@ -1,0 +1,229 @@
+"""One denoising step: what it does (`StepSpec`), what it takes (`StepInputs`,
+`LoopInputs`) and its body, which the step-by-step loop and the compiled
+`tf.while_loop` both run.
+
+A step predicts the noise with the UNet (and the ControlNets, their scaled
+residuals summed), combines the two classifier-free-guidance halves, applies
+the sampler's update and, when inpainting, re-imposes the init latents
+outside the mask. `advance` runs step `i` of a whole run: it picks the step's
+variant (guided or not after a guidance cutoff, ControlNets inside their
+window or not) in Python when the run's flags are numpy arrays, and with
+`tf.cond` when they are tensors.
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from kcv_sd.routing import static_routes
+from kcv_sd.samplers import SAMPLERS
+from kcv_sd.samplers.base import add_noise
+from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
+from kcv_sd.unet import control_input_names
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """What a compiled step (or loop of steps) does; equal specs share one
+    compiled function, so a spec is its cache key."""
+
+    sampler: str  # a name from `kcv_sd.samplers.SAMPLERS`
+    guided: bool  # classifier-free guidance: both halves in one UNet call
+    controlnets: tuple = ()  # `ControlNet` models, compared by identity
+    guess_mode: bool = False  # ControlNets see the conditional half only
+    cutoff: bool = False  # loops only: guided steps, then conditional-only ones
+    inpaint: bool = False  # keep the init latents outside the mask
+    # The layers' kernel routes (`kcv_sd.routing.routes`) at `size`, or None to
+    # choose at run time; sizes whose routes agree share a trace.
+    routes: tuple = None
+    size: tuple = dataclasses.field(default=None, compare=False)  # (batch, height, width)
+
+    def variant(self, guided, controlled):
+        """The single step a run of this spec takes where guidance is `guided`
+        and the ControlNets are `controlled`; its `routes` are still to be set
+        for its models."""
+        return dataclasses.replace(
+            self, guided=guided, cutoff=False, controlnets=self.controlnets if controlled else (),
+            guess_mode=self.guess_mode and controlled, routes=None)
+
+
+class StepInputs(NamedTuple):
+    """The inputs of one step; `state` is the sampler's tuple."""
+
+    latent: tf.Tensor  # (B, h, w, C)
+    state: tuple
+    t_embed: tf.Tensor  # (1, timestep_dim)
+    context: tf.Tensor  # (2B or B, T, context_dim): unconditional half first
+    guidance_scale: tf.Tensor  # ()
+    coefficients: tf.Tensor  # (K,): the sampler's row for this step
+    control_images: tuple = ()  # with ControlNets: one (B, H, W, 3) each
+    control_scales: tf.Tensor = ()  # with ControlNets: (ControlNets, residuals)
+    blend: tuple = ()  # inpainting: (init_latent, noise, mask (B, h, w, 1), level (2,))
+
+
+class LoopInputs(NamedTuple):
+    """The inputs of a whole run, per step where they change (leading axis:
+    steps). `guided_at` and `control_keep` are numpy for the step-by-step
+    loop (a Python choice per step) and tensors inside the compiled loop."""
+
+    latent: tf.Tensor
+    state: tuple
+    t_embeds: tf.Tensor  # (steps, timestep_dim)
+    context: tf.Tensor
+    guidance_scale: tf.Tensor
+    coefficients: tf.Tensor  # (steps, K)
+    control_images: tuple = ()
+    control_scales: tf.Tensor = ()  # (steps, ControlNets, residuals)
+    control_keep: tf.Tensor = ()  # bool (steps,): any ControlNet inside its window
+    conditional_context: tf.Tensor = ()  # with a cutoff: the conditional half of `context`
+    guided_at: tf.Tensor = ()  # with a cutoff: bool (steps,)
+    blend: tuple = ()  # inpainting: (init_latent, noise, mask)
+    noise_levels: tf.Tensor = ()  # inpainting: (steps + 1, 2)
+
+    def at(self, spec, i, latent, state, guided, controlled):
+        """Step `i`'s `StepInputs` in the variant (`guided`, `controlled`) of a run of `spec`."""
+        return StepInputs(
+            latent, state, self.t_embeds[i : i + 1],
+            self.conditional_context if spec.cutoff and not guided else self.context,
+            self.guidance_scale, self.coefficients[i],
+            self.control_images if controlled else (),
+            self.control_scales[i] if controlled else (),
+            (*self.blend, self.noise_levels[i + 1]) if spec.inpaint else ())
+
+
+def guide(noise_uncond, noise_cond, guidance_scale):
+    """Classifier-free guidance, in KerasCV's arithmetic order."""
+    return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+
+
+def keep_unmasked(latent, init_latent, noise, mask, level):
+    """Inpainting after a step: outside the mask, the init latents noised to
+    the level the step reached (diffusers' 4-channel-UNet inpainting)."""
+    return mask * latent + (1 - mask) * add_noise(init_latent, noise, level)
+
+
+def step_body(spec, predict, inputs):
+    """One step of `spec` on `StepInputs`, with `predict` from `noise_predictor`;
+    returns (latent, state)."""
+    sampler = SAMPLERS[spec.sampler]
+    model_input = sampler.model_input(inputs.latent, inputs.coefficients)
+    noise = predict(model_input, inputs.t_embed, inputs.context, inputs.control_images, inputs.control_scales)
+    if spec.guided:
+        batch = tf.shape(inputs.latent)[0]
+        noise = guide(noise[:batch], noise[batch:], inputs.guidance_scale)
+    latent, state = sampler.step(inputs.latent, noise, inputs.coefficients, inputs.state)
+    if spec.inpaint:
+        latent = keep_unmasked(latent, *inputs.blend)
+    return latent, state
+
+
+def choose(flag, run):
+    """`run(flag)` for a Python or numpy bool, else `run(True)` or `run(False)` under `tf.cond`."""
+    if not tf.is_tensor(flag):
+        return run(bool(flag))
+    return tf.cond(flag, lambda: run(True), lambda: run(False))
+
+
+def advance(spec, step_for, inputs, i, latent, state):
+    """Step `i` of a run of `spec` over `LoopInputs`: (latent, state) after it.
+
+    `step_for(guided, controlled)` gives the function that runs that variant
+    of the step on `StepInputs` (compiled, or `step_body` inside a loop)."""
+    def run(guided, controlled):
+        return step_for(guided, controlled)(inputs.at(spec, i, latent, state, guided, controlled))
+
+    guided = inputs.guided_at[i] if spec.cutoff else spec.guided
+    controlled = inputs.control_keep[i] if spec.controlnets else False
+    return choose(guided, lambda g: choose(controlled, lambda c: run(g, c)))
+
+
+def noise_predictor(spec, unet):
+    """`predict(latent, t_embed, context, control_images, control_scales)`:
+    the UNet's noise prediction for the (doubled, if guided) batch, float32.
+
+    With ControlNets, their scaled residuals are summed and fed to the UNet;
+    in guess mode with guidance they see only the conditional half and the
+    unconditional half gets zero residuals. With `spec.size`, the models are
+    traced with static routes."""
+    copies = 2 if spec.guided else 1
+    conditional_only = spec.guess_mode and spec.guided
+
+    def routed(model, copies):
+        """`model` (a functional model), traced with routes for `copies` x the batch."""
+        if spec.size is None:
+            return model
+        batch, height, width = spec.size
+
+        def call(inputs):
+            with static_routes(copies * batch, height, width, MAX_PROMPT_LENGTH):
+                return model(inputs)
+
+        return call
+
+    def predict(latent, t_embed, context, control_images=(), control_scales=()):
+        batch = tf.shape(latent)[0]
+        doubled = tf.concat([latent] * copies, axis=0)
+        t_doubled = tf.repeat(t_embed, copies * batch, axis=0)
+        inputs = {"latent": doubled, "timestep_embedding": t_doubled, "context": context}
+        if not spec.controlnets:
+            return tf.cast(routed(unet.model(), copies)(inputs), tf.float32)
+        residuals = None
+        for index, (controlnet, image) in enumerate(zip(spec.controlnets, control_images)):
+            if conditional_only:
+                control_inputs = {"latent": latent, "timestep_embedding": t_doubled[:batch],
+                                  "context": context[batch:], "control_image": image}
+            else:
+                control_inputs = {**inputs, "control_image": tf.concat([image] * copies, axis=0)}
+            outputs = routed(controlnet.model(), 1 if conditional_only else copies)(control_inputs)
+            scaled = [tf.cast(outputs[name], tf.float32) * control_scales[index, j]
+                      for j, name in enumerate(controlnet.output_names)]
+            if conditional_only:
+                scaled = [tf.concat([tf.zeros_like(r), r], axis=0) for r in scaled]
+            residuals = scaled if residuals is None else [a + b for a, b in zip(residuals, scaled)]
+        names = control_input_names(unet.config)
+        controlled = routed(unet.model(with_control=True), copies)
+        return tf.cast(controlled({**inputs, **dict(zip(names, residuals))}), tf.float32)
+
+    return predict
+
+
+def _state_spec(spec, latent_spec, latent_channels):
+    size = len(SAMPLERS[spec.sampler].initial_state(tf.zeros((1, 8, 8, latent_channels))))
+    return tuple([latent_spec] * size)
+
+
+def step_signature(spec, config):
+    """The `StepInputs` of `TensorSpec`s a compiled step of `spec` takes, for a `UNetConfig`."""
+    latent = tf.TensorSpec((None, None, None, config.latent_channels), tf.float32)
+    rows = SAMPLERS[spec.sampler].schedule(2).coefficients.shape[1]
+    count = len(spec.controlnets)
+    return StepInputs(
+        latent, _state_spec(spec, latent, config.latent_channels),
+        tf.TensorSpec((1, config.timestep_dim), tf.float32),
+        tf.TensorSpec((None, None, config.context_dim), tf.float32),
+        tf.TensorSpec((), tf.float32),
+        tf.TensorSpec((rows,), tf.float32),
+        tuple(tf.TensorSpec((None, None, None, 3), tf.float32) for _ in spec.controlnets),
+        tf.TensorSpec((count, config.num_skip_connections + 1), tf.float32) if count else (),
+        (latent, latent, tf.TensorSpec((None, None, None, 1), tf.float32), tf.TensorSpec((2,), tf.float32))
+        if spec.inpaint else ())
+
+
+def loop_signature(spec, config):
+    """The `LoopInputs` of `TensorSpec`s a compiled loop of `spec` takes."""
+    one = step_signature(dataclasses.replace(spec, cutoff=False), config)
+
+    def per_step(tensor_spec, extra=0):
+        return tf.TensorSpec((None,) + tuple(tensor_spec.shape)[extra:], tensor_spec.dtype)
+
+    flags = tf.TensorSpec((None,), tf.bool)
+    return LoopInputs(
+        one.latent, one.state, per_step(one.t_embed, 1), one.context, one.guidance_scale,
+        per_step(one.coefficients), one.control_images,
+        per_step(one.control_scales) if spec.controlnets else (),
+        flags if spec.controlnets else (),
+        one.context if spec.cutoff else (),
+        flags if spec.cutoff else (),
+        one.blend[:3] if spec.inpaint else (),
+        tf.TensorSpec((None, 2), tf.float32) if spec.inpaint else ())
