@@ -3,10 +3,9 @@
 Keras' `GroupNormalization` reduces a (batch, ..., groups, channels/group)
 view over non-adjacent axes and takes the variance as E[x^2] - E[x]^2.
 Here the centred moments of each channel (one reduction over the rows) are
-combined per group by the law of total variance. On a 2-core CPU this was
-2-4x faster on the VAE decoder's largest maps (128x128x256: 37 -> 17 ms and,
-in a quieter run, 25 -> 7 ms; `tools/measure_decoder.py`), and its error
-against float64 stays at float32 rounding (2e-6 where Keras' reaches 2e-4).
+combined per group by the law of total variance: fewer passes over the
+largest maps, and an error against float64 at float32 rounding
+(`tests/test_group_norm.py`; timings in docs/latency_levers.md, section 7).
 Same weights and configuration as Keras' layer.
 """
 

@@ -8,8 +8,8 @@ global policy never changes.
 bits and keep the text encoder and VAE in float32. "float16" and "bfloat16"
 run every model in 16 bits, as KerasCV under that global policy and
 diffusers with that `torch_dtype` do: the VAE decodes faster where the
-processor has fast 16-bit matrix units (3.4x in bfloat16 on a CPU with AMX,
-docs/latency_levers.md section 7), and pixels differ slightly. In all of
+processor has fast 16-bit matrix units (docs/latency_levers.md, section 7),
+and pixels differ slightly. In all of
 them GroupNorm statistics, the UNet's softmax and exit convolution, and the
 sampler stay float32.
 """

@@ -27,7 +27,7 @@ class TextEncoderConfig:
 class ShapedCLIPEncoderLayer(CLIPEncoderLayer):
     """KerasCV's `CLIPEncoderLayer`, built from shapes and stating its output
     shape: otherwise Keras traces `call` twice per layer in a scratch graph
-    while wiring the model (~3 s of the SD1.5 text encoder's ~4 s build)."""
+    while wiring the model, most of the text encoder's build time."""
 
     def build(self, input_shape):
         attention = self.clip_attn
