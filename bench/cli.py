@@ -10,10 +10,8 @@ import click
 from bench import table
 from bench.benchmark import run_benchmark
 from bench.benchmarks_md import render
-from bench.configs import PRESETS, parse_configs, parse_peers
-from bench.files import write_csv, write_json
-from bench.plan import plan_runs
-from bench.plot import plot_cold_warm
+from bench.configs import PRESETS, parse_configs, parse_peers, plan_runs
+from bench.outputs import plot_cold_warm, write_csv, write_json
 
 PNG_NAME = "cold_warm.png"
 

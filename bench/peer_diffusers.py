@@ -9,8 +9,6 @@ diffusers' usual whole-pipeline `torch_dtype`. The ControlNet is
 `ControlNetModel.from_unet`, the SD1.5 depth ControlNet's architecture.
 """
 
-import time
-
 import numpy as np
 import torch
 from diffusers import (
@@ -24,7 +22,8 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from bench.control_input import depth_ramp
+from bench.configs import depth_ramp
+from bench.measure import timed, timed_into, torch_sync
 
 # torch_dtype applies to every model: diffusers has no UNet-only ("mixed") precision.
 TORCH_DTYPES = {"float32": torch.float32, "mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16,
@@ -88,10 +87,6 @@ class Runner:
     def peak_device_bytes(self):
         return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 
-    def _sync(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
     def _encode(self):
         embeddings = self.pipe.text_encoder(self.token_ids)[0]
         return embeddings[:1], embeddings[1:]
@@ -107,15 +102,8 @@ class Runner:
             guidance_scale=w["guidance_scale"], num_images_per_prompt=w["batch"],
             generator=torch.Generator().manual_seed(seed), output_type="np",
         ).images
-        self._sync()
+        torch_sync()
         return images
-
-    def _timed(self, fn, *args, into):
-        start = time.perf_counter()
-        value = fn(*args)
-        self._sync()
-        into.append(time.perf_counter() - start)
-        return value
 
     def _controlnet_alone(self, doubled, t, context, control):
         down, mid = self.pipe.controlnet(doubled, t, encoder_hidden_states=context, controlnet_cond=control,
@@ -139,11 +127,7 @@ class Runner:
         the ControlNet alone on the same inputs, timed side by side.
         """
         w, pipe = self.workload, self.pipe
-        start = time.perf_counter()
-        prompt_embeds, negative_embeds = self._encode()
-        self._sync()
-        text_encoding_s = time.perf_counter() - start
-
+        (prompt_embeds, negative_embeds), text_encoding_s = timed(self._encode, sync=torch_sync)
         batch = w["batch"]
         context = torch.cat([negative_embeds.repeat(batch, 1, 1), prompt_embeds.repeat(batch, 1, 1)])
         shape = (batch, 4, w["height"] // 8, w["width"] // 8)
@@ -154,16 +138,14 @@ class Runner:
             pixels = torch.from_numpy(np.array(self.control_image)).permute(2, 0, 1)[None] / 255
             control = pixels.repeat(2 * batch, 1, 1, 1).to(self.torch_device, self.dtype)
             times.update(unet_step_s=[], controlnet_s=[])
+
         pipe.scheduler.set_timesteps(w["steps"], device=self.torch_device)
         for t in pipe.scheduler.timesteps:
-            next_latent = self._timed(self._guided_step, latent, t, context, control, into=times["step_s"])
+            next_latent = timed_into(times["step_s"], self._guided_step, latent, t, context, control, sync=torch_sync)
             if control is not None:
-                self._timed(self._guided_step, latent, t, context, into=times["unet_step_s"])
-                self._timed(self._controlnet_alone, torch.cat([latent] * 2), t, context, control,
-                            into=times["controlnet_s"])
+                timed_into(times["unet_step_s"], self._guided_step, latent, t, context, sync=torch_sync)
+                timed_into(times["controlnet_s"], self._controlnet_alone, torch.cat([latent] * 2), t, context, control,
+                           sync=torch_sync)
             latent = next_latent
-
-        start = time.perf_counter()
-        pipe.vae.decode(latent / pipe.vae.config.scaling_factor)
-        self._sync()
-        return {"text_encoding_s": text_encoding_s, **times, "decode_s": time.perf_counter() - start}
+        _, decode_s = timed(lambda: pipe.vae.decode(latent / pipe.vae.config.scaling_factor), sync=torch_sync)
+        return {"text_encoding_s": text_encoding_s, **times, "decode_s": decode_s}

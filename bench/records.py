@@ -12,12 +12,22 @@ ratio compares like with like; the UNet's FLOP/s use the plain step.
 
 import statistics
 
-from bench.stats import summarize
+import numpy as np
 
 # The compute dtype of each 16-bit precision (kcv_sd.precision's policies).
 # Written out here because this module runs in the bench's parent process,
 # which imports no framework.
 HALF_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def summarize(seconds):
+    """Repeated timings as their median, min, max and quartiles; None if there are none."""
+    if not seconds:
+        return None
+    q1, median, q3 = np.percentile(seconds, [25, 50, 75])
+    return {"runs": len(seconds), "times_s": list(seconds), "median_s": float(median),
+            "min_s": float(min(seconds)), "max_s": float(max(seconds)),
+            "q1_s": float(q1), "q3_s": float(q3)}
 
 
 def precision_note(precision, probe):
@@ -82,7 +92,7 @@ def _record(run, status, error):
 
 
 def build_record(run, raw, workload, unet_step_flops, probe):
-    """`run` is the planned `bench.plan.Run`; `raw` what its worker measured."""
+    """`run` is the planned `bench.configs.Run`; `raw` what its cold worker measured."""
     record = _record(run, raw.get("status", "failed"), raw.get("error"))
     record.update({
         "failed_during": raw.get("phase") if raw.get("status") != "ok" else None,

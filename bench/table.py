@@ -1,6 +1,6 @@
 """Result records as tables: plain text for the terminal, Markdown for BENCHMARKS.md."""
 
-XLA_TEXT = {True: "on", False: "off", None: "n/a"}
+from bench.configs import XLA_TEXT
 
 
 def seconds(value):
