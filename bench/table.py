@@ -250,3 +250,18 @@ def ablation_rows(ablation):
     return headers, [[row["lever"], row["effect"], seconds(row["median_s"]),
                       row["baseline"] if row["baseline"] != row["lever"] else "-",
                       f"{row['ratio_to_baseline']:.2f}x"] for row in ablation["rows"]]
+
+
+def report_tables(report):
+    """Every table of a report by name, in the order the terminal and BENCHMARKS.md show them."""
+    records, interleaved = report["results"], report.get("interleaved") or []
+    tables = {"summary": summary_rows(records), "cold": cold_rows(records), "stages": stage_rows(records),
+              "controlnet": controlnet_rows(records)}
+    if interleaved:
+        tables["interleaved"] = interleaved_rows(interleaved)
+    tables["targets"] = target_rows(records, report["workload"]["steps"], best_matmul_flops_per_s(report["machine"]),
+                                    interleaved)
+    if report.get("ablation"):
+        tables["ablation"] = ablation_rows(report["ablation"])
+    tables["published"] = published_rows(report["published"])
+    return tables
