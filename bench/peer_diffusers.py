@@ -30,32 +30,23 @@ TORCH_DTYPES = {"float32": torch.float32, "mixed_float16": torch.float16, "mixed
                 "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def sd15_unet():
-    return UNet2DConditionModel(
+def sd15_parts():
+    """The pipeline's parts in the SD1.5 architecture, with random weights and no tokenizer."""
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768))
+    unet = UNet2DConditionModel(
         sample_size=64, cross_attention_dim=768, attention_head_dim=8,
         block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )
-
-
-def sd15_vae():
-    return AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-
-
-def sd15_text_encoder():
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-    ))
-
-
-def sd15_scheduler():
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": None, "unet": unet, "scheduler": scheduler,
+            "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
 class Runner:
@@ -66,9 +57,7 @@ class Runner:
             raise ValueError(f"no torch dtype for precision {precision!r}")
         self.dtype = TORCH_DTYPES[precision]
         self.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-        parts = {"vae": sd15_vae(), "text_encoder": sd15_text_encoder(), "tokenizer": None,
-                 "unet": sd15_unet(), "scheduler": sd15_scheduler(), "safety_checker": None,
-                 "feature_extractor": None, "requires_safety_checker": False}
+        parts = sd15_parts()
         self.control_image = None
         if spec["config"].get("controlnet"):
             w = self.workload
@@ -138,7 +127,6 @@ class Runner:
             pixels = torch.from_numpy(np.array(self.control_image)).permute(2, 0, 1)[None] / 255
             control = pixels.repeat(2 * batch, 1, 1, 1).to(self.torch_device, self.dtype)
             times.update(unet_step_s=[], controlnet_s=[])
-
         pipe.scheduler.set_timesteps(w["steps"], device=self.torch_device)
         for t in pipe.scheduler.timesteps:
             next_latent = timed_into(times["step_s"], self._guided_step, latent, t, context, control, sync=torch_sync)

@@ -148,15 +148,10 @@ def _target_row(what, ours, theirs, target):
             "met" if ratio <= target else "missed"]
 
 
-def _interleaved(interleaved, precision, peer):
-    """The ok interleaved result of kcv-sd and `peer` in `precision`, if any."""
-    return next((pair for pair in interleaved if pair["status"] == "ok" and pair["precision"] == precision
-                 and pair["systems"][1]["system"] == peer), None)
-
-
 def _vs_diffusers(records, precision, interleaved):
-    """From the interleaved pair where there is one: the fresh-process rows ran minutes apart."""
-    pair = _interleaved(interleaved, precision, "diffusers")
+    """From the ok interleaved pair where there is one: the fresh-process rows ran minutes apart."""
+    pair = next((pair for pair in interleaved if pair["status"] == "ok" and pair["precision"] == precision
+                 and pair["systems"][1]["system"] == "diffusers"), None)
     if pair:
         ours, theirs = (warm["median_s"] for warm in pair["warm"])
         return _target_row(f"warm image vs diffusers, equal steps, interleaved ({precision}; s)", ours, theirs,
