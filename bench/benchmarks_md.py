@@ -1,6 +1,8 @@
-"""BENCHMARKS.md, written whole from one run's report so it never drifts by hand."""
+"""BENCHMARKS.md, written whole from one run's report so it never drifts by hand,
+and the report's tables, which the terminal shows too."""
 
 from bench import table
+from bench.targets import best_matmul_flops_per_s, target_rows
 
 DEFINITIONS = """\
 - **Cold start**: wall time from spawning a fresh Python process to the first
@@ -70,6 +72,21 @@ ratio compares a variant's median with its baseline's. Levers that change
 the images are options, off by default."""
 
 
+def report_tables(report):
+    """Every table of a report by name, in the order the terminal and BENCHMARKS.md show them."""
+    records, interleaved = report["results"], report.get("interleaved") or []
+    tables = {"summary": table.summary_rows(records), "cold": table.cold_rows(records),
+              "stages": table.stage_rows(records), "controlnet": table.controlnet_rows(records)}
+    if interleaved:
+        tables["interleaved"] = table.interleaved_rows(interleaved)
+    tables["targets"] = target_rows(records, report["workload"]["steps"], best_matmul_flops_per_s(report["machine"]),
+                                    interleaved)
+    if report.get("ablation"):
+        tables["ablation"] = table.ablation_rows(report["ablation"])
+    tables["published"] = table.published_rows(report["published"])
+    return tables
+
+
 def _ablation(report, tables):
     if "ablation" not in tables:
         return []
@@ -118,7 +135,7 @@ def _workload(report):
 
 
 def render(report):
-    tables = table.report_tables(report)
+    tables = report_tables(report)
     published = report["published"]
     sections = [
         "# Benchmarks",

@@ -9,7 +9,7 @@ import click
 
 from bench import table
 from bench.benchmark import run_benchmark
-from bench.benchmarks_md import render
+from bench.benchmarks_md import render, report_tables
 from bench.configs import PRESETS, parse_configs, parse_peers, plan_runs
 from bench.outputs import plot_cold_warm, write_csv, write_json
 
@@ -86,7 +86,7 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     if write_benchmarks_md:
         Path("BENCHMARKS.md").write_text(render(report))
 
-    for name, rows in table.report_tables(report).items():
+    for name, rows in report_tables(report).items():
         click.echo("\n" + (f"{TEXT_TITLES[name]}\n" if TEXT_TITLES[name] else "") + table.as_text(*rows))
     click.echo(f"\nWrote {output}/results.json, results.csv, {PNG_NAME}"
                + (" and BENCHMARKS.md" if write_benchmarks_md else ""))

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bench.configs import XLA_TEXT
+from bench.table import field
 
 CSV_FIELDS = [
     ("system",), ("xla",), ("precision",), ("controlnet",), ("status",), ("error",), ("device",), ("pid",),
@@ -29,19 +30,12 @@ def write_json(report, path):
     path.write_text(json.dumps(report, indent=2))
 
 
-def _field(record, keys):
-    value = record
-    for key in keys:
-        value = (value or {}).get(key)
-    return value
-
-
 def write_csv(records, path):
     with open(path, "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["_".join(keys) for keys in CSV_FIELDS] + ["notes"])
         for record in records:
-            writer.writerow([_field(record, keys) for keys in CSV_FIELDS] + ["; ".join(record["notes"])])
+            writer.writerow([field(record, *keys) for keys in CSV_FIELDS] + ["; ".join(record["notes"])])
 
 
 def _label(record):

@@ -21,7 +21,8 @@ from bench.flops import unet_flops
 from bench.interleaved import interleaved_pairs, round_orders, run_interleaved, summarize_pair
 from bench.launch import run_worker
 from bench.records import build_record, precision_note
-from bench.table import interleaved_rows, target_rows
+from bench.table import interleaved_rows
+from bench.targets import target_rows
 from kcv_sd import unet_blocks
 from kcv_sd.config import UNetConfig
 from kcv_sd.unet import UNet
