@@ -1,6 +1,8 @@
-"""BENCHMARKS.md, written whole from one run's report so it never drifts by hand."""
+"""BENCHMARKS.md, written whole from one run's report so it never drifts by hand,
+and the report's tables, which the terminal shows too."""
 
 from bench import table
+from bench.targets import best_matmul_flops_per_s, target_rows
 
 DEFINITIONS = """\
 - **Cold start**: wall time from spawning a fresh Python process to the first
@@ -70,22 +72,36 @@ ratio compares a variant's median with its baseline's. Levers that change
 the images are options, off by default."""
 
 
-def _ablation(report):
-    ablation = report.get("ablation")
-    if not ablation:
+def report_tables(report):
+    """Every table of a report by name, in the order the terminal and BENCHMARKS.md show them."""
+    records, interleaved = report["results"], report.get("interleaved") or []
+    tables = {"summary": table.summary_rows(records), "cold": table.cold_rows(records),
+              "stages": table.stage_rows(records), "controlnet": table.controlnet_rows(records)}
+    if interleaved:
+        tables["interleaved"] = table.interleaved_rows(interleaved)
+    tables["targets"] = target_rows(records, report["workload"]["steps"], best_matmul_flops_per_s(report["machine"]),
+                                    interleaved)
+    if report.get("ablation"):
+        tables["ablation"] = table.ablation_rows(report["ablation"])
+    tables["published"] = table.published_rows(report["published"])
+    return tables
+
+
+def _ablation(report, tables):
+    if "ablation" not in tables:
         return []
+    ablation = report["ablation"]
     note = ABLATION_NOTE.format(precision=ablation["precision"], rounds=report["workload"]["repeats"],
                                 minutes=ablation["duration_s"] / 60)
-    return ["## Ablation: one lever at a time", note, table.as_markdown(*table.ablation_rows(ablation))]
+    return ["## Ablation: one lever at a time", note, table.as_markdown(*tables["ablation"])]
 
 
-def _interleaved(report):
-    interleaved = report.get("interleaved")
-    if not interleaved:
+def _interleaved(report, tables):
+    if "interleaved" not in tables:
         return []
     return ["### kcv-sd and diffusers, interleaved (seconds)",
-            INTERLEAVED_NOTE.format(rounds=interleaved[0]["rounds"]),
-            table.as_markdown(*table.interleaved_rows(interleaved))]
+            INTERLEAVED_NOTE.format(rounds=report["interleaved"][0]["rounds"]),
+            table.as_markdown(*tables["interleaved"])]
 
 
 def _machine(report):
@@ -119,7 +135,8 @@ def _workload(report):
 
 
 def render(report):
-    records = report["results"]
+    tables = report_tables(report)
+    published = report["published"]
     sections = [
         "# Benchmarks",
         ("Written by `kcv-bench --write-benchmarks-md`; do not edit by hand, rerun instead. "
@@ -127,21 +144,17 @@ def render(report):
          f"{report['duration_s'] / 60:.1f} minutes."),
         "## Machine", _machine(report),
         "## Workload", _workload(report),
-        "## Results (measured here)", table.as_markdown(*table.summary_rows(records)),
-        "### Cold start, part by part (seconds)", table.as_markdown(*table.cold_rows(records)),
-        "### Warm stages (seconds, medians)", table.as_markdown(*table.stage_rows(records)),
-        "### ControlNet step cost (seconds, medians)", table.as_markdown(*table.controlnet_rows(records)),
-        *_interleaved(report),
-        "## Targets (issue 6), from this run's rows", TARGETS_NOTE,
-        table.as_markdown(*table.target_rows(records, report["workload"]["steps"],
-                                             table.best_matmul_flops_per_s(report["machine"]),
-                                             report.get("interleaved") or ())),
-        *_ablation(report),
+        "## Results (measured here)", table.as_markdown(*tables["summary"]),
+        "### Cold start, part by part (seconds)", table.as_markdown(*tables["cold"]),
+        "### Warm stages (seconds, medians)", table.as_markdown(*tables["stages"]),
+        "### ControlNet step cost (seconds, medians)", table.as_markdown(*tables["controlnet"]),
+        *_interleaved(report, tables),
+        "## Targets (issue 6), from this run's rows", TARGETS_NOTE, table.as_markdown(*tables["targets"]),
+        *_ablation(report, tables),
         "## Published figures (not measured here)",
-        (f"{report['published']['source']}: {report['published']['workload']['images']} images, "
-         f"{report['published']['workload']['steps']} steps, 512x512, pretrained weights. "
-         "`kcv-bench --preset tutorial` runs this workload."),
-        table.as_markdown(*table.published_rows(report["published"])),
+        (f"{published['source']}: {published['workload']['images']} images, {published['workload']['steps']} steps, "
+         "512x512, pretrained weights. `kcv-bench --preset tutorial` runs this workload."),
+        table.as_markdown(*tables["published"]),
         "## Definitions", DEFINITIONS,
         "Raw figures: `results.json` and `results.csv`; chart: `cold_warm.png`, in the output folder.",
     ]

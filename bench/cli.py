@@ -9,13 +9,14 @@ import click
 
 from bench import table
 from bench.benchmark import run_benchmark
-from bench.benchmarks_md import render
-from bench.configs import PRESETS, parse_configs, parse_peers
-from bench.files import write_csv, write_json
-from bench.plan import plan_runs
-from bench.plot import plot_cold_warm
+from bench.benchmarks_md import render, report_tables
+from bench.configs import PRESETS, parse_configs, parse_peers, plan_runs
+from bench.outputs import plot_cold_warm, write_csv, write_json
 
 PNG_NAME = "cold_warm.png"
+TEXT_TITLES = {"summary": "", "cold": "Cold start parts:", "stages": "Warm stages:",
+               "controlnet": "ControlNet step cost:", "interleaved": "Interleaved with diffusers:",
+               "targets": "Targets:", "ablation": "Ablation:", "published": "Published (not measured here):"}
 
 
 def command_line():
@@ -85,17 +86,7 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     if write_benchmarks_md:
         Path("BENCHMARKS.md").write_text(render(report))
 
-    click.echo("\n" + table.as_text(*table.summary_rows(records)))
-    click.echo("\nCold start parts:\n" + table.as_text(*table.cold_rows(records)))
-    click.echo("\nWarm stages:\n" + table.as_text(*table.stage_rows(records)))
-    click.echo("\nControlNet step cost:\n" + table.as_text(*table.controlnet_rows(records)))
-    if report["interleaved"]:
-        click.echo("\nInterleaved with diffusers:\n" + table.as_text(*table.interleaved_rows(report["interleaved"])))
-    targets = table.target_rows(records, workload.steps, table.best_matmul_flops_per_s(report["machine"]),
-                                report["interleaved"])
-    click.echo("\nTargets:\n" + table.as_text(*targets))
-    if report["ablation"]:
-        click.echo("\nAblation:\n" + table.as_text(*table.ablation_rows(report["ablation"])))
-    click.echo("\nPublished (not measured here):\n" + table.as_text(*table.published_rows(report["published"])))
+    for name, rows in report_tables(report).items():
+        click.echo("\n" + (f"{TEXT_TITLES[name]}\n" if TEXT_TITLES[name] else "") + table.as_text(*rows))
     click.echo(f"\nWrote {output}/results.json, results.csv, {PNG_NAME}"
                + (" and BENCHMARKS.md" if write_benchmarks_md else ""))

@@ -1,21 +1,28 @@
-"""What one benchmark run measures: the workload and the configurations.
+"""What one benchmark measures: the workload, the configurations, and the runs.
 
-A configuration is one cell of the grid jit_compile x precision x
-ControlNet. The grid syntax is
-`xla=off,on;precision=float32,mixed_bfloat16;controlnet=off,on`; a key left
-out takes its default (xla and precision: every value; controlnet: off),
-several grids join with `+`, and `all` is the full grid. Precision names are
-passed through unchecked, so that an unsupported one is measured (and fails)
-like any other instead of being dropped before the run.
+A configuration is one cell of the grid jit_compile x precision x ControlNet.
+The grid syntax is `xla=off,on;precision=float32,mixed_bfloat16;controlnet=off,on`;
+a key left out takes its default (xla and precision: every value; controlnet:
+off), several grids join with `+`, and `all` is the full grid. Precision names
+pass unchecked, so an unsupported one is measured (and fails) like any other.
+Peers run once per precision and ControlNet setting in the set: KerasCV with
+jit_compile on (as its tutorial runs it), diffusers with no XLA switch; a peer
+that cannot run here is planned as skipped, with the reason.
 """
 
 import dataclasses
+import importlib.util
 import itertools
+
+import numpy as np
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 XLA_VALUES = {"off": False, "on": True}
 CONTROLNET_VALUES = {"off": False, "on": True}
+XLA_TEXT = {True: "on", False: "off", None: "n/a"}  # None: the system has no such switch
 PEERS = ("kerascv", "diffusers")
+PEER_MODULES = {"kerascv": ("keras_cv",), "diffusers": ("torch", "diffusers", "transformers")}
+PEER_XLA = {"kerascv": True, "diffusers": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +30,6 @@ class Config:
     xla: bool
     precision: str
     controlnet: bool = False  # one random SD1.5-family ControlNet on every step
-
-    @property
-    def label(self):
-        return f"xla={'on' if self.xla else 'off'} {self.precision}" + (" +controlnet" if self.controlnet else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,31 @@ class Workload:
     repeats: int
     guidance_scale: float = 7.5
     prompt: str = "a photograph of an astronaut riding a horse"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    system: str
+    xla: object  # True, False, or None where the system has no such switch
+    precision: str
+    controlnet: bool = False
+    skip_reason: str = None
+
+    @property
+    def label(self):
+        return f"{self.system} xla={XLA_TEXT[self.xla]} {self.precision}" + (" +controlnet" if self.controlnet else "")
+
+    def spec(self, job, workload_spec, token_ids):
+        """The worker spec of this run's system for `job` (`cold` or `served`)."""
+        return {"job": job, "system": self.system, "workload": workload_spec, "token_ids": token_ids,
+                "config": {"xla": self.xla, "precision": self.precision, "controlnet": self.controlnet}}
+
+
+def depth_ramp(width, height):
+    """The control image of every system when ControlNet is on: a smooth
+    synthetic depth map (near at the bottom), as RGB uint8 (H, W, 3)."""
+    ramp = np.linspace(0, 255, height, dtype=np.float32)[:, None] * np.ones((1, width), np.float32)
+    return np.repeat(ramp[..., None], 3, axis=-1).astype(np.uint8)
 
 
 def _grid(text, everything=False):
@@ -78,6 +106,29 @@ def parse_peers(spec):
     return list(dict.fromkeys(names))
 
 
+def peer_skip_reason(peer, workload, controlnet=False):
+    if peer == "kerascv" and controlnet:
+        return "KerasCV has no ControlNet"
+    missing = [name for name in PEER_MODULES[peer] if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"not installed ({', '.join(missing)})"
+    if workload.model != "sd15":
+        return "peers exist only in the SD1.5 architecture, not the tiny model"
+    if peer == "kerascv" and (workload.width % 128 or workload.height % 128):
+        return "KerasCV needs image sizes that are multiples of 128"
+    return None
+
+
+def plan_runs(configs, peers, workload):
+    """kcv-sd per configuration, then each peer per precision and ControlNet setting."""
+    runs = [Run("kcv-sd", c.xla, c.precision, c.controlnet) for c in configs]
+    settings = list(dict.fromkeys((c.precision, c.controlnet) for c in configs))
+    for peer in peers:
+        runs += [Run(peer, PEER_XLA[peer], precision, controlnet, peer_skip_reason(peer, workload, controlnet))
+                 for precision, controlnet in settings]
+    return runs
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
     workload: Workload
@@ -86,12 +137,12 @@ class Preset:
 
 
 PRESETS = {
-    # About twenty minutes on a 2-core CPU: the full SD1.5 architecture, small.
+    # The full SD1.5 architecture, small: the benchmark of BENCHMARKS.md.
     "quick": Preset(Workload("sd15", 128, 128, steps=2, batch=1, repeats=3),
                     "xla=off,on;precision=float32 + xla=off;precision=mixed_bfloat16,bfloat16 "
                     "+ xla=off;precision=float32,mixed_bfloat16;controlnet=on",
                     "kerascv,diffusers"),
-    # Seconds: the tiny model family, for tests and smoke runs.
+    # The tiny model family, for tests and smoke runs.
     "tiny": Preset(Workload("tiny", 64, 64, steps=2, batch=1, repeats=2),
                    "xla=off;precision=float32;controlnet=off,on", "none"),
     # The published KerasCV-vs-diffusers workload: 3 images, 50 steps, 512x512.

@@ -1,5 +1,6 @@
 """The software and hardware a run measured, without importing the frameworks."""
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -8,36 +9,32 @@ PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy", "torch", "diffusers", "t
 
 
 def package_versions():
-    versions = {}
+    versions = dict.fromkeys(PACKAGES)
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
     return versions
 
 
 def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
+def memory_gib():
+    try:
+        return round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def describe():
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "memory_gib": _memory_gib(),
-        "versions": package_versions(),
-        "weights": "random",
-    }
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(), "memory_gib": memory_gib(), "versions": package_versions(),
+            "weights": "random"}
 
 
 def load_average():
@@ -46,11 +43,3 @@ def load_average():
         return [round(value, 2) for value in os.getloadavg()]
     except OSError:
         return None
-
-
-def _memory_gib():
-    try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-    return round(pages * page_size / 2**30, 1)

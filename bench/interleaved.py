@@ -1,69 +1,51 @@
-"""kcv-sd and a peer, each in its own fresh process, their warm images interleaved.
+"""kcv-sd and a peer, each in its own fresh worker, taking turns image by image.
 
-The fresh-process rows run minutes apart, and on a shared machine the load
-drifts in between: diffusers' bfloat16 image moved 2x from one benchmark to
-the next here. Here both systems are built in their own processes (as in
-their rows: in one try with both frameworks in one process, kcv-sd's
-bfloat16 image was 10% slower and diffusers' 9% faster), each warmed up
-with one image, and then asked for images in turn, in rounds whose order
-flips every round (AB, BA, AB, ...), so that drift in the machine's load
-lands on both alike. Only one of them works at
-a time; the other waits on its input.
+The fresh-process rows run minutes apart, and a shared machine's load drifts
+in between. So kcv-sd's fastest plain row in each precision and the peer are
+built again, each in its own process (one framework per process, as in the
+rows), warmed up with one image, and asked for images in rounds whose order
+flips every round (AB, BA, ...): drift lands on both alike. Only one of them
+works at a time; the other waits on its input.
 """
 
-import json
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
-from pathlib import Path
+import time
 
-from bench.cold_worker import PROGRESS_PREFIX
-from bench.served_worker import REPLY_PREFIX
-from bench.stats import summarize
-from bench.subprocess_run import worker_environment
+from bench.launch import Worker, WorkerFailed
+from bench.records import summarize
 
-
-class WorkerFailed(Exception):
-    pass
+# Peers that also run interleaved with kcv-sd: the one whose ratio to kcv-sd
+# moved most between benchmarks here.
+INTERLEAVED_PEERS = ("diffusers",)
 
 
-class ServedWorker:
-    """A `bench.served_worker` process; other output goes to `log`."""
+def interleaved_pairs(runs, records):
+    """(kcv-sd run, peer run) per precision: kcv-sd's fastest plain ok row
+    (warm median) beside each planned, unskipped peer in `INTERLEAVED_PEERS`."""
+    pairs = []
+    for peer in runs:
+        if peer.system not in INTERLEAVED_PEERS or peer.skip_reason or peer.controlnet:
+            continue
+        ours = [(r["warm"]["median_s"], run) for run, r in zip(runs, records)
+                if run.system == "kcv-sd" and run.precision == peer.precision and not run.controlnet
+                and r["status"] == "ok" and r["warm"]]
+        if ours:
+            pairs.append((min(ours, key=lambda pair: pair[0])[1], peer))
+    return pairs
 
-    def __init__(self, spec, spec_path, log, echo):
-        self.name = spec["system"]
-        self.log, self.echo = log, echo
-        spec_path.write_text(json.dumps(spec))
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.served_worker", str(spec_path)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                        env=worker_environment())
 
-    def answer(self):
-        for line in self.process.stdout:
-            self.log.write(line)
-            if line.startswith(PROGRESS_PREFIX):
-                self.echo(f"{self.name}: {line[len(PROGRESS_PREFIX):].rstrip()}")
-            if line.startswith(REPLY_PREFIX):
-                text = line[len(REPLY_PREFIX):].strip()
-                if text.startswith("ERROR "):
-                    raise WorkerFailed(f"{self.name}: {text[len('ERROR '):]}")
-                return text
-        raise WorkerFailed(f"{self.name} worker exited with code {self.process.wait()} without answering")
-
-    def image(self, seed):
-        self.process.stdin.write(f"{seed}\n")
-        self.process.stdin.flush()
-        return float(self.answer())
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+def run_interleaved_pairs(runs, records, workload_spec, token_ids, log_path, echo, timeout_s):
+    """Each of `interleaved_pairs`, in twice `repeats` rounds (each system goes first in half)."""
+    results = []
+    for ours, peer in interleaved_pairs(runs, records):
+        echo(f"[interleaved] {ours.label} and {peer.label}, each in a fresh process, images in turn")
+        specs = [run.spec("served", workload_spec, token_ids) for run in (ours, peer)]
+        started = time.time()
+        result = run_interleaved(specs, 2 * workload_spec["repeats"], log_path, lambda line: echo(f"    {line}"),
+                                 timeout_s)
+        results.append({"precision": peer.precision, **result, "duration_s": time.time() - started})
+    return results
 
 
 def round_orders(rounds):
@@ -80,39 +62,42 @@ def summarize_pair(times):
 
 
 def run_interleaved(specs, rounds, log_path, echo, timeout_s):
-    """Two cold-worker specs, built in turn, then `rounds` flipped-order rounds
-    (round r asks both for seed r + 1); a failure gives a failed result."""
+    """Two system specs (as for a cold job), built one after the other so that
+    neither build slows the other, then `rounds` flipped-order rounds (round r
+    asks both for seed r + 1); a failure gives a failed result."""
     result = {"status": "failed", "systems": [{"system": s["system"], "config": s["config"]} for s in specs],
               "rounds": rounds}
     workers = []
-    with tempfile.TemporaryDirectory() as scratch, open(log_path, "a") as log:
-        log.write(f"\n===== bench.interleaved {json.dumps(result['systems'])} =====\n")
-        log.flush()
-        timed_out = threading.Event()
-
-        def kill():
-            timed_out.set()
-            for worker in workers:
-                worker.process.kill()
-
-        timer = threading.Timer(timeout_s, kill)
-        timer.start()
+    with open(log_path, "a") as log:
         try:
-            for index, spec in enumerate(specs):  # one at a time, so neither build slows the other
-                workers.append(ServedWorker(spec, Path(scratch) / f"spec{index}.json", log, echo))
-                workers[-1].answer()
+            for spec in specs:
+                workers.append(Worker({**spec, "job": "served"}, log,
+                                      lambda line, name=spec["system"]: echo(f"{name}: {line}"), timeout_s))
+                workers[-1].ask()  # READY
                 echo(f"{spec['system']} built and warmed up")
             times = [[], []]
             for r, order in enumerate(round_orders(rounds)):
                 for index in order:
-                    times[index].append(workers[index].image(r + 1))
+                    times[index].append(float(workers[index].ask(r + 1)))
                 echo(f"round {r + 1}/{rounds}: " + ", ".join(f"{t[-1]:.2f} s" for t in times))
             result.update(summarize_pair(times), status="ok")
         except WorkerFailed as error:
-            result["error"] = f"timed out after {timeout_s} s" if timed_out.is_set() else str(error)
+            result["error"] = str(error)
             echo(f"failed: {result['error']}")
         finally:
-            timer.cancel()
             for worker in workers:
-                worker.stop()
+                worker.finish()
     return result
+
+
+def job(spec, result):
+    """The worker side: build, warm up with seed 0, answer READY, then answer
+    each seed read from stdin with its image's seconds, until end of input."""
+    from bench.measure import timed
+    from bench.worker import open_system, reply
+
+    runner = open_system(spec)
+    runner.generate(0)
+    reply("READY")
+    for line in sys.stdin:
+        reply(repr(timed(runner.generate, int(line))[1]))

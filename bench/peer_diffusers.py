@@ -9,8 +9,6 @@ diffusers' usual whole-pipeline `torch_dtype`. The ControlNet is
 `ControlNetModel.from_unet`, the SD1.5 depth ControlNet's architecture.
 """
 
-import time
-
 import numpy as np
 import torch
 from diffusers import (
@@ -24,39 +22,31 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from bench.control_input import depth_ramp
+from bench.configs import depth_ramp
+from bench.measure import timed, timed_into, torch_sync
 
 # torch_dtype applies to every model: diffusers has no UNet-only ("mixed") precision.
 TORCH_DTYPES = {"float32": torch.float32, "mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16,
                 "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def sd15_unet():
-    return UNet2DConditionModel(
+def sd15_parts():
+    """The pipeline's parts in the SD1.5 architecture, with random weights and no tokenizer."""
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768))
+    unet = UNet2DConditionModel(
         sample_size=64, cross_attention_dim=768, attention_head_dim=8,
         block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )
-
-
-def sd15_vae():
-    return AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-
-
-def sd15_text_encoder():
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-    ))
-
-
-def sd15_scheduler():
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": None, "unet": unet, "scheduler": scheduler,
+            "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
 class Runner:
@@ -67,9 +57,7 @@ class Runner:
             raise ValueError(f"no torch dtype for precision {precision!r}")
         self.dtype = TORCH_DTYPES[precision]
         self.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-        parts = {"vae": sd15_vae(), "text_encoder": sd15_text_encoder(), "tokenizer": None,
-                 "unet": sd15_unet(), "scheduler": sd15_scheduler(), "safety_checker": None,
-                 "feature_extractor": None, "requires_safety_checker": False}
+        parts = sd15_parts()
         self.control_image = None
         if spec["config"].get("controlnet"):
             w = self.workload
@@ -88,10 +76,6 @@ class Runner:
     def peak_device_bytes(self):
         return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 
-    def _sync(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
     def _encode(self):
         embeddings = self.pipe.text_encoder(self.token_ids)[0]
         return embeddings[:1], embeddings[1:]
@@ -107,15 +91,8 @@ class Runner:
             guidance_scale=w["guidance_scale"], num_images_per_prompt=w["batch"],
             generator=torch.Generator().manual_seed(seed), output_type="np",
         ).images
-        self._sync()
+        torch_sync()
         return images
-
-    def _timed(self, fn, *args, into):
-        start = time.perf_counter()
-        value = fn(*args)
-        self._sync()
-        into.append(time.perf_counter() - start)
-        return value
 
     def _controlnet_alone(self, doubled, t, context, control):
         down, mid = self.pipe.controlnet(doubled, t, encoder_hidden_states=context, controlnet_cond=control,
@@ -139,11 +116,7 @@ class Runner:
         the ControlNet alone on the same inputs, timed side by side.
         """
         w, pipe = self.workload, self.pipe
-        start = time.perf_counter()
-        prompt_embeds, negative_embeds = self._encode()
-        self._sync()
-        text_encoding_s = time.perf_counter() - start
-
+        (prompt_embeds, negative_embeds), text_encoding_s = timed(self._encode, sync=torch_sync)
         batch = w["batch"]
         context = torch.cat([negative_embeds.repeat(batch, 1, 1), prompt_embeds.repeat(batch, 1, 1)])
         shape = (batch, 4, w["height"] // 8, w["width"] // 8)
@@ -156,14 +129,11 @@ class Runner:
             times.update(unet_step_s=[], controlnet_s=[])
         pipe.scheduler.set_timesteps(w["steps"], device=self.torch_device)
         for t in pipe.scheduler.timesteps:
-            next_latent = self._timed(self._guided_step, latent, t, context, control, into=times["step_s"])
+            next_latent = timed_into(times["step_s"], self._guided_step, latent, t, context, control, sync=torch_sync)
             if control is not None:
-                self._timed(self._guided_step, latent, t, context, into=times["unet_step_s"])
-                self._timed(self._controlnet_alone, torch.cat([latent] * 2), t, context, control,
-                            into=times["controlnet_s"])
+                timed_into(times["unet_step_s"], self._guided_step, latent, t, context, sync=torch_sync)
+                timed_into(times["controlnet_s"], self._controlnet_alone, torch.cat([latent] * 2), t, context, control,
+                           sync=torch_sync)
             latent = next_latent
-
-        start = time.perf_counter()
-        pipe.vae.decode(latent / pipe.vae.config.scaling_factor)
-        self._sync()
-        return {"text_encoding_s": text_encoding_s, **times, "decode_s": time.perf_counter() - start}
+        _, decode_s = timed(lambda: pipe.vae.decode(latent / pipe.vae.config.scaling_factor), sync=torch_sync)
+        return {"text_encoding_s": text_encoding_s, **times, "decode_s": decode_s}

@@ -7,17 +7,15 @@ three models are KerasCV's own classes with `download_weights=False`
 (Keras' random initialisers), and the tokenizer is KerasCV's own BPE
 tokenizer with the vocabulary kcv-sd finds offline (importing kcv_sd for it
 counts toward this peer's import time). Image sizes must be multiples of
-128 (`bench.plan` skips other sizes).
+128 (`bench.configs` skips other sizes).
 """
-
-import time
 
 import keras
 import keras_cv
 import numpy as np
 from keras_cv.models.stable_diffusion import Decoder, DiffusionModel, TextEncoder
 
-from bench.tf_devices import tensorflow_device, tensorflow_peak_device_bytes
+from bench.measure import tf_device, tf_peak_device_bytes, tf_sync, timed, timed_into
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 
 
@@ -40,11 +38,11 @@ class Runner:
         sd._decoder = _compiled(Decoder(w["height"], w["width"], download_weights=False))
         sd._tokenizer = get_tokenizer()._bpe
         self.sd = sd
-        self.device = tensorflow_device()
+        self.device = tf_device()
         self.notes = ["random weights from Keras initialisers (download_weights=False)"]
 
     def peak_device_bytes(self):
-        return tensorflow_peak_device_bytes()
+        return tf_peak_device_bytes()
 
     def generate(self, seed):
         w = self.workload
@@ -58,24 +56,19 @@ class Runner:
         elementwise operations on the small latent, is left to host overhead.
         """
         w, sd = self.workload, self.sd
-        start = time.perf_counter()
-        context = sd._expand_tensor(sd.encode_text(w["prompt"]), w["batch"])
-        unconditional = np.repeat(sd._get_unconditional_context(), w["batch"], axis=0)
-        text_encoding_s = time.perf_counter() - start
+        (context, unconditional), text_encoding_s = timed(
+            lambda: (sd._expand_tensor(sd.encode_text(w["prompt"]), w["batch"]),
+                     np.repeat(sd._get_unconditional_context(), w["batch"], axis=0)), sync=tf_sync)
+
+        def step(latent, timestep):
+            inputs = {"latent": latent, "timestep_embedding": sd._get_timestep_embedding(999 - timestep, w["batch"])}
+            noise_uncond = sd.diffusion_model.predict_on_batch({**inputs, "context": unconditional})
+            noise_cond = sd.diffusion_model.predict_on_batch({**inputs, "context": context})
+            return noise_uncond + w["guidance_scale"] * (noise_cond - noise_uncond)
 
         latent = sd._get_initial_diffusion_noise(w["batch"], seed)
         step_s = []
         for timestep in range(w["steps"]):
-            start = time.perf_counter()
-            t_embed = sd._get_timestep_embedding(999 - timestep, w["batch"])
-            inputs = {"latent": latent, "timestep_embedding": t_embed}
-            noise_uncond = sd.diffusion_model.predict_on_batch({**inputs, "context": unconditional})
-            noise_cond = sd.diffusion_model.predict_on_batch({**inputs, "context": context})
-            latent = noise_uncond + w["guidance_scale"] * (noise_cond - noise_uncond)
-            step_s.append(time.perf_counter() - start)
-
-        start = time.perf_counter()
-        sd.decoder.predict_on_batch(latent)
-        return {"text_encoding_s": text_encoding_s, "step_s": step_s,
-                "decode_s": time.perf_counter() - start}
-
+            latent = timed_into(step_s, step, latent, timestep, sync=tf_sync)
+        _, decode_s = timed(sd.decoder.predict_on_batch, latent, sync=tf_sync)
+        return {"text_encoding_s": text_encoding_s, "step_s": step_s, "decode_s": decode_s}

@@ -1,23 +1,30 @@
-"""One result row per system and configuration, derived from a worker's raw timings.
+"""One result row per system and configuration, from its cold worker's raw timings.
 
-The cold start is split as measured (interpreter start-up, imports, build
-with weights, first image); the first image is further split into its
-first-call overhead (compile/trace) and the image itself, taking the warm
-median as the image's cost. Host overhead is the warm median less the timed
-stages, so it holds tokenization, noise, scheduling and Python glue.
-With a ControlNet, the configured step (ControlNet + UNet) is timed beside
-the plain UNet step and the ControlNet alone, in the same passes, so their
-ratio compares like with like; the UNet's FLOP/s use the plain step.
+The first image is split into first-call overhead (tracing, compilation) and
+the image itself, taken as the warm median. Host overhead is the warm median
+less the timed stages (tokenization, noise, scheduling, Python glue). With a
+ControlNet, the ControlNet step, the plain UNet step and the ControlNet alone
+come from the same passes; the UNet's FLOP/s use the plain step.
 """
 
 import statistics
 
-from bench.stats import summarize
+import numpy as np
 
 # The compute dtype of each 16-bit precision (kcv_sd.precision's policies).
 # Written out here because this module runs in the bench's parent process,
 # which imports no framework.
 HALF_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def summarize(seconds):
+    """Repeated timings as their median, min, max and quartiles; None if there are none."""
+    if not seconds:
+        return None
+    q1, median, q3 = np.percentile(seconds, [25, 50, 75])
+    return {"runs": len(seconds), "times_s": list(seconds), "median_s": float(median),
+            "min_s": float(min(seconds)), "max_s": float(max(seconds)),
+            "q1_s": float(q1), "q3_s": float(q3)}
 
 
 def precision_note(precision, probe):
@@ -33,13 +40,9 @@ def precision_note(precision, probe):
 
 
 def _cold(raw, warm_median):
-    cold = {
-        "interpreter_s": raw["started_at"] - raw["spawned_at"],
-        "import_s": raw["import_s"],
-        "build_s": raw["build_s"],
-        "first_call_s": raw["first_call_s"],
-        "total_s": raw["first_image_at"] - raw["spawned_at"],
-    }
+    cold = {"interpreter_s": raw["started_at"] - raw["spawned_at"], "import_s": raw["import_s"],
+            "build_s": raw["build_s"], "first_call_s": raw["first_call_s"],
+            "total_s": raw["first_image_at"] - raw["spawned_at"]}
     if warm_median is not None:
         cold["first_call_overhead_s"] = raw["first_call_s"] - warm_median
         cold["generate_s"] = warm_median
@@ -53,12 +56,9 @@ def _median_over_passes(passes, key):
 def _stages(passes, steps, warm_median):
     if not passes:
         return None
-    stages = {
-        "text_encoding_s": statistics.median(p["text_encoding_s"] for p in passes),
-        "step_s": _median_over_passes(passes, "step_s"),
-        "decode_s": statistics.median(p["decode_s"] for p in passes),
-        "passes": len(passes),
-    }
+    stages = {"text_encoding_s": statistics.median(p["text_encoding_s"] for p in passes),
+              "step_s": _median_over_passes(passes, "step_s"),
+              "decode_s": statistics.median(p["decode_s"] for p in passes), "passes": len(passes)}
     timed = stages["text_encoding_s"] + steps * stages["step_s"] + stages["decode_s"]
     stages["host_overhead_s"] = warm_median - timed
     if "unet_step_s" in passes[0]:
@@ -82,7 +82,7 @@ def _record(run, status, error):
 
 
 def build_record(run, raw, workload, unet_step_flops, probe):
-    """`run` is the planned `bench.plan.Run`; `raw` what its worker measured."""
+    """`run` is the planned `bench.configs.Run`; `raw` what its cold worker measured."""
     record = _record(run, raw.get("status", "failed"), raw.get("error"))
     record.update({
         "failed_during": raw.get("phase") if raw.get("status") != "ok" else None,

@@ -13,16 +13,16 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from bench import plan
-from bench.ablation_worker import LEVERS
-from bench.benchmark import interleaved_pairs
+from bench import configs
+from bench.ablation import LEVERS
 from bench.cli import main
-from bench.configs import Config, Workload, parse_configs, parse_peers
+from bench.configs import Config, Run, Workload, parse_configs, parse_peers, plan_runs
 from bench.flops import unet_flops
-from bench.interleaved import round_orders, run_interleaved, summarize_pair
+from bench.interleaved import interleaved_pairs, round_orders, run_interleaved, summarize_pair
+from bench.launch import run_worker
 from bench.records import build_record, precision_note
-from bench.subprocess_run import run_worker
-from bench.table import interleaved_rows, target_rows
+from bench.table import interleaved_rows
+from bench.targets import target_rows
 from kcv_sd import routing
 from kcv_sd.config import UNetConfig
 from kcv_sd.unet import UNet
@@ -121,9 +121,9 @@ def test_config_grids():
 
 
 def test_missing_peer_is_planned_as_skipped(monkeypatch):
-    monkeypatch.setitem(plan.PEER_MODULES, "diffusers", ("no_such_module_for_kcv_bench",))
+    monkeypatch.setitem(configs.PEER_MODULES, "diffusers", ("no_such_module_for_kcv_bench",))
     workload = Workload("sd15", 128, 128, steps=1, batch=1, repeats=1)
-    runs = plan.plan_runs([Config(False, "float32")], ["diffusers"], workload)
+    runs = plan_runs([Config(False, "float32")], ["diffusers"], workload)
     assert [(r.system, r.skip_reason) for r in runs] == [
         ("kcv-sd", None), ("diffusers", "not installed (no_such_module_for_kcv_bench)")]
 
@@ -131,7 +131,7 @@ def test_missing_peer_is_planned_as_skipped(monkeypatch):
 def test_peers_run_once_per_precision_and_controlnet_setting():
     workload = Workload("sd15", 128, 128, steps=1, batch=1, repeats=1)
     configs = parse_configs("xla=off,on;precision=float32;controlnet=off,on")
-    runs = plan.plan_runs(configs, ["kerascv"], workload)
+    runs = plan_runs(configs, ["kerascv"], workload)
     peers = [(r.precision, r.controlnet, r.skip_reason) for r in runs if r.system == "kerascv"]
     assert peers[0][:2] == ("float32", False) and peers[0][2] in (None, "not installed (keras_cv)")
     assert peers[1] == ("float32", True, "KerasCV has no ControlNet")
@@ -150,7 +150,7 @@ def test_cold_start_split_and_host_overhead():
            "build_s": 3.0, "first_call_s": 10.0, "first_image_at": 115.2, "warm_s": [4.0, 6.0, 5.0],
            "stages": [{"text_encoding_s": 0.5, "step_s": [1.0, 1.0], "decode_s": 1.5}], "notes": []}
     workload = Workload("tiny", 64, 64, steps=2, batch=1, repeats=3)
-    record = build_record(plan.Run("kcv-sd", False, "float32"), raw, workload, 2e9, None)
+    record = build_record(Run("kcv-sd", False, "float32"), raw, workload, 2e9, None)
     assert record["cold"]["total_s"] == pytest.approx(15.2)
     assert record["cold"]["interpreter_s"] == pytest.approx(0.1)
     assert record["cold"]["first_call_overhead_s"] == pytest.approx(5.0)
@@ -166,7 +166,7 @@ def test_controlnet_step_ratio_and_unet_flops_use_the_plain_step():
            "stages": [{"text_encoding_s": 0.5, "step_s": [1.3, 1.2], "unet_step_s": [1.0, 1.0],
                        "controlnet_s": [0.3, 0.25], "decode_s": 1.5}]}
     workload = Workload("tiny", 64, 64, steps=2, batch=1, repeats=1)
-    record = build_record(plan.Run("kcv-sd", False, "float32", controlnet=True), raw, workload, 2e9, None)
+    record = build_record(Run("kcv-sd", False, "float32", controlnet=True), raw, workload, 2e9, None)
     assert record["controlnet"] is True
     assert record["stages"]["step_s"] == pytest.approx(1.25)
     assert record["stages"]["controlnet_s"] == pytest.approx(0.275)
@@ -176,7 +176,7 @@ def test_controlnet_step_ratio_and_unet_flops_use_the_plain_step():
 
 
 def test_a_worker_that_dies_is_recorded(tmp_path):
-    result = run_worker("bench.no_such_worker", {}, tmp_path / "log", lambda line: None, timeout_s=60)
+    result = run_worker({}, tmp_path / "log", lambda line: None, timeout_s=60, module="bench.no_such_worker")
     assert result["status"] == "failed"
     assert "exited with code" in result["error"]
 
@@ -349,10 +349,10 @@ def test_targets_against_diffusers_use_the_interleaved_pair():
 
 
 def test_interleaved_pairs_take_the_fastest_plain_kcv_sd_row_per_precision():
-    runs = [plan.Run("kcv-sd", False, "float32"), plan.Run("kcv-sd", True, "float32"),
-            plan.Run("kcv-sd", False, "float32", controlnet=True), plan.Run("kcv-sd", False, "bfloat16"),
-            plan.Run("diffusers", None, "float32"), plan.Run("diffusers", None, "float32", controlnet=True),
-            plan.Run("diffusers", None, "bfloat16"), plan.Run("kerascv", True, "float32")]
+    runs = [Run("kcv-sd", False, "float32"), Run("kcv-sd", True, "float32"),
+            Run("kcv-sd", False, "float32", controlnet=True), Run("kcv-sd", False, "bfloat16"),
+            Run("diffusers", None, "float32"), Run("diffusers", None, "float32", controlnet=True),
+            Run("diffusers", None, "bfloat16"), Run("kerascv", True, "float32")]
     warm = [2.0, 1.5, 1.0, None, 3.0, 3.0, 3.0, 3.0]  # the ControlNet row is fastest but not plain
     records = [{"status": "ok" if w else "failed", "warm": {"median_s": w} if w else None} for w in warm]
     assert interleaved_pairs(runs, records) == [(runs[1], runs[4])]  # no ok bfloat16 row of kcv-sd

@@ -40,6 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 
+from bench.measure import tf_sync, timed
 from kcv_sd.components import load_components
 from kcv_sd.pipeline import Pipeline
 from kcv_sd.samplers import SAMPLERS
@@ -61,26 +62,16 @@ def variant(autograph):
 VARIANTS = {"autograph": variant(True), "no_autograph": variant(False)}
 
 
-def timed(fn):
-    began = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - began, result
-
-
-def numpy(result):
-    return tf.nest.map_structure(lambda t: t.numpy(), result)
-
-
 def phases(fn, inputs, new_inputs=None):
     """Times and outputs of trace, first and warm runs of one tf.function."""
     times = {}
-    times["trace"], _ = timed(lambda: fn.get_concrete_function())
-    times["first"], out = timed(lambda: numpy(fn(*inputs)))
-    times["warm"] = statistics.median(timed(lambda: numpy(fn(*inputs)))[0] for _ in range(3))
+    _, times["trace"] = timed(fn.get_concrete_function)
+    out, times["first"] = timed(fn, *inputs, sync=tf_sync)
+    times["warm"] = statistics.median(timed(fn, *inputs, sync=tf_sync)[1] for _ in range(3))
     outputs = [out]
     if new_inputs is not None:
-        times["new_shape"], new_out = timed(lambda: numpy(fn(*new_inputs)))
-        times["new_shape_warm"] = statistics.median(timed(lambda: numpy(fn(*new_inputs)))[0] for _ in range(2))
+        new_out, times["new_shape"] = timed(fn, *new_inputs, sync=tf_sync)
+        times["new_shape_warm"] = statistics.median(timed(fn, *new_inputs, sync=tf_sync)[1] for _ in range(2))
         times["instantiate"] = (times["first"] - times["warm"]) - (times["new_shape"] - times["new_shape_warm"])
         outputs.append(new_out)
     return times, outputs
@@ -109,8 +100,8 @@ def measure(cls, components, full):
     result["decode"], outputs["decode"] = phases(pipe._decode, latents[:1], latents[1:])
     if full:
         pipe = cls(components=components)
-        first, image = timed(lambda: pipe(**CALL))
-        warm = statistics.median(timed(lambda: pipe(**CALL))[0] for _ in range(3))
+        image, first = timed(pipe, **CALL)
+        warm = statistics.median(timed(pipe, **CALL)[1] for _ in range(3))
         result["pipeline"] = {"first": first, "warm": warm, "overhead": first - warm}
         outputs["pipeline"] = image
     return result, outputs

@@ -1,0 +1,109 @@
+"""The parent side of the worker protocol (`bench.worker`): start a worker on
+a spec, echo its progress, answer its session, read its record.
+
+Everything a worker prints besides progress and answers (framework logs,
+progress bars, tracebacks) goes to the benchmark's log, whose tail stands in
+for the record when a worker dies or times out without writing one.
+"""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.worker import PROGRESS, REPLY
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_environment():
+    """This checkout first on the path, so workers import the code being measured."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+class WorkerFailed(Exception):
+    pass
+
+
+class Worker:
+    """One worker process on `spec`, appending to the open `log`, killed after `timeout_s`."""
+
+    def __init__(self, spec, log, echo, timeout_s, module="bench.worker"):
+        self.name, self.log, self.echo, self.timeout_s = spec.get("system", spec.get("job")), log, echo, timeout_s
+        self.scratch = tempfile.TemporaryDirectory()
+        spec_path, self.result_path = Path(self.scratch.name) / "spec.json", Path(self.scratch.name) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        log.write(f"\n===== {module} {spec.get('job')} {self.name} {json.dumps(spec.get('config'))} =====\n")
+        log.flush()
+        self.timed_out, self.record = threading.Event(), None
+        spawned_at = time.time()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, str(spec_path), str(self.result_path), repr(spawned_at)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=worker_environment())
+        self.timer = threading.Timer(timeout_s, self._kill)
+        self.timer.start()
+
+    def _kill(self):
+        self.timed_out.set()
+        self.process.kill()
+
+    def _next_reply(self):
+        """The next answer's text (None at the end of output); progress is echoed, every line logged."""
+        for line in self.process.stdout:
+            self.log.write(line)
+            if line.startswith(PROGRESS):
+                self.echo(line[len(PROGRESS):].rstrip())
+            elif line.startswith(REPLY):
+                return line[len(REPLY):].strip()
+        return None
+
+    def ask(self, request=None):
+        """Sends `request` (if any) as one line and returns the answer;
+        WorkerFailed, with the record's error, if the worker ends first."""
+        if request is not None:
+            with contextlib.suppress(BrokenPipeError):  # it has ended: its record says why
+                self.process.stdin.write(f"{request}\n")
+                self.process.stdin.flush()
+        answer = self._next_reply()
+        if answer is None:
+            raise WorkerFailed(f"{self.name}: {self.finish()['error']}")
+        return answer
+
+    def finish(self):
+        """Ends the worker's input, waits for it, and returns its record (a
+        failed one if it wrote none). Calling it again returns the same record."""
+        if self.record is None:
+            self.record = self._wait()
+        return self.record
+
+    def _wait(self):
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
+            while self._next_reply() is not None:
+                pass
+            returncode = self.process.wait()
+        finally:
+            self.timer.cancel()
+        record = json.loads(self.result_path.read_text()) if self.result_path.exists() else None
+        self.scratch.cleanup()
+        if record is not None:
+            return record
+        self.log.flush()
+        reason = f"timed out after {self.timeout_s} s" if self.timed_out.is_set() else f"exited with code {returncode}"
+        tail = "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-20:])
+        return {"status": "failed", "error": f"worker {reason} without a result", "traceback": tail}
+
+
+def run_worker(spec, log_path, echo, timeout_s, module="bench.worker"):
+    """One job, run to its end in a fresh worker: its record."""
+    with open(log_path, "a") as log:
+        return Worker(spec, log, echo, timeout_s, module).finish()

@@ -1,0 +1,47 @@
+"""The machine probe job: devices, matmul yardsticks, and facts every run shares.
+
+The float32 matmul of `matmul_size` is the yardstick for the UNet's achieved
+FLOP/s. The faster of two sizes per dtype shows whether 16-bit math is fast on
+this device (it labels the 16-bit rows), and the fastest of all is the FLOP
+target's "best matmul": one size alone varied too much from run to run. The
+prompt's token ids (for peers without a tokenizer offline) and the guided
+UNet step's FLOPs are worked out here because the parent never imports
+TensorFlow.
+"""
+
+import tensorflow as tf
+
+from bench.flops import unet_flops
+from bench.measure import tf_sync, timed
+from kcv_sd.components import family_by_name
+from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
+
+COMPARE_SIZES = (1024, 2048)
+
+
+def matmul_flops_per_s(size, dtype, repeats=5):
+    """The best of `repeats` after a warm-up."""
+    a = tf.cast(tf.random.normal((size, size)), dtype)
+    timed(tf.matmul, a, a, sync=tf_sync)
+    return 2 * size**3 / min(timed(tf.matmul, a, a, sync=tf_sync)[1] for _ in range(repeats))
+
+
+def devices():
+    names = []
+    for device in tf.config.list_physical_devices():
+        details = tf.config.experimental.get_device_details(device) if device.device_type == "GPU" else {}
+        names.append({"type": device.device_type, "name": device.name, "model": details.get("device_name")})
+    return names
+
+
+def job(spec, result):
+    w, size = spec["workload"], spec["matmul_size"]
+    rates = {dtype: max(matmul_flops_per_s(n, dtype) for n in COMPARE_SIZES)
+             for dtype in ("float32", "float16", "bfloat16")}
+    result["devices"] = devices()
+    result["matmul"] = {"size": size, "float32_flops_per_s": matmul_flops_per_s(size, "float32"),
+                        "compare_sizes": list(COMPARE_SIZES), "flops_per_s_by_dtype": rates}
+    result["token_ids"] = get_tokenizer().pad_batch([w["prompt"], ""]).tolist()
+    # A guided step runs the UNet on both halves: twice the images.
+    result["unet_step_flops"] = unet_flops(family_by_name(w["model"]).unet, w["height"] // 8, w["width"] // 8,
+                                           batch=2 * w["batch"], context_length=MAX_PROMPT_LENGTH)
