@@ -22,10 +22,15 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.pipeline import COMPILED_FUNCTIONS_KEPT, Pipeline, to_uint8
 from kcv_sd.prepare import context_rows, prepare
 from kcv_sd.recent import RecentlyUsed
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
+
+
+# `Pipeline.__call__` arguments that need the single-device pipeline.
+SINGLE_DEVICE_ONLY = ("init_image", "strength", "mask_image", "tiled_decode", "cfg_cutoff_step_ratio")
 
 
 def _tpu_cluster_resolver():
@@ -97,27 +102,19 @@ class DistributedPipeline:
     def num_replicas(self):
         return self.strategy.num_replicas_in_sync
 
-    def __call__(self, prompt, negative_prompt=None, width=None, height=None,
-                 num_inference_steps=50, guidance_scale=7.5, seed=None,
-                 num_images_per_prompt=1, latents=None, output_type="pil", sampler="ddim",
-                 image=None, controlnet=None, controlnet_conditioning_scale=1.0, guess_mode=False,
-                 control_guidance_start=0.0, control_guidance_end=1.0, control_sizing="resize",
-                 progress=False):
-        """Generate images from text, optionally with ControlNets; the arguments
-        and results are those of `Pipeline.__call__`.
+    def __call__(self, prompt, negative_prompt=None, progress=False, **options):
+        """Generate images from text, optionally with ControlNets; `options`
+        and the results are those of `Pipeline.__call__`.
 
-        Not here: img2img, inpainting and tiled decoding. `progress` is
-        accepted for compatibility and ignored: each replica runs all steps
-        inside one compiled call.
+        Not here: img2img, inpainting, tiled decoding and the guidance
+        cutoff. `progress` is accepted for compatibility and ignored: each
+        replica runs all steps inside one compiled call.
         """
-        call = prepare(
-            self.components, prompt, negative_prompt, width=width, height=height,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-            num_images_per_prompt=num_images_per_prompt, latents=latents, output_type=output_type,
-            sampler=sampler, image=image, controlnet=controlnet,
-            controlnet_conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode,
-            control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
-            control_sizing=control_sizing, control_scope=self.strategy.scope)
+        unsupported = sorted(set(options) & set(SINGLE_DEVICE_ONLY))
+        if unsupported:
+            raise InvalidArgumentError(
+                f"DistributedPipeline does not take {', '.join(unsupported)}: use a Pipeline for that.")
+        call = prepare(self.components, prompt, negative_prompt, control_scope=self.strategy.scope, **options)
         # Every replica encodes the same token batch as Pipeline (row order
         # changes the encoder's rounding) and keeps its images' rows.
         tokens = self.pipeline.tokenizer.pad_batch(call.texts)
@@ -128,10 +125,10 @@ class DistributedPipeline:
                           tf.gather(call.noise, rows),
                           *(() if call.plan is None else map(tf.constant, call.plan.images)))
         output = np.concatenate([np.asarray(shard) for shard in shards])[:call.batch]
-        if output_type == "latent":
+        if call.output_type == "latent":
             return output
         pixels = to_uint8(output)
-        if output_type == "np":
+        if call.output_type == "np":
             return pixels
         return [Image.fromarray(one) for one in pixels]
 

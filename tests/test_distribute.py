@@ -88,5 +88,16 @@ def test_shards_are_equal_contiguous_and_padded_with_the_last_image(replicas, ba
     assert rows[:batch].tolist() == list(range(batch)) and set(rows[batch:]) <= {batch - 1}
 
 
+def test_single_device_options_are_refused_before_any_work(tiny_components):
+    import tensorflow as tf
+
+    from kcv_sd.distribute import DistributedPipeline
+    from kcv_sd.errors import InvalidArgumentError
+
+    pipeline = DistributedPipeline(tf.distribute.get_strategy(), components=tiny_components)
+    with pytest.raises(InvalidArgumentError, match="does not take cfg_cutoff_step_ratio, init_image"):
+        pipeline("a", init_image=np.zeros((64, 64, 3), np.uint8), cfg_cutoff_step_ratio=0.5)
+
+
 if __name__ == "__main__":
     print(json.dumps(run_distributed()))
