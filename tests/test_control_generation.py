@@ -6,23 +6,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
-from test_convert_reference import diffusers_unet_kwargs, numpy_state_dict, randomize_
+from helpers import random_controlnet
+from references import diffusers_unet_kwargs, numpy_state_dict, randomize_
 
 import controlnet
 from controlnet.control_images import canny_edges, depth_to_control, load_depth, normals_from_depth
 from kcv_sd import samples
 from kcv_sd.cli import main
-from kcv_sd.components import randomize
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
 from kcv_sd.png import read_parameters
 
 ARGS = dict(num_inference_steps=2, seed=3, output_type="latent")
-
-
-def random_controlnet(seed, config=controlnet.TINY):
-    model = controlnet.ControlNet(config)
-    randomize([layer for layer in model.model().layers if layer.weights], seed)
-    return model
 
 
 @pytest.fixture(scope="module")

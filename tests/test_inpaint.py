@@ -6,9 +6,8 @@ The blended-latent loop itself is checked against diffusers in test_img2img.py.
 
 import numpy as np
 import pytest
+from helpers import HEIGHT, WIDTH, block_mask, random_controlnet
 from PIL import Image
-from test_control_generation import random_controlnet
-from test_img2img import HEIGHT, WIDTH, block_mask
 
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.image_inputs import latent_repaint_mask

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_control_generation import random_controlnet
+from helpers import random_controlnet
 
 import kcv_sd
 from kcv_sd import pipeline as pipeline_module

@@ -4,7 +4,7 @@ img2img refine with the same prompt, seed and ControlNet; API, CLI, bad input.""
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_control_generation import random_controlnet
+from helpers import random_controlnet
 
 import kcv_sd
 from kcv_sd.cli import main
