@@ -14,7 +14,6 @@ from references import TINY_CONTROLNETS, converted_pipeline, diffusers_unet, nch
 
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.pipeline import Pipeline, guided_steps
-from kcv_sd.study import resolve_controlnet
 
 UNET_CONFIG = TINY_CONTROLNETS["four-levels"].unet
 HEIGHT, WIDTH, STEPS, TOKENS = 64, 64, 5, 7
@@ -84,11 +83,12 @@ def test_cutoff_runs_conditional_only_steps(tiny_pipeline, monkeypatch):
 
 
 @pytest.mark.parametrize("with_controlnet", [False, True])
-def test_compiled_loop_with_cutoff_matches_step_by_step(tiny_components, tiny_pipeline, with_controlnet):
+def test_compiled_loop_with_cutoff_matches_step_by_step(tiny_components, tiny_pipeline, shared_controlnet,
+                                                        with_controlnet):
     looped = Pipeline(components=tiny_components, compiled_loop=True)
     control = {}
     if with_controlnet:
-        control = dict(controlnet=resolve_controlnet(tiny_pipeline, "random", seed=4),
+        control = dict(controlnet=shared_controlnet(4),
                        image=np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8),
                        control_guidance_end=0.5)
     args = dict(cfg_cutoff_step_ratio=0.5, sampler="dpmpp_2m", **control, **ARGS)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
-from helpers import random_controlnet
 from references import diffusers_unet_kwargs, numpy_state_dict, randomize_
 
 import controlnet
@@ -20,8 +19,8 @@ ARGS = dict(num_inference_steps=2, seed=3, output_type="latent")
 
 
 @pytest.fixture(scope="module")
-def tiny_controlnets():
-    return [random_controlnet(seed) for seed in (1, 2, 3)]
+def tiny_controlnets(shared_controlnet):
+    return [shared_controlnet(seed) for seed in (1, 2, 3)]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,7 @@ def test_controlnet_is_not_run_outside_its_window(tiny_pipeline, tiny_controlnet
     assert controlnet_step_calls == [False, False, True, True]
 
 
-def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth):
+def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth, generate_on_tiny_pipeline):
     """A diffusers-format tiny ControlNet file drives the CLI end to end."""
     from diffusers import ControlNetModel
 
@@ -90,7 +89,7 @@ def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth):
     assert params["controlnet_conditioning_scale"] == 0.8
 
 
-def test_cli_control_count_mismatch_is_one_line(tmp_path):
+def test_cli_control_count_mismatch_is_one_line(tmp_path, generate_on_tiny_pipeline):
     result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--weights", "random",
                                        "--control", "a.png", "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2
