@@ -1,15 +1,21 @@
 """Shared fixtures (tiny random models are built once per worker) and the
 number of pytest-xdist workers."""
 
+import functools
+import importlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from helpers import random_controlnet  # noqa: E402
 
 from kcv_sd.components import load_components  # noqa: E402
 from kcv_sd.pipeline import Pipeline  # noqa: E402
+
+# The module: `kcv_sd.generate` as an attribute of the package is the function.
+generate_module = importlib.import_module("kcv_sd.generate")
 
 # A worker's resident memory by the end of its share of the tiny-model tests:
 # TensorFlow does not give back all that tracing took (about 0.1-2 GB a test).
@@ -29,6 +35,14 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(CORES, memory // MEMORY_PER_WORKER))
 
 
+def pytest_collection_modifyitems(items):
+    """Files holding a `slow` test go first, in their order, then the rest:
+    with `--dist loadfile --no-loadscope-reorder` (setup.cfg) the workers
+    start on them instead of one worker running them alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def tiny_components():
     return load_components("tiny", "random", seed=0)
@@ -45,6 +59,32 @@ def tiny_pipeline(tiny_components):
 @pytest.fixture(scope="session")
 def tiny_xla_pipeline(tiny_components):
     return Pipeline(components=tiny_components, jit_compile=True, static_routes=False)
+
+
+@pytest.fixture
+def generate_on_tiny_pipeline(tiny_pipeline, monkeypatch):
+    """`kcv-sd generate --model tiny --weights random` and `kcv_sd.generate(model="tiny",
+    weights="random")` run on `tiny_pipeline`, which already holds this worker's
+    compiled steps for every size; the pipeline they would cache for
+    themselves (same weights, static routes) traces again per size class.
+    Other configurations get their own cached pipeline as usual."""
+    cached_pipeline = generate_module._cached_pipeline
+
+    def shared(*configuration):
+        if configuration == ("tiny", "random", "float32", False, False):
+            return tiny_pipeline
+        return cached_pipeline(*configuration)
+
+    monkeypatch.setattr(generate_module, "_cached_pipeline", shared)
+    return tiny_pipeline
+
+
+@pytest.fixture(scope="session")
+def shared_controlnet():
+    """`shared_controlnet(seed)`: `helpers.random_controlnet(seed)`, one instance
+    per seed and worker. Pipelines compile a step per ControlNet instance, so
+    tests that share the instance share its compiled steps."""
+    return functools.cache(random_controlnet)
 
 
 @pytest.fixture

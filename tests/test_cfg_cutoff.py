@@ -8,16 +8,13 @@ and noise, with the Euler sampler (which matches diffusers step for step).
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
+from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 from diffusers.callbacks import SDCFGCutoffCallback
-from test_convert_reference import TINY_CONTROLNETS, diffusers_unet, nchw, nhwc, numpy_state_dict
+from references import TINY_CONTROLNETS, converted_pipeline, diffusers_unet, nchw, nhwc, stand_in_vae
 
-from kcv_sd.components import Components, ModelFamily
-from kcv_sd.convert import convert_diffusers_unet
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.pipeline import Pipeline
 from kcv_sd.prepare import guided_steps
-from kcv_sd.study import resolve_controlnet
 
 UNET_CONFIG = TINY_CONTROLNETS["four-levels"].unet
 HEIGHT, WIDTH, STEPS, TOKENS = 64, 64, 5, 7
@@ -38,11 +35,8 @@ def test_guided_steps_follow_diffusers_callback_index():
 @pytest.mark.parametrize("ratio", [0.0, 0.5])
 def test_final_latents_match_diffusers_cfg_cutoff_callback(ratio):
     torch_unet = diffusers_unet(UNET_CONFIG, seed=21)
-    family = ModelFamily(UNET_CONFIG, None, None, kerascv_weights=False, controlnet="TINY")
-    unet = convert_diffusers_unet(numpy_state_dict(torch_unet), UNET_CONFIG)
-    ours = Pipeline(components=Components(family, None, unet, None, "random", "float32"))
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    ours = converted_pipeline(torch_unet, UNET_CONFIG)
+    vae = stand_in_vae()
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     reference = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=torch_unet,
                                         scheduler=scheduler, safety_checker=None, feature_extractor=None,
@@ -90,11 +84,12 @@ def test_cutoff_runs_conditional_only_steps(tiny_pipeline, monkeypatch):
 
 
 @pytest.mark.parametrize("with_controlnet", [False, True])
-def test_compiled_loop_with_cutoff_matches_step_by_step(tiny_components, tiny_pipeline, with_controlnet):
+def test_compiled_loop_with_cutoff_matches_step_by_step(tiny_components, tiny_pipeline, shared_controlnet,
+                                                        with_controlnet):
     looped = Pipeline(components=tiny_components, compiled_loop=True)
     control = {}
     if with_controlnet:
-        control = dict(controlnet=resolve_controlnet(tiny_pipeline, "random", seed=4),
+        control = dict(controlnet=shared_controlnet(4),
                        image=np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8),
                        control_guidance_end=0.5)
     args = dict(cfg_cutoff_step_ratio=0.5, sampler="dpmpp_2m", **control, **ARGS)

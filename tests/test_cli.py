@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from kcv_sd.cli import main
 from kcv_sd.png import read_parameters
 
+pytestmark = pytest.mark.usefixtures("generate_on_tiny_pipeline")
 TINY = ["--model", "tiny", "--weights", "random", "--width", "64", "--height", "64",
         "--steps", "2", "--no-progress"]
 

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
-from test_convert_reference import diffusers_unet_kwargs, numpy_state_dict, randomize_
+from references import diffusers_unet_kwargs, numpy_state_dict, randomize_
 
 from controlnet.control_images import canny_edges, depth_to_control, load_depth, normals_from_depth
 from kcv_sd import samples
 from kcv_sd.cli import main
-from kcv_sd.components import randomize
 from kcv_sd.config import CONTROLNET_TINY
 from kcv_sd.controlnet import ControlNet
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
@@ -20,15 +19,9 @@ from kcv_sd.png import read_parameters
 ARGS = dict(num_inference_steps=2, seed=3, output_type="latent")
 
 
-def random_controlnet(seed, config=CONTROLNET_TINY):
-    model = ControlNet(config)
-    randomize([layer for layer in model.model().layers if layer.weights], seed)
-    return model
-
-
 @pytest.fixture(scope="module")
-def tiny_controlnets():
-    return [random_controlnet(seed) for seed in (1, 2, 3)]
+def tiny_controlnets(shared_controlnet):
+    return [shared_controlnet(seed) for seed in (1, 2, 3)]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +64,7 @@ def test_controlnet_is_not_run_outside_its_window(tiny_pipeline, tiny_controlnet
     assert controlnet_step_calls == [False, False, True, True]
 
 
-def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth):
+def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth, generate_on_tiny_pipeline):
     """A diffusers-format tiny ControlNet file drives the CLI end to end."""
     from diffusers import ControlNetModel
 
@@ -97,7 +90,7 @@ def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth):
     assert params["controlnet_conditioning_scale"] == 0.8
 
 
-def test_cli_control_count_mismatch_is_one_line(tmp_path):
+def test_cli_control_count_mismatch_is_one_line(tmp_path, generate_on_tiny_pipeline):
     result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--weights", "random",
                                        "--control", "a.png", "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from test_convert_reference import control_image, random_inputs
+from helpers import control_image, random_inputs
 
 from kcv_sd.config import CONTROLNET_TINY, ControlNetConfig
 from kcv_sd.controlnet import ControlNet

@@ -11,25 +11,24 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     EulerDiscreteScheduler,
     MultiControlNetModel,
     StableDiffusionControlNetPipeline,
 )
 from PIL import Image
-from test_convert_reference import (
+from references import (
     TINY_CONTROLNETS,
+    converted_pipeline,
     diffusers_controlnet,
     diffusers_unet,
     nchw,
     nhwc,
     numpy_state_dict,
+    stand_in_vae,
 )
 
-from kcv_sd.components import Components, ModelFamily
 from kcv_sd.control import guidance_keep, plan_control
-from kcv_sd.convert import convert_controlnet, convert_diffusers_unet
-from kcv_sd.pipeline import Pipeline
+from kcv_sd.convert import convert_controlnet
 
 CONFIG = TINY_CONTROLNETS["four-levels"]
 HEIGHT, WIDTH, STEPS, TOKENS = 64, 128, 4, 7
@@ -39,14 +38,10 @@ HEIGHT, WIDTH, STEPS, TOKENS = 64, 128, 4, 7
 def models():
     torch_unet = diffusers_unet(CONFIG.unet, seed=10)
     torch_controlnets = [diffusers_controlnet(CONFIG, seed=s) for s in (11, 12)]
-    unet = convert_diffusers_unet(numpy_state_dict(torch_unet), CONFIG.unet)
+    ours = converted_pipeline(torch_unet, CONFIG.unet)
     controlnets = [convert_controlnet(numpy_state_dict(m), CONFIG) for m in torch_controlnets]
-    family = ModelFamily(CONFIG.unet, None, None, kerascv_weights=False, controlnet="TINY")
-    ours = Pipeline(components=Components(family, None, unet, None, "random", "float32"))
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4)
+    vae = stand_in_vae()
     reference = StableDiffusionControlNetPipeline(
         vae=vae, text_encoder=None, tokenizer=None, unet=torch_unet,
         controlnet=MultiControlNetModel(torch_controlnets), scheduler=scheduler,

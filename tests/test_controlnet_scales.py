@@ -4,13 +4,8 @@ import itertools
 
 import numpy as np
 import pytest
-from test_convert_reference import (
-    TINY_CONTROLNETS,
-    control_image,
-    diffusers_controlnet,
-    diffusers_residuals,
-    random_inputs,
-)
+from helpers import control_image, random_inputs
+from references import TINY_CONTROLNETS, diffusers_controlnet, diffusers_residuals
 
 from kcv_sd.control import control_scales, scale_residuals
 from kcv_sd.unet import control_input_names

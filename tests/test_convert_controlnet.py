@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
-from test_convert_reference import (
+from helpers import control_image, random_inputs
+from references import (
     TINY_CONTROLNETS,
-    control_image,
     diffusers_controlnet,
     diffusers_residuals,
     numpy_state_dict,
-    random_inputs,
 )
 
 from kcv_sd.config import CONTROLNET_SD15

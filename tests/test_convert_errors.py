@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 from diffusers import ControlNetModel
-from test_convert_reference import (
+from references import (
     TINY_CONTROLNETS,
     diffusers_controlnet,
     diffusers_unet,

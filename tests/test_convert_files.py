@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 from safetensors.torch import save_file as save_torch_file
-from test_convert_reference import (
+from references import (
     TINY_CONTROLNETS,
     diffusers_controlnet,
     diffusers_unet,

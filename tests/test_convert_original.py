@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
-from test_convert_reference import (
+from references import (
     TINY_CONTROLNETS,
     diffusers_controlnet,
     numpy_state_dict,

@@ -7,10 +7,12 @@ import pytest
 import torch
 from keras_cv.src.models.stable_diffusion.text_encoder import CLIPEmbedding
 from safetensors.numpy import save_file
-from test_convert_reference import TINY_A, diffusers_unet, numpy_state_dict
-from test_convert_sd_reference import (
+from references import (
+    TINY_A,
+    diffusers_unet,
     diffusers_vae,
     hub_clip_state_dict,
+    numpy_state_dict,
     transformers_clip,
 )
 

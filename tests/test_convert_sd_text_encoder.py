@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from test_convert_reference import numpy_state_dict
-from test_convert_sd_reference import (
+from references import (
     hub_clip_state_dict,
+    numpy_state_dict,
     prompt_tokens,
     text_inputs,
     transformers_clip,

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from test_convert_reference import nchw, nhwc, numpy_state_dict
-from test_convert_sd_reference import (
+from references import (
     TINY_VAE_CHANNELS,
     diffusers_vae,
+    nchw,
+    nhwc,
+    numpy_state_dict,
 )
 
 from kcv_sd.convert import CheckpointError, convert_diffusers_vae

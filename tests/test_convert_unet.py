@@ -5,16 +5,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from test_convert_reference import (
+from helpers import control_image, random_inputs
+from references import (
     TINY_CONTROLNETS,
-    control_image,
     diffusers_controlnet,
     diffusers_residuals,
     diffusers_unet,
     nchw,
     nhwc,
     numpy_state_dict,
-    random_inputs,
 )
 
 from kcv_sd.config import SD15_DIFFUSERS

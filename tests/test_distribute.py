@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # the distributed process traces for a minute or more
 REPLICAS = 3
 # (prompts, images per prompt): batches of 1, 3, 4 (2 prompts x 2) and 5.
 BATCHES = ((["a red car"], 1), (["a room", "a street", "a bust"], 1), (["a cat", "a dog"], 2),

@@ -18,24 +18,32 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
+)
+from helpers import (
+    HEIGHT,
+    WIDTH,
+    assert_close,
+    block_mask,
+    compiled_run,
+    eager_run,
+    fake_unet,
 )
 from keras.src.legacy.saving import legacy_h5_format
 from keras_cv.src.models.stable_diffusion.image_encoder import ImageEncoder
 from PIL import Image
-from test_convert_reference import TINY_A, diffusers_unet, nchw, nhwc, numpy_state_dict
-from test_schedulers import (
-    assert_close,
-    compiled_run,
-    eager_run,
-    fake_unet,
+from references import (
+    TINY_A,
+    converted_pipeline,
+    diffusers_unet,
+    nchw,
+    nhwc,
     reference_scheduler,
+    stand_in_vae,
 )
 
-from kcv_sd.components import FAMILIES, Components, ModelFamily
-from kcv_sd.convert import convert_diffusers_unet
+from kcv_sd.components import FAMILIES, Components
 from kcv_sd.image_inputs import latent_repaint_mask
 from kcv_sd.pipeline import ImageStart, Pipeline, initial_latent, to_uint8
 from kcv_sd.prepare import steps_skipped
@@ -170,17 +178,15 @@ def test_encoder_is_built_on_first_use_from_its_own_seed():
     assert not np.array_equal(kernels[0], np.asarray(tiny(1).image_encoder.weights[0]))
 
 
-# diffusers' img2img pipeline on the same tiny UNet.
-HEIGHT, WIDTH, TOKENS = 64, 128, 7
+# diffusers' img2img pipeline on the same tiny UNet (images of helpers' HEIGHT x WIDTH).
+TOKENS = 7
 
 
 @pytest.fixture(scope="module")
 def unet_pair():
     torch_unet = diffusers_unet(TINY_A, seed=10)
     torch_unet.register_to_config(sample_size=HEIGHT // 8)  # diffusers' pipelines check it
-    family = ModelFamily(TINY_A, None, None, kerascv_weights=False, controlnet="TINY")
-    unet = convert_diffusers_unet(numpy_state_dict(torch_unet), TINY_A)
-    return Pipeline(components=Components(family, None, unet, None, "random", "float32")), torch_unet
+    return converted_pipeline(torch_unet, TINY_A), torch_unet
 
 
 def reference_inputs(seed=0):
@@ -213,21 +219,12 @@ def test_img2img_final_latents_match_diffusers(unet_pair, sampler, strength):
     np.testing.assert_allclose(np.asarray(latent), nhwc(expected), rtol=1e-4, atol=1e-4)
 
 
-def block_mask(height=HEIGHT, width=WIDTH):
-    """White (repaint) on the left half and a block-aligned square, else black."""
-    mask = np.zeros((height, width), bool)
-    mask[:, : width // 2] = True
-    mask[8:24, -32:-8] = True
-    return mask
-
-
 @pytest.mark.parametrize("sampler,strength", [("euler", 1.0), ("euler", 0.7), ("dpmpp_2m", 0.7)])
 def test_inpainting_final_latents_match_diffusers(unet_pair, sampler, strength):
     ours, torch_unet = unet_pair
     cond, uncond, init, noise = reference_inputs(seed=3)
     mask = block_mask()
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    vae = stand_in_vae()
     reference = StableDiffusionInpaintPipeline(
         vae=vae, text_encoder=None, tokenizer=None, unet=torch_unet, scheduler=reference_scheduler(sampler),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -6,9 +6,8 @@ The blended-latent loop itself is checked against diffusers in test_img2img.py.
 
 import numpy as np
 import pytest
+from helpers import HEIGHT, WIDTH, block_mask
 from PIL import Image
-from test_control_generation import random_controlnet
-from test_img2img import HEIGHT, WIDTH, block_mask
 
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.image_inputs import latent_repaint_mask
@@ -23,9 +22,9 @@ def init_image():
 
 
 @pytest.fixture(scope="module")
-def tiny_controlnet():
+def tiny_controlnet(shared_controlnet):
     """One instance for all tests: compiled steps are cached per ControlNet."""
-    return random_controlnet(1)
+    return shared_controlnet(1)
 
 
 def test_masked_out_pixels_are_the_inputs(tiny_pipeline, init_image):

@@ -12,6 +12,7 @@ import nbformat
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # a kernel each, minutes on 2 cores
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 CELL_TIMEOUT_S = 300
 # Images each notebook must write under outputs/.

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_control_generation import random_controlnet
+from helpers import random_controlnet
 
 import kcv_sd
 from kcv_sd import pipeline as pipeline_module
@@ -15,7 +15,6 @@ from kcv_sd.components import load_components
 from kcv_sd.pipeline import Pipeline
 from kcv_sd.step import StepInputs, guide
 from kcv_sd.samplers import KerasCVDDIM
-from kcv_sd.study import resolve_controlnet
 from kcv_sd.unet import timestep_embedding
 
 FAST = dict(num_inference_steps=2, seed=7)
@@ -100,12 +99,13 @@ def test_compiled_functions_and_their_controlnets_are_not_kept_forever(tiny_comp
     assert first_alive() is None
 
 @pytest.mark.parametrize("guess_mode", [None, False, True])
-def test_static_routes_give_the_run_time_routes_latents(tiny_components, tiny_pipeline, guess_mode):
+def test_static_routes_give_the_run_time_routes_latents(tiny_components, tiny_pipeline, shared_controlnet,
+                                                        guess_mode):
     """`tiny_pipeline` chooses routes at run time; None: no ControlNet."""
     static = Pipeline(components=tiny_components)
     args = dict(width=192, height=64, num_inference_steps=2, seed=3, output_type="latent")
     if guess_mode is not None:
-        args.update(controlnet=resolve_controlnet(tiny_pipeline, "random", seed=4), guess_mode=guess_mode,
+        args.update(controlnet=shared_controlnet(4), guess_mode=guess_mode,
                     image=np.random.default_rng(0).integers(0, 255, (64, 192, 3), dtype=np.uint8))
     np.testing.assert_allclose(static("a cat", **args), tiny_pipeline("a cat", **args), rtol=1e-5, atol=1e-5)
 
@@ -151,10 +151,10 @@ def test_precision_policies_are_finite_and_scoped(precision):
     assert pipeline.encode_images(np.zeros((1, 64, 128, 3), "uint8")).dtype == tf.float32
 
 
-def test_bfloat16_images_stay_close_to_float32(tiny_components):
+def test_bfloat16_images_stay_close_to_float32(tiny_pipeline):
     """Every model in bfloat16 changes the pixels a little, not the image
     (on the tiny model, about as much as bfloat16 in the UNet alone)."""
-    full = Pipeline(components=tiny_components)
+    full = tiny_pipeline
     half = Pipeline(model="tiny", weights="random", precision="bfloat16")
     args = dict(width=64, height=64, num_inference_steps=2, seed=5, output_type="np")
     a, b = (pipeline("a cat", **args).astype(float) for pipeline in (full, half))

@@ -11,32 +11,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+from helpers import assert_close, compiled_run, eager_run, fake_unet
 from keras_cv.src.models.stable_diffusion.stable_diffusion import StableDiffusionBase
+from references import REFERENCE_SCHEDULERS as REFERENCES
+from references import reference_scheduler
 
 from kcv_sd.samplers import SAMPLERS, DPMSolverPP2M, EulerDiscrete, KerasCVDDIM
 
-# runwayml/stable-diffusion-v1-5's scheduler/scheduler_config.json.
-SD15_SCHEDULER_CONFIG = {
-    "_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
-    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
-    "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
-    "steps_offset": 1, "trained_betas": None,
-}
-REFERENCES = {"dpmpp_2m": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
 STEP_COUNTS = [1, 2, 3, 5, 20, 25, 50]
 SHAPE = (2, 8, 8, 4)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers
-
-
-def reference_scheduler(name):
-    """What a user gets swapping the scheduler of SD 1.5's diffusers pipeline."""
-    return REFERENCES[name].from_config(PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG).config)
-
-
-def fake_unet(model_input, noise):
-    """Depends on what the model sees, so `model_input` scaling is checked too."""
-    return noise - 0.5 * model_input
 
 
 def inputs(num_steps, seed=0):
@@ -55,44 +39,6 @@ def diffusers_run(name, num_steps, start, noise):
         sample = scheduler.step(eps, t, sample).prev_sample
         trajectory.append(sample.numpy())
     return scheduler.timesteps.numpy(), float(scheduler.init_noise_sigma), np.stack(trajectory)
-
-
-def eager_run(sampler, schedule, start, noise, to_array):
-    sample = to_array(start * schedule.init_noise_sigma)
-    state = sampler.initial_state(sample)
-    trajectory = []
-    for i, row in enumerate(schedule.coefficients):
-        row = to_array(row)
-        eps = fake_unet(sampler.model_input(sample, row), to_array(noise[i]))
-        sample, state = sampler.step(sample, eps, row, state)
-        trajectory.append(np.asarray(sample))
-    return np.stack(trajectory)
-
-
-def compiled_run(sampler, schedule, start, noise):
-    """All steps in one graph: a while loop indexing the coefficient rows."""
-
-    @tf.function
-    def run(start, coefficients, noise):
-        steps = tf.shape(coefficients)[0]
-
-        def body(i, sample, state, trajectory):
-            row = coefficients[i]
-            eps = fake_unet(sampler.model_input(sample, row), noise[i])
-            sample, state = sampler.step(sample, eps, row, state)
-            return i + 1, sample, state, trajectory.write(i, sample)
-
-        loop_vars = (0, start, sampler.initial_state(start), tf.TensorArray(tf.float32, steps))
-        return tf.while_loop(lambda i, *_: i < steps, body, loop_vars)[3].stack()
-
-    return run(start * schedule.init_noise_sigma, schedule.coefficients, noise).numpy()
-
-
-def assert_close(actual, expected, rtol):
-    """Step by step, relative to each step's scale: sigma-scaled latents start
-    near 15 and elementwise tolerances alone would fail near zero."""
-    for step, (a, e) in enumerate(zip(actual, expected, strict=True)):
-        np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * np.abs(e).max(), err_msg=f"step {step}")
 
 
 def test_registered():

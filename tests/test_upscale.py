@@ -4,7 +4,6 @@ img2img refine with the same prompt, seed and ControlNet; API, CLI, bad input.""
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_control_generation import random_controlnet
 
 import kcv_sd
 from kcv_sd.cli import main
@@ -32,16 +31,16 @@ def test_batches_and_float_factors(tiny_pipeline):
     assert images.shape == (2, 192, 128, 3)
 
 
-def test_refine_pass_runs_the_controlnet(tiny_pipeline, controlnet_step_calls):
+def test_refine_pass_runs_the_controlnet(tiny_pipeline, shared_controlnet, controlnet_step_calls):
     """4 native steps, then int(4 * 0.5) refine steps, all with the ControlNet."""
     latents = generate_upscaled(tiny_pipeline, "a", width=64, height=64, image=control_image(),
-                                controlnet=random_controlnet(1), output_type="latent", **ARGS)
+                                controlnet=shared_controlnet(1), output_type="latent", **ARGS)
     assert latents.shape == (1, 16, 16, 4)
     assert controlnet_step_calls == [True] * 6
 
 
-def test_native_control_sizing_refines_at_the_upscaled_size(tiny_pipeline):
-    images = generate_upscaled(tiny_pipeline, "a", image=control_image(64, 128), controlnet=random_controlnet(1),
+def test_native_control_sizing_refines_at_the_upscaled_size(tiny_pipeline, shared_controlnet):
+    images = generate_upscaled(tiny_pipeline, "a", image=control_image(64, 128), controlnet=shared_controlnet(1),
                                control_sizing="native", upscale=1.25, num_inference_steps=1, seed=1,
                                refine_strength=1.0, output_type="np")
     assert images.shape == (1, 384, 896, 3)  # 704x320 at ~512x512 pixels; x1.25 is 880x400, to multiples of 64
@@ -60,12 +59,12 @@ def test_bad_arguments(tiny_pipeline, options, message):
         generate_upscaled(tiny_pipeline, "a", **options)
 
 
-def test_generate_upscales():
+def test_generate_upscales(generate_on_tiny_pipeline):
     images = kcv_sd.generate("a", model="tiny", weights="random", width=64, height=64, upscale=2, **ARGS)
     assert images[0].size == (128, 128)
 
 
-def test_cli(tmp_path):
+def test_cli(tmp_path, generate_on_tiny_pipeline):
     out = tmp_path / "big.png"
     tiny = ["--model", "tiny", "--weights", "random", "--width", "64", "--height", "64", "--steps", "2",
             "--no-progress", "--seed", "3"]

@@ -31,6 +31,7 @@ import tensorflow as tf
 from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE, cache_weights_for_inference
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # two processes, each tracing two precisions
 PRECISIONS = ("float32", "bfloat16")
 CASES = ("first", "other prompt and seed", "other size", "controlnet", "img2img", "first again", "decoded",
          "decoded, other size", "one trace for every size", "one trace, other size", "one trace, first size again")
