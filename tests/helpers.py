@@ -46,7 +46,7 @@ def block_mask(height=HEIGHT, width=WIDTH):
     return mask
 
 
-# Samplers stepped on stand-in model outputs (test_schedulers, test_img2img).
+# Samplers stepped on stand-in model outputs (test_samplers, test_img2img).
 
 def fake_unet(model_input, noise):
     """Depends on what the model sees, so `model_input` scaling is checked too."""
