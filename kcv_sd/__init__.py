@@ -19,8 +19,8 @@ from kcv_sd.weight_cache import cache_weights_for_inference  # noqa: E402
 _LAZY = {
     "DistributedPipeline": "kcv_sd.distribute",
     "Pipeline": "kcv_sd.pipeline",
-    "generate": "kcv_sd.generate",
-    "get_pipeline": "kcv_sd.generate",
+    "generate": "kcv_sd.generation",
+    "get_pipeline": "kcv_sd.generation",
 }
 
 __all__ = ["InvalidArgumentError", "KcvSdError", "WeightsNotFoundError", "cache_weights_for_inference", *_LAZY]

@@ -116,7 +116,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
     seed = random.randrange(2**31) if seed is None else seed
 
     from kcv_sd import __version__
-    from kcv_sd.generate import get_pipeline
+    from kcv_sd.generation import get_pipeline
     from kcv_sd.png import save_png
 
     pipeline = get_pipeline(model, weights, precision, xla, compiled_loop)

@@ -14,7 +14,7 @@ from kcv_sd import study as studies
 from kcv_sd.cli_common import pipeline_options, user_errors
 from kcv_sd.control import load_control_image
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.generate import get_pipeline
+from kcv_sd.generation import get_pipeline
 from kcv_sd.png import save_png
 
 DEFAULT_SAMPLE = "room_wide"  # wide, so every ratio crops something different

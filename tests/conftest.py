@@ -2,7 +2,6 @@
 number of pytest-xdist workers."""
 
 import functools
-import importlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -14,8 +13,7 @@ from helpers import random_controlnet  # noqa: E402
 from kcv_sd.components import load_components  # noqa: E402
 from kcv_sd.pipeline import Pipeline  # noqa: E402
 
-# The module: `kcv_sd.generate` as an attribute of the package is the function.
-generate_module = importlib.import_module("kcv_sd.generate")
+from kcv_sd import generation as generate_module  # noqa: E402
 
 # A worker's resident memory by the end of its share of the tiny-model tests:
 # TensorFlow does not give back all that tracing took (about 0.1-2 GB a test).
