@@ -406,8 +406,10 @@ class Pipeline:
                      for name in ("control_scales", "control_keep", "guided_at") if len(getattr(inputs, name))}
             return self.loop_function(spec)(inputs._replace(**flags))
 
+        variant = functools.cache(lambda guided_now, controlled: self._routed(spec.variant(guided_now, controlled)))
+
         def step_for(guided_now, controlled):
-            return self.step_function(self._routed(spec.variant(guided_now, controlled)))
+            return self.step_function(variant(guided_now, controlled))
 
         steps = range(count)
         if progress:
