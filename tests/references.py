@@ -21,8 +21,15 @@ from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
 
 # Tiny UNet configs that diffusers can express: its timestep MLP is fixed at
 # block_channels[0] -> 4 * block_channels[0], and it has diffusers numerics.
-TINY_A = dataclasses.replace(
-    unet_configs.TINY, time_embed_dim=32, transformer_norm_epsilon=1e-6, gelu_approximate=False
+# TINY_A has SD1.5's whole layout (two residual blocks per level, attention
+# on all levels but the bottom one) at tiny width.
+TINY_A = unet_configs.UNetConfig(
+    block_channels=(8, 16, 16, 16), num_heads=2, context_dim=16, timestep_dim=8, time_embed_dim=32,
+    norm_groups=4, transformer_norm_epsilon=1e-6, gelu_approximate=False,
+)
+# The tiny family's UNet as a diffusers folder converts to it.
+TINY_FAMILY_DIFFUSERS = dataclasses.replace(
+    unet_configs.TINY, transformer_norm_epsilon=1e-6, gelu_approximate=False
 )
 TINY_B = unet_configs.UNetConfig(
     block_channels=(16, 32), attention_levels=(False, True), layers_per_block=1,

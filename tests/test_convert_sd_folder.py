@@ -8,7 +8,7 @@ import torch
 from keras_cv.src.models.stable_diffusion.text_encoder import CLIPEmbedding
 from safetensors.numpy import save_file
 from references import (
-    TINY_A,
+    TINY_FAMILY_DIFFUSERS,
     diffusers_unet,
     diffusers_vae,
     hub_clip_state_dict,
@@ -23,13 +23,13 @@ from kcv_sd.text_encoder import TINY_TEXT, build_text_encoder
 from kcv_sd.unet import UNet
 from kcv_sd.vae import TINY_VAE, build_decoder, build_encoder
 
-assert TINY_A.context_dim == TINY_TEXT.embed_dim
+assert TINY_FAMILY_DIFFUSERS.context_dim == TINY_TEXT.embed_dim
 
 
 @pytest.fixture(scope="module")
 def references():
     return {"text_encoder": hub_clip_state_dict(transformers_clip(TINY_TEXT, seed=1)),
-            "unet": numpy_state_dict(diffusers_unet(TINY_A, seed=2)),
+            "unet": numpy_state_dict(diffusers_unet(TINY_FAMILY_DIFFUSERS, seed=2)),
             "vae": numpy_state_dict(diffusers_vae(TINY_VAE, seed=3))}
 
 
@@ -57,7 +57,7 @@ def folder(references, tmp_path_factory):
 @pytest.fixture(scope="module")
 def models():
     """One set of tiny models; every conversion onto them overwrites all weights."""
-    return {"text_encoder": build_text_encoder(TINY_TEXT), "unet": UNet(TINY_A, initializer="zeros"),
+    return {"text_encoder": build_text_encoder(TINY_TEXT), "unet": UNet(TINY_FAMILY_DIFFUSERS, initializer="zeros"),
             "decoder": build_decoder(TINY_VAE), "encoder": build_encoder(TINY_VAE)}
 
 
@@ -132,7 +132,7 @@ def test_pipeline_runs_on_a_diffusers_folder(folder, references):
     from kcv_sd.pipeline import Pipeline
 
     pipeline = Pipeline(model="tiny", weights=str(folder))
-    assert pipeline.config == TINY_A
+    assert pipeline.config == TINY_FAMILY_DIFFUSERS
     np.testing.assert_array_equal(
         np.asarray(pipeline.components.unet.conv_in.conv2d.kernel),
         np.transpose(references["unet"]["conv_in.weight"], (2, 3, 1, 0)))
