@@ -4,7 +4,7 @@
 - `crop`: center-crop to the output's aspect ratio, then resize.
 - `pad`: letterbox: fit inside the output, pad with black.
 - `native`: no crop and no stretch: the output size follows the control
-  image's aspect ratio, in multiples of 64 within a pixel budget.
+  image's aspect ratio, in multiples of 8 within a pixel budget.
 
 Resizing is Lanczos, as diffusers' `VaeImageProcessor` (its default
 `resample="lanczos"`) resizes PIL control images for the ControlNet pipeline.
@@ -17,19 +17,19 @@ import numpy as np
 from PIL import Image
 
 from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.sizes import MIN_SIZE, SIZE_MULTIPLE, check_size
 
 SIZING_MODES = ("resize", "crop", "pad", "native")
 MAX_ASPECT_RATIO = 4.0  # at the default budget, 1024x256: a 32-row latent
 
 
-def output_size(control_hw, mode, width=None, height=None, pixel_budget=512 * 512,
-                multiple=64):
+def output_size(control_hw, mode, width=None, height=None, pixel_budget=512 * 512):
     """The (width, height) to generate for a control image of `control_hw` in `mode`.
 
     `control_hw`: (height, width), or an array's shape (H, W, C).
 
     `native` takes no width/height: it scales the control image to the pixel
-    budget, then snaps each side down or up to a multiple of `multiple`,
+    budget, then snaps each side down or up to a multiple of 8,
     keeping the in-budget snap whose aspect ratio is closest (then largest).
     The other modes return the requested width and height, checked.
     """
@@ -41,16 +41,13 @@ def output_size(control_hw, mode, width=None, height=None, pixel_budget=512 * 51
             raise InvalidArgumentError(
                 "sizing mode 'native' takes its size from the control image; drop "
                 "width/height (set pixel_budget instead) or use resize, crop or pad")
-        return _native_size(control_width / control_height, pixel_budget, multiple)
+        return _native_size(control_width / control_height, pixel_budget)
     if width is None or height is None:
         raise InvalidArgumentError(
             f"sizing mode {mode!r} needs width and height; give both, or use 'native' "
             "to take the size from the control image")
-    for name, value in (("width", width), ("height", height)):
-        if value <= 0 or value % multiple:
-            raise InvalidArgumentError(
-                f"{name} {value} is not a positive multiple of {multiple}; use e.g. "
-                f"{max(multiple, round(value / multiple) * multiple)}")
+    check_size("width", width)
+    check_size("height", height)
     _check_aspect(width, height, "output")
     return width, height
 
@@ -92,24 +89,24 @@ def _check_aspect(width, height, what):
             f"{MAX_ASPECT_RATIO:g}:1 limit; crop it closer to square")
 
 
-def _native_size(aspect, pixel_budget, multiple):
-    # Enough that both sides fit at least one multiple at the largest aspect ratio.
-    smallest = round(MAX_ASPECT_RATIO * multiple * multiple)
+def _native_size(aspect, pixel_budget):
+    # Enough that both sides reach the smallest size at the largest aspect ratio.
+    smallest = round(MAX_ASPECT_RATIO * MIN_SIZE**2)
     if pixel_budget < smallest:
         raise InvalidArgumentError(
             f"pixel budget {pixel_budget} is below the {smallest} that 'native' needs; "
             "raise it (the default is 512*512)")
     ideal_height = math.sqrt(pixel_budget / aspect)
-    snaps = [(w, h) for w in _snap(ideal_height * aspect, multiple)
-             for h in _snap(ideal_height, multiple) if w * h <= pixel_budget]
+    snaps = [(w, h) for w in _snap(ideal_height * aspect)
+             for h in _snap(ideal_height) if w * h <= pixel_budget]
     return min(snaps, key=lambda size: (abs(math.log(size[0] / size[1] / aspect)),
                                         -size[0] * size[1]))
 
 
-def _snap(length, multiple):
-    """The multiples of `multiple` just below and above `length`, never zero."""
-    below = max(1, math.floor(length / multiple)) * multiple
-    return {below, max(1, math.ceil(length / multiple)) * multiple}
+def _snap(length):
+    """The multiples of 8 just below and above `length`, never zero."""
+    below = max(1, math.floor(length / SIZE_MULTIPLE)) * SIZE_MULTIPLE
+    return {below, max(1, math.ceil(length / SIZE_MULTIPLE)) * SIZE_MULTIPLE}
 
 
 def _pil_array(image):

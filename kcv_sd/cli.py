@@ -53,9 +53,9 @@ def console_main():
 @click.argument("prompt")
 @click.option("--negative-prompt", default=None, help="What to steer away from.")
 @click.option("--width", type=int, default=None,
-              help="Multiple of 64, 64..2048 [default: 512, or the init image's size rounded down].")
+              help="Multiple of 8, 64..2048 [default: 512, or the init image's size rounded down].")
 @click.option("--height", type=int, default=None,
-              help="Multiple of 64, 64..2048 [default: 512, or the init image's size rounded down].")
+              help="Multiple of 8, 64..2048 [default: 512, or the init image's size rounded down].")
 @click.option("--steps", default=50, show_default=True,
               help="Sampler steps (img2img runs int(steps * strength)).")
 @click.option("--guidance", default=7.5, show_default=True, help="Classifier-free guidance scale.")
@@ -82,7 +82,7 @@ def console_main():
 @click.option("--control-sizing", default="resize", show_default=True,
               help="resize (stretch), crop, pad, or native (size from the control image's aspect ratio).")
 @click.option("--init-image", default=None,
-              help="img2img/inpainting start image [default size: its own, rounded down to multiples of 64].")
+              help="img2img/inpainting start image [default size: its own, rounded down to multiples of 8].")
 @click.option("--strength", type=float, default=None,
               help="How much of --init-image to repaint, 0..1 [default: 0.8; 1.0 with --mask].")
 @click.option("--mask", "mask_image", default=None, help="Inpainting mask for --init-image: white repaints, black keeps.")

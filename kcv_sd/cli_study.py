@@ -48,7 +48,7 @@ def study():
 @click.option("--sizing", type=click.Choice(studies.STUDY_SIZING_MODES), default="crop", show_default=True,
               help="How the control map meets each shape.")
 @click.option("--pixel-budget", default=512 * 512, show_default=True,
-              help="Pixels per image; sides are multiples of 64.")
+              help="Pixels per image; sides are multiples of 8.")
 @pipeline_options
 @click.option("--depth-estimator/--no-depth-estimator", default=False, show_default=True,
               help="Also correlate each image's estimated depth with the input (DPT-MiDaS; downloads once).")

@@ -53,11 +53,6 @@ class UNetConfig:
                 )
 
     @property
-    def downsample_factor(self):
-        """Latent pixels per smallest-level pixel: sizes must divide by it."""
-        return 2 ** (len(self.block_channels) - 1)
-
-    @property
     def num_skip_connections(self):
         """Skip tensors the encoder hands to the decoder (12 for SD1.5)."""
         levels = len(self.block_channels)
@@ -72,11 +67,11 @@ SD15_DIFFUSERS = dataclasses.replace(
     SD15, transformer_norm_epsilon=1e-6, gelu_approximate=False
 )
 
-# For tests and demos that exercise wiring: SD1.5's four levels (so the same
-# sizes are valid) with one residual block per level and attention on the
-# top level only: tracing, most of what a test of the pipeline costs, is
-# several times faster than with SD1.5's whole layout. Shaped so that
-# diffusers can build the same UNet and ControlNet.
+# For tests and demos that exercise wiring: SD1.5's four levels with one
+# residual block per level and attention on the top level only: tracing,
+# most of what a test of the pipeline costs, is several times faster than
+# with SD1.5's whole layout. Shaped so that diffusers can build the same
+# UNet and ControlNet.
 TINY = UNetConfig(
     block_channels=(8, 16, 16, 16),
     attention_levels=(True, False, False, False),

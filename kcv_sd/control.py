@@ -138,7 +138,7 @@ def native_sizing(image, width=None, height=None):
     """(images, width, height) for `control_sizing="native"`: the control
     images read once (planning reuses the arrays), and the output size the
     first one implies: its own aspect ratio, about 512x512 pixels' worth, in
-    multiples of 64, with no crop."""
+    multiples of 8, with no crop."""
     if image is None:
         raise InvalidArgumentError(NO_CONTROL_IMAGE)
     images = load_control_images(image)

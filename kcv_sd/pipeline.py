@@ -261,10 +261,10 @@ class Pipeline:
         Args:
             prompt: a string, or a list of strings (one batch entry each).
             negative_prompt: what to steer away from; one string or one per prompt.
-            width, height: output size, multiples of 64 from 64 to 2048;
+            width, height: output size, multiples of 8 from 64 to 2048;
                 512 when not given (with `control_sizing="native"`, taken
                 from the control image instead; else with an `init_image`,
-                its size rounded down to multiples of 64).
+                its size rounded down to multiples of 8).
             num_inference_steps: sampler steps.
             guidance_scale: classifier-free guidance; 1 skips the
                 unconditional branch.
@@ -286,7 +286,7 @@ class Pipeline:
             control_sizing: how a control image meets the output size:
                 "resize" (stretch, diffusers' default), "crop", "pad", or
                 "native" (no crop: the output takes the control image's
-                aspect ratio at about 512x512 pixels, multiples of 64).
+                aspect ratio at about 512x512 pixels, multiples of 8).
             progress: show a progress bar over the denoising steps.
             init_image: img2img or inpainting start (path, PIL image or
                 array; one for the whole batch), stretched to the output

@@ -16,19 +16,10 @@ from kcv_sd.control import check_controlnets, native_sizing, plan_control
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.image_inputs import load_init_inputs
 from kcv_sd.samplers import SAMPLERS
+from kcv_sd.sizes import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, check_size
 from kcv_sd.vae import PIXELS_PER_LATENT
 
-MIN_SIZE, MAX_SIZE = 64, 2048
-DEFAULT_SIZE = 512
 OUTPUT_TYPES = ("pil", "np", "latent")
-
-
-def check_size(name, value, multiple):
-    if not isinstance(value, (int, np.integer)) or value % multiple or not MIN_SIZE <= value <= MAX_SIZE:
-        raise InvalidArgumentError(
-            f"{name}={value!r} is not supported: use a multiple of {multiple} "
-            f"from {MIN_SIZE} to {MAX_SIZE}."
-        )
 
 
 def _prompt_list(prompt, what):
@@ -83,15 +74,15 @@ def steps_skipped(num_steps, strength):
     return num_steps - min(int(num_steps * strength), num_steps)
 
 
-def size_from_init_image(init, width, height, multiple):
+def size_from_init_image(init, width, height):
     """(width, height): each given one, else the init image's rounded down to
-    a multiple of `multiple` (diffusers rounds to 8; the UNet needs 64)."""
-    fitted = [given if given is not None else side // multiple * multiple
+    a multiple of 8, as diffusers does."""
+    fitted = [given if given is not None else side // SIZE_MULTIPLE * SIZE_MULTIPLE
               for given, side in ((width, init.width), (height, init.height))]
     if (width is None or height is None) and not all(MIN_SIZE <= side <= MAX_SIZE for side in fitted):
         raise InvalidArgumentError(
             f"The init image is {init.width}x{init.height} pixels: pass width= and height= "
-            f"(multiples of {multiple} from {MIN_SIZE} to {MAX_SIZE}) to resize it."
+            f"(multiples of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}) to resize it."
         )
     return fitted
 
@@ -157,14 +148,13 @@ def prepare(components, prompt, negative_prompt=None, width=None, height=None, n
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     if controlnet is not None and control_sizing == "native":
         image, width, height = native_sizing(image, width, height)
-    multiple = PIXELS_PER_LATENT * config.downsample_factor
     init, mask, strength = load_init_inputs(init_image, mask_image, strength)
     if init is not None:
-        width, height = size_from_init_image(init, width, height, multiple)
+        width, height = size_from_init_image(init, width, height)
     width = DEFAULT_SIZE if width is None else width
     height = DEFAULT_SIZE if height is None else height
-    check_size("width", width, multiple)
-    check_size("height", height, multiple)
+    check_size("width", width)
+    check_size("height", height)
     check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type)
     steps_run = num_inference_steps - steps_skipped(num_inference_steps, strength)
     guided_count = guided_steps(steps_run, cfg_cutoff_step_ratio)

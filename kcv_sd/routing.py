@@ -47,10 +47,14 @@ def traced_size():
     return getattr(_traced, "size", None)
 
 
+def side_at(side, level):
+    """A latent side after `level` stride-2 convolutions: each takes n to ceil(n / 2)."""
+    return -(-side // 2**level)
+
+
 def tokens_at(size, level):
     """Feature-map positions at `level` (halvings of the latent) for a `static_routes` size."""
-    height, width = size[1], size[2]
-    return -(-height // 2**level) * -(-width // 2**level)
+    return side_at(size[1], level) * side_at(size[2], level)
 
 
 def conv_takes_matmul(kernel_size, strides, input_channels, rows):

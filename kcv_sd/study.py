@@ -139,7 +139,7 @@ def aspect_ratio_study(pipeline, control, prompt, ratios, controlnet, seed=0, st
         ratios: "1:1,3:2" or a list of "W:H".
         controlnet: as `resolve_controlnet` takes it (resolve it first to
             reuse it across studies).
-        pixel_budget: pixels per output; sides are multiples of 64.
+        pixel_budget: pixels per output; sides are multiples of 8.
         sizing: how the control map meets each shape: crop, pad or resize.
         depth_estimator: optional callable, RGB image -> depth (H, W), for
             `depth_correlation`; None leaves it None.

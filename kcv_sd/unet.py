@@ -181,7 +181,7 @@ class UNet(UNetEncoder):
                 if transformer is not None:
                     x = transformer([x, context])
             if upsample is not None:
-                x = upsample(x)
+                x = upsample([x, skips[-1]])
 
         return self.conv_out(ops.silu(self.norm_out(x)))
 

@@ -359,20 +359,41 @@ class SpatialTransformer(keras.layers.Layer):
 
 
 class Upsample(keras.layers.Layer):
-    """Nearest-neighbour 2x, then a 3x3 convolution."""
+    """Nearest-neighbour up to the size of the skip connection it meets, then
+    a 3x3 convolution.
+
+    Called on `[features, skip]`. Doubling lands on the skip's size unless
+    that level's side is odd (a stride-2 convolution took n to ceil(n / 2));
+    then the doubled map loses its last row or column, which is what
+    nearest-neighbour resizing to the exact size gives (diffusers'
+    `upsample_size`).
+    """
 
     def __init__(self, channels, initializer, level=1, **kwargs):
         super().__init__(**kwargs)
+        self.level = level  # the input's; the output is one level up
         self.ups = keras.layers.UpSampling2D(2, dtype=self.dtype_policy)
-        # `level`: the input's; the convolution sees the upsampled map.
         self.conv = PaddedConv2D(channels, 3, padding=1, kernel_initializer=initializer,
                                  level=level - 1, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        self.conv.build(self.ups.compute_output_shape(input_shape))
+        self.conv.build(self.ups.compute_output_shape(input_shape[0]))
 
     def compute_output_shape(self, input_shape):
-        return self.conv.compute_output_shape(self.ups.compute_output_shape(input_shape))
+        features, skip = input_shape
+        return self.conv.compute_output_shape((features[0], skip[1], skip[2], features[3]))
+
+    def route(self, size):
+        """"doubled" or "cropped" for a `kcv_sd.routing.static_routes` size."""
+        height, width = (routing.side_at(side, self.level - 1) for side in size[1:3])
+        return "cropped" if height % 2 or width % 2 else "doubled"
 
     def call(self, inputs):
-        return self.conv(self.ups(inputs))
+        features, skip = inputs
+        upsampled = self.ups(features)
+        size = routing.traced_size()
+        if size is None or self.route(size) == "cropped":
+            # At run time the crop is a no-op slice where the sizes agree.
+            skip_shape = tf.shape(skip)
+            upsampled = upsampled[:, :skip_shape[1], :skip_shape[2]]
+        return self.conv(upsampled)

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.prepare import MAX_SIZE, prompt_lists
-from kcv_sd.vae import PIXELS_PER_LATENT
+from kcv_sd.prepare import prompt_lists
+from kcv_sd.sizes import MAX_SIZE, SIZE_MULTIPLE
 
 DEFAULT_REFINE_STRENGTH = 0.3
 # Options that shape the native pass only: the refine pass starts from its upscaled result.
@@ -33,9 +33,9 @@ def check_upscale(upscale, refine_strength):
             f"(low values such as {DEFAULT_REFINE_STRENGTH} keep the native image's composition).")
 
 
-def upscaled_size(width, height, upscale, multiple):
-    """(width, height) times `upscale`, rounded to multiples of `multiple`, at most `MAX_SIZE`."""
-    size = [max(multiple, round(side * upscale / multiple) * multiple) for side in (width, height)]
+def upscaled_size(width, height, upscale):
+    """(width, height) times `upscale`, rounded to multiples of 8, at most `MAX_SIZE`."""
+    size = [max(SIZE_MULTIPLE, round(side * upscale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in (width, height)]
     if max(size) > MAX_SIZE:
         raise InvalidArgumentError(
             f"upscale={upscale:g} takes {width}x{height} to {size[0]}x{size[1]}, beyond {MAX_SIZE} pixels "
@@ -51,7 +51,7 @@ def generate_upscaled(pipeline, prompt, negative_prompt=None, *, upscale=2,
     Args:
         pipeline: a `kcv_sd.Pipeline`.
         upscale: factor > 1 on width and height; the result is rounded to
-            multiples of 64 and may not exceed 2048 pixels a side.
+            multiples of 8 and may not exceed 2048 pixels a side.
         refine_strength: img2img strength of the refine pass (it runs
             int(steps * refine_strength) steps).
         refine_steps: `num_inference_steps` of the refine pass; None: the
@@ -67,15 +67,14 @@ def generate_upscaled(pipeline, prompt, negative_prompt=None, *, upscale=2,
     image), with its prompt and the same seed. Returns what `output_type` says.
     """
     check_upscale(upscale, refine_strength)
-    multiple = PIXELS_PER_LATENT * pipeline.config.downsample_factor
     if options.get("width") is not None and options.get("height") is not None:
-        upscaled_size(options["width"], options["height"], upscale, multiple)  # fail before the native pass
+        upscaled_size(options["width"], options["height"], upscale)  # fail before the native pass
     output_type = options.pop("output_type", "pil")
     refine_options = {name: value for name, value in options.items() if name not in NATIVE_PASS_ONLY}
     per_prompt = refine_options.pop("num_images_per_prompt", 1)
     native = pipeline(prompt, negative_prompt, image=image, controlnet=controlnet, output_type="pil", **options)
 
-    width, height = upscaled_size(native[0].width, native[0].height, upscale, multiple)
+    width, height = upscaled_size(native[0].width, native[0].height, upscale)
     refine_options.update(width=width, height=height, strength=refine_strength, output_type=output_type)
     if refine_steps is not None:
         refine_options["num_inference_steps"] = refine_steps

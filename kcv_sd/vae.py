@@ -1,7 +1,7 @@
 """The VAE decoder and encoder, from KerasCV's blocks, for any image size.
 
 KerasCV's `Decoder` bakes the image size into its input; this one takes
-(None, None) so one decoder serves every multiple-of-64 size. Layer order
+(None, None) so one decoder serves every size (multiples of 8). Layer order
 matches KerasCV's, so `kcv_decoder.h5` and `vae_encoder.h5` load unchanged.
 """
 

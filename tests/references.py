@@ -228,3 +228,40 @@ def prompt_tokens(lengths, seed=0):
 def text_inputs(tokens):
     positions = np.tile(np.arange(MAX_PROMPT_LENGTH, dtype=np.int32), (len(tokens), 1))
     return {"tokens": tokens, "positions": positions}
+
+
+def tiny_family_references(seed=1):
+    """Random diffusers UNet, AutoencoderKL and transformers CLIP laid out as
+    the tiny family (diffusers numerics), as {component: torch module}."""
+    from kcv_sd.text_encoder import TINY_TEXT
+    from kcv_sd.vae import TINY_VAE
+
+    return {"text_encoder": transformers_clip(TINY_TEXT, seed=seed),
+            "unet": diffusers_unet(TINY_FAMILY_DIFFUSERS, seed=seed + 1),
+            "vae": diffusers_vae(TINY_VAE, seed=seed + 2)}
+
+
+def state_dicts(references):
+    """{component: numpy state dict} in the keys of diffusers' folders."""
+    return {name: hub_clip_state_dict(module) if name == "text_encoder" else numpy_state_dict(module)
+            for name, module in references.items()}
+
+
+def write_diffusers_folder(folder, state_dicts, names=None):
+    """`state_dicts` saved in diffusers' folder layout; `names` overrides a
+    component's file name (".bin": a torch pickle, ".fp16.": float16)."""
+    import torch
+    from safetensors.numpy import save_file
+
+    names = {"text_encoder": "model.safetensors", "unet": "diffusion_pytorch_model.safetensors",
+             "vae": "diffusion_pytorch_model.safetensors", **(names or {})}
+    for component, name in names.items():
+        (folder / component).mkdir(parents=True)
+        path = folder / component / name
+        if name.endswith(".bin"):
+            torch.save({k: torch.from_numpy(v) for k, v in state_dicts[component].items()}, path)
+        else:
+            dtype = np.float16 if ".fp16." in name else None
+            save_file({k: v.astype(dtype) if dtype and v.dtype == np.float32 else v
+                       for k, v in state_dicts[component].items()}, path)
+    return folder

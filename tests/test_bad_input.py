@@ -10,7 +10,7 @@ from kcv_sd.tokenizer import PromptTooLongError
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(width=100), "width=100.*multiple of 64"),
+    (dict(width=100), "width=100.*multiples of 8.*the nearest are 96 and 104"),
     (dict(height=4096), "height=4096.*2048"),
     (dict(width=0), "width=0"),
     (dict(width=512.0), "width=512.0"),

@@ -8,6 +8,7 @@ from kcv_sd.config import CONTROLNET_TINY, ControlNetConfig
 from kcv_sd.controlnet import ControlNet
 from kcv_sd.components import randomize
 from kcv_sd.precision import dtype_policy_scope
+from kcv_sd.routing import side_at
 from kcv_sd.unet import UNet, control_input_names
 
 
@@ -30,7 +31,7 @@ def run(controlnet, height, width):
     return inputs, residuals
 
 
-@pytest.mark.parametrize("height,width", [(16, 16), (16, 24)])
+@pytest.mark.parametrize("height,width", [(16, 16), (16, 24), (9, 13)])
 def test_residuals_fit_the_unet_control_inputs(tiny_controlnet, tiny_unet, height, width):
     _, residuals = run(tiny_controlnet, height, width)
     assert list(residuals) == control_input_names(CONTROLNET_TINY.unet)
@@ -38,8 +39,8 @@ def test_residuals_fit_the_unet_control_inputs(tiny_controlnet, tiny_unet, heigh
     for name, residual in residuals.items():
         assert residual.shape[-1] == unet_inputs[name].shape[-1], name
     assert residuals["control_0"].shape[1:3] == (height, width)
-    factor = CONTROLNET_TINY.unet.downsample_factor
-    assert residuals["control_mid"].shape[1:3] == (height // factor, width // factor)
+    bottom = len(CONTROLNET_TINY.unet.block_channels) - 1
+    assert residuals["control_mid"].shape[1:3] == (side_at(height, bottom), side_at(width, bottom))
 
 
 def test_untrained_controlnet_leaves_the_unet_alone(tiny_controlnet):

@@ -4,17 +4,8 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from keras_cv.src.models.stable_diffusion.text_encoder import CLIPEmbedding
-from safetensors.numpy import save_file
-from references import (
-    TINY_FAMILY_DIFFUSERS,
-    diffusers_unet,
-    diffusers_vae,
-    hub_clip_state_dict,
-    numpy_state_dict,
-    transformers_clip,
-)
+from references import TINY_FAMILY_DIFFUSERS, state_dicts, tiny_family_references, write_diffusers_folder
 
 from kcv_sd import config as unet_configs
 from kcv_sd.convert import CheckpointError, convert_diffusers_folder
@@ -28,30 +19,12 @@ assert TINY_FAMILY_DIFFUSERS.context_dim == TINY_TEXT.embed_dim
 
 @pytest.fixture(scope="module")
 def references():
-    return {"text_encoder": hub_clip_state_dict(transformers_clip(TINY_TEXT, seed=1)),
-            "unet": numpy_state_dict(diffusers_unet(TINY_FAMILY_DIFFUSERS, seed=2)),
-            "vae": numpy_state_dict(diffusers_vae(TINY_VAE, seed=3))}
-
-
-def write_folder(folder, references, names=None):
-    """diffusers' layout; `names` overrides a component's file name."""
-    names = {"text_encoder": "model.safetensors", "unet": "diffusion_pytorch_model.safetensors",
-             "vae": "diffusion_pytorch_model.safetensors", **(names or {})}
-    for component, name in names.items():
-        (folder / component).mkdir(parents=True)
-        path = folder / component / name
-        if name.endswith(".bin"):
-            torch.save({k: torch.from_numpy(v) for k, v in references[component].items()}, path)
-        else:
-            dtype = np.float16 if ".fp16." in name else None
-            save_file({k: v.astype(dtype) if dtype and v.dtype == np.float32 else v
-                       for k, v in references[component].items()}, path)
-    return folder
+    return state_dicts(tiny_family_references())
 
 
 @pytest.fixture(scope="module")
 def folder(references, tmp_path_factory):
-    return write_folder(tmp_path_factory.mktemp("sd15"), references)
+    return write_diffusers_folder(tmp_path_factory.mktemp("sd15"), references)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +62,7 @@ def test_folder_fills_every_model(folder, references, models):
 
 
 def test_fp16_variants_and_pickles_when_allowed(tmp_path, references, models):
-    folder = write_folder(tmp_path, references, {"text_encoder": "model.fp16.safetensors",
+    folder = write_diffusers_folder(tmp_path, references, {"text_encoder": "model.fp16.safetensors",
                                                  "unet": "diffusion_pytorch_model.bin"})
     with pytest.raises(CheckpointError, match="diffusion_pytorch_model.bin is a pickled.*allow_pickle=True"):
         convert_diffusers_folder(folder, **models)
@@ -111,11 +84,11 @@ def test_missing_component_names_the_file_and_the_layout(tmp_path, folder, model
 
 def test_other_families_are_refused(tmp_path, references, models):
     sd2_text = {"text_model.embeddings.token_embedding.weight": np.zeros((8, 1024), np.float32)}
-    sd2 = write_folder(tmp_path / "sd2", {**references, "text_encoder": sd2_text})
+    sd2 = write_diffusers_folder(tmp_path / "sd2", {**references, "text_encoder": sd2_text})
     with pytest.raises(CheckpointError, match="1024-wide text encoder \\(SD2.x\\)"):
         convert_diffusers_folder(sd2, **models)
 
-    sdxl = write_folder(tmp_path / "sdxl", references)
+    sdxl = write_diffusers_folder(tmp_path / "sdxl", references)
     (sdxl / "text_encoder_2").mkdir()
     with pytest.raises(CheckpointError, match="SDXL pipeline.*text_encoder_2"):
         convert_diffusers_folder(sdxl, **models)

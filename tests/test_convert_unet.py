@@ -36,15 +36,18 @@ def diffusers_noise(unet, inputs, timesteps, residuals=None):
     return nhwc(noise)
 
 
+# Latent sizes; 9x13, 60x80 (a 640x480 image) and 54x96 are odd at some
+# level, where each upsampling lands on its skip connection's size.
+@pytest.mark.parametrize("height,width", [(8, 16), (9, 13), (60, 80), (54, 96)])
 @pytest.mark.parametrize("name", sorted(TINY_CONTROLNETS))
-def test_tiny_unet_matches_diffusers_with_and_without_residuals(name):
+def test_tiny_unet_matches_diffusers_with_and_without_residuals(name, height, width):
     config = TINY_CONTROLNETS[name].unet
     reference = diffusers_unet(config, seed=7)
     unet = convert_diffusers_unet(numpy_state_dict(reference), config)
-    inputs, timesteps = random_inputs(config, height=8, width=16)
+    inputs, timesteps = random_inputs(config, height=height, width=width)
     # Residuals as a ControlNet makes them, so they are of realistic size.
     controlnet = diffusers_controlnet(TINY_CONTROLNETS[name], seed=8)
-    residuals = diffusers_residuals(controlnet, inputs, timesteps, control_image(2, 8, 16))
+    residuals = diffusers_residuals(controlnet, inputs, timesteps, control_image(2, height, width))
 
     plain = np.asarray(unet.model()(inputs))
     np.testing.assert_allclose(plain, diffusers_noise(reference, inputs, timesteps),

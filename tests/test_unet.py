@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from kcv_sd import config, routing, unet_blocks
 from kcv_sd.precision import dtype_policy_scope
+from kcv_sd.routing import side_at
 from kcv_sd.unet import UNet, control_input_names, timestep_embedding
 
 
@@ -26,8 +27,8 @@ def tiny_unet(tiny_components):
     return tiny_components.unet
 
 
-@pytest.mark.parametrize("height,width", [(24, 40), (104, 56), (8, 8)])
-def test_one_model_serves_every_multiple_of_64(tiny_unet, height, width):
+@pytest.mark.parametrize("height,width", [(24, 40), (104, 56), (8, 8), (9, 13), (60, 80), (54, 96)])
+def test_one_model_serves_every_latent_size(tiny_unet, height, width):
     inputs = unet_inputs(tiny_unet.config, 2, height, width)
     out = tiny_unet.model()(inputs)
     assert tuple(out.shape) == (2, height, width, 4)
@@ -47,17 +48,16 @@ def test_zero_residuals_give_the_plain_unet(tiny_unet):
 def controlled_shapes(unet, height, width):
     """Residual shapes for a latent of (height, width), from the skip structure."""
     cfg = unet.config
-    shapes, scale = [(1, height, width, unet.skip_channels[0])], 1
+    shapes, level = [(1, height, width, unet.skip_channels[0])], 0
     index = 1
     for level in range(len(cfg.block_channels)):
         for _ in range(cfg.layers_per_block):
-            shapes.append((1, height // scale, width // scale, unet.skip_channels[index]))
+            shapes.append((1, side_at(height, level), side_at(width, level), unet.skip_channels[index]))
             index += 1
         if level < len(cfg.block_channels) - 1:
-            scale *= 2
-            shapes.append((1, height // scale, width // scale, unet.skip_channels[index]))
+            shapes.append((1, side_at(height, level + 1), side_at(width, level + 1), unet.skip_channels[index]))
             index += 1
-    shapes.append((1, height // scale, width // scale, cfg.block_channels[-1]))
+    shapes.append((1, side_at(height, level), side_at(width, level), cfg.block_channels[-1]))
     return dict(zip(control_input_names(cfg), shapes))
 
 
