@@ -1,10 +1,8 @@
 """kcv-sd's latency levers one at a time, in one fresh worker: the ablation table.
 
-One set of random-weight models serves every variant, with oneDNN weight
-caching on as in the rows; each variant is warmed up once (tracing excluded),
-then all run in interleaved rounds, so that drift in the machine's load falls
-on all alike. A variant is compared with its `baseline`: the plain pipeline,
-or, for the ControlNet levers, the pipeline with a ControlNet on every step.
+One set of random-weight models serves every variant, with oneDNN weight caching on as in the rows; each variant is
+warmed up once, then all run in interleaved rounds, so that drift in the machine's load falls on all alike. A variant
+is compared with its `baseline`: the plain pipeline, or for the ControlNet levers the pipeline with a ControlNet.
 """
 
 import dataclasses
@@ -60,6 +58,7 @@ def job(spec, result):
     import kcv_sd
     from bench.configs import depth_ramp
     from bench.measure import timed
+    from bench.system_kcv_sd import call_options
     from bench.worker import progress
     from kcv_sd.study import resolve_controlnet
     from kcv_sd.weight_cache import cache_weights_for_inference
@@ -69,15 +68,13 @@ def job(spec, result):
     start = time.perf_counter()
     pipelines = {False: kcv_sd.Pipeline(model=w["model"], weights="random", precision=spec["precision"])}
     pipelines[True] = kcv_sd.Pipeline(components=pipelines[False].components, compiled_loop=True)
-    controlnet = resolve_controlnet(pipelines[False], "random")
+    control = {"image": depth_ramp(w["width"], w["height"]),
+               "controlnet": resolve_controlnet(pipelines[False], "random")}
     progress(f"built in {time.perf_counter() - start:.1f} s")
-    control = {"image": depth_ramp(w["width"], w["height"]), "controlnet": controlnet}
 
     def image(lever, seed):
-        return timed(pipelines[lever.compiled_loop], w["prompt"], width=w["width"], height=w["height"],
-                     num_inference_steps=w["steps"], guidance_scale=w["guidance_scale"], seed=seed,
-                     num_images_per_prompt=w["batch"], output_type="np",
-                     **lever.options, **(control if lever.controlnet else {}))[1]
+        return timed(pipelines[lever.compiled_loop], w["prompt"], seed=seed, **call_options(w), **lever.options,
+                     **(control if lever.controlnet else {}))[1]
 
     times = {lever.name: [] for lever in LEVERS}
     for lever in LEVERS:

@@ -1,12 +1,14 @@
-"""One benchmark: the machine probe, then every planned run, each in a fresh
-worker, then kcv-sd and diffusers interleaved, then (if asked) the ablation."""
+"""One benchmark: the machine probe, every planned run in a fresh worker, kcv-sd and diffusers interleaved, then (if
+asked) the ablation; and the software and hardware they ran on, recorded without importing the frameworks."""
 
+import contextlib
 import dataclasses
 import datetime
+import importlib.metadata
 import os
+import platform
 import time
 
-from bench import environment
 from bench.ablation import run_ablation
 from bench.interleaved import run_interleaved_pairs
 from bench.launch import run_worker
@@ -14,8 +16,9 @@ from bench.records import build_record, skipped_record
 
 MATMUL_SIZE = 2048
 SCHEMA_VERSION = 3  # 2: ControlNet axis, peak memory, ablation; 3: interleaved pairs
-# Quoted in the project issue from the KerasCV Stable Diffusion benchmark (GPU,
-# pretrained weights), shown beside ours and labelled as such; never measured here.
+PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy", "torch", "diffusers", "transformers")
+# Quoted in the project issue from the KerasCV Stable Diffusion benchmark (GPU, pretrained weights), shown beside ours
+# and labelled as such; never measured here.
 PUBLISHED = {"source": "published (quoted in the project issue), not measured here",
              "workload": {"images": 3, "steps": 50, "width": 512, "height": 512},
              "rows": [{"gpu": "Tesla T4", "kerascv_warm_s": 28.97, "diffusers_warm_s": 41.33,
@@ -24,10 +27,38 @@ PUBLISHED = {"source": "published (quoted in the project issue), not measured he
                        "kerascv_cold_s": 76.43, "diffusers_cold_s": 13.90}]}
 
 
+def package_versions():
+    versions = dict.fromkeys(PACKAGES)
+    for name in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+def cpu_model():
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def memory_gib():
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
+    return None
+
+
+def load_average():
+    """Other work on the machine skews every figure: it is recorded, not hidden."""
+    with contextlib.suppress(OSError):
+        return [round(value, 2) for value in os.getloadavg()]
+    return None
+
+
 def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_precision=None):
     """Every run, the interleaved pairs, then (given `ablation_precision`) the ablation table: the report."""
-    started = time.time()
-    load_at_start = environment.load_average()
+    started, load_at_start = time.time(), load_average()
     if load_at_start and load_at_start[0] > 0.5:
         echo(f"note: load average {load_at_start[0]} at start: other work on this machine skews the timings")
     workload_spec = dataclasses.asdict(workload)
@@ -45,7 +76,7 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_p
             echo(f"{prefix}: skipped ({run.skip_reason})")
             records.append(skipped_record(run))
             continue
-        load = environment.load_average()
+        load = load_average()
         echo(f"{prefix}: fresh process (load average {load[0] if load else '?'})")
         raw = run_worker(run.spec("cold", workload_spec, token_ids), log_path, lambda line: echo(f"    {line}"),
                          timeout_s)
@@ -55,7 +86,10 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_p
     ablation = None
     if ablation_precision is not None:
         ablation = run_ablation(workload_spec, ablation_precision, log_path, echo, timeout_s)
-
+    environment = {"python": platform.python_version(), "platform": platform.platform(), "cpu_model": cpu_model(),
+                   "cpu_count": os.cpu_count(), "memory_gib": memory_gib(), "versions": package_versions(),
+                   "weights": "random", "devices": probe.get("devices"),
+                   "load_average_1_5_15_min": {"start": load_at_start, "end": load_average()}}
     return {
         "schema_version": SCHEMA_VERSION,
         "command": command,
@@ -63,8 +97,7 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_p
         "duration_s": time.time() - started,
         "runner_pid": os.getpid(),
         "workload": {**workload_spec, "weights": "random"},
-        "environment": {**environment.describe(), "devices": probe.get("devices"),
-                        "load_average_1_5_15_min": {"start": load_at_start, "end": environment.load_average()}},
+        "environment": environment,
         "machine": {"matmul": probe.get("matmul"), "probe_error": probe.get("error")},
         "unet_step_flops": flops,
         "results": records,

@@ -1,79 +1,74 @@
-"""BENCHMARKS.md, written whole from one run's report so it never drifts by hand,
-and the report's tables, which the terminal shows too."""
+"""A report's tables, shown in the terminal and in BENCHMARKS.md, which is written whole from one run's report so that
+it never drifts by hand."""
 
 from bench import table
 from bench.targets import best_matmul_flops_per_s, target_rows
 
+# Each table's title in the terminal and its heading in BENCHMARKS.md, in the order both show them.
+TITLES = {
+    "summary": ("", "## Results (measured here)"),
+    "cold": ("Cold start parts:", "### Cold start, part by part (seconds)"),
+    "stages": ("Warm stages:", "### Warm stages (seconds, medians)"),
+    "controlnet": ("ControlNet step cost:", "### ControlNet step cost (seconds, medians)"),
+    "interleaved": ("Interleaved with diffusers:", "### kcv-sd and diffusers, interleaved (seconds)"),
+    "targets": ("Targets:", "## Targets (issue 6), from this run's rows"),
+    "ablation": ("Ablation:", "## Ablation: one lever at a time"),
+    "published": ("Published (not measured here):", "## Published figures (not measured here)"),
+}
+
 DEFINITIONS = """\
-- **Cold start**: wall time from spawning a fresh Python process to the first
-  finished image(s), split into interpreter start-up, imports, build with
-  weights, and the first call. The first call is split again into its
-  first-call overhead (tracing and compilation: first image minus the warm
-  median) and the image itself (the warm median).
-- **Warm**: later images in the same process; the first image is the warm-up
-  and is excluded. Median with min-max over the repeats.
-- **Stages**: text encoding (prompt and empty negative prompt), one guided
-  denoising step (UNet on both halves, guidance, update), VAE decoding, each
-  synchronised; host overhead is the warm median minus text encoding, steps x
-  step time and decoding (tokenization, noise, scheduling, Python glue). It
-  comes out slightly negative when the separately synchronised stages add up
-  to more than a whole image: read small values as zero.
-- **Step s**: one guided denoising step as the configuration runs it (with
-  its ControlNet when ControlNet is on).
-- **ControlNet**: one random ControlNet of the SD1.5 depth ControlNet's
-  architecture on every step, fed a synthetic depth map; KerasCV has none.
-  In the same stage passes the plain UNet step and the ControlNet alone (on
-  the guided batch) are timed beside the ControlNet step; the step ratio is
-  UNet+ControlNet step / UNet step, both medians from one process.
-- **UNet GFLOP/s**: an analytic count of the UNet's convolutions, dense layers
-  and attention matmuls (`bench/flops.py`) for one guided step, divided by the
-  median time of the plain UNet step, beside a float32 matmul on the same
-  device.
-- **Peak RSS**: the worker process's peak resident memory (build, weights and
-  all images); **peak GPU**: TensorFlow's or torch's peak allocation on the
-  GPU, when there is one.
-- **Load avg at start**: the 1-minute load average as the row's process
-  started. Well above 0 means other processes competed for the cores and that
-  row's times are inflated; compare rows with similar load.
-- All systems use **random weights** of the benchmarked architecture (SD1.5
-  unless the tiny test model is chosen): pretrained weights cannot be
-  downloaded on this machine. Timings depend on the architecture, not on
-  weight values; the images are noise.
-- kcv-sd's processes (rows, interleaved pairs, ablation) run as `kcv-sd
-  generate` does, with oneDNN **weight caching** on (`kcv_sd.weight_cache`):
-  faster on a CPU, for one more copy of the weights per compiled step
+- **Cold start**: wall time from spawning a fresh Python process to the first finished image(s), split into
+  interpreter start-up, imports, build with weights, and the first call. The first call is split again into its
+  first-call overhead (tracing and compilation: first image minus the warm median) and the image itself (the warm
+  median).
+- **Warm**: later images in the same process; the first image is the warm-up and is excluded. Median with min-max
+  over the repeats.
+- **Stages**: text encoding (prompt and empty negative prompt), one guided denoising step (UNet on both halves,
+  guidance, update), VAE decoding, each synchronised; host overhead is the warm median minus text encoding, steps
+  x step time and decoding (tokenization, noise, scheduling, Python glue). It comes out slightly negative when the
+  separately synchronised stages add up to more than a whole image: read small values as zero.
+- **Step s**: one guided denoising step as the configuration runs it (with its ControlNet when ControlNet is on).
+- **ControlNet**: one random ControlNet of the SD1.5 depth ControlNet's architecture on every step, fed a
+  synthetic depth map; KerasCV has none. In the same stage passes the plain UNet step and the ControlNet alone (on
+  the guided batch) are timed beside the ControlNet step; the step ratio is UNet+ControlNet step / UNet step, both
+  medians from one process.
+- **UNet GFLOP/s**: an analytic count of the UNet's convolutions, dense layers and attention matmuls
+  (`bench/flops.py`) for one guided step, divided by the median time of the plain UNet step, beside a float32
+  matmul on the same device.
+- **Peak RSS**: the worker process's peak resident memory (build, weights and all images); **peak GPU**:
+  TensorFlow's or torch's peak allocation on the GPU, when there is one.
+- **Load avg at start**: the 1-minute load average as the row's process started. Well above 0 means other
+  processes competed for the cores and that row's times are inflated; compare rows with similar load.
+- All systems use **random weights** of the benchmarked architecture (SD1.5 unless the tiny test model is chosen):
+  pretrained weights cannot be downloaded on this machine. Timings depend on the architecture, not on weight
+  values; the images are noise.
+- kcv-sd's processes (rows, interleaved pairs, ablation) run as `kcv-sd generate` does, with oneDNN **weight
+  caching** on (`kcv_sd.weight_cache`): faster on a CPU, for one more copy of the weights per compiled step
   function, which the peak RSS includes. KerasCV and diffusers run stock."""
 
-
 TARGETS_NOTE = """\
-kcv-sd's best configuration in each precision against the peer's best row in
-the same precision, all measured in this run on this machine; against
-diffusers, the interleaved medians where they exist. The equal-quality
-row extrapolates whole images to 20 and 50 steps from each row's warm median
-and step median (the step's cost does not depend on the step count or the
-sampler's elementwise update); every other row is measured directly."""
+kcv-sd's best configuration in each precision against the peer's best row in the same precision, all measured in this
+run on this machine; against diffusers, the interleaved medians where they exist. The equal-quality row extrapolates
+whole images to 20 and 50 steps from each row's warm median and step median (the step's cost does not depend on the
+step count or the sampler's elementwise update); every other row is measured directly."""
 
 INTERLEAVED_NOTE = """\
-kcv-sd's fastest configuration in each precision (by the rows above) and
-diffusers, each built in its own fresh process, warmed up with one image,
-then asked for images in turn: {rounds} rounds, the order flipping every
-round, so that drift in the machine's load falls on both alike (the rows
-above ran minutes apart). The diffusers target uses these medians. Under
-the mixed precisions kcv-sd keeps its text encoder and VAE in float32, while
-diffusers, which has no mixed precision, runs its whole pipeline in 16 bits;
-the 16-bit precisions (`bfloat16`, `float16`) compare like with like."""
+kcv-sd's fastest configuration in each precision (by the rows above) and diffusers, each built in its own fresh
+process, warmed up with one image, then asked for images in turn: {rounds} rounds, the order flipping every round, so
+that drift in the machine's load falls on both alike (the rows above ran minutes apart). The diffusers target uses
+these medians. Under the mixed precisions kcv-sd keeps its text encoder and VAE in float32, while diffusers, which has
+no mixed precision, runs its whole pipeline in 16 bits; the 16-bit precisions (`bfloat16`, `float16`) compare like
+with like."""
 
 ABLATION_NOTE = """\
-kcv-sd's levers one at a time, in one fresh process with one set of models
-(xla off, precision {precision}, the workload above); each variant is warmed
-up once, then all variants run in interleaved rounds ({rounds} rounds; the
-ablation took {minutes:.1f} of the run's minutes). The
-ratio compares a variant's median with its baseline's. Levers that change
-the images are options, off by default."""
+kcv-sd's levers one at a time, in one fresh process with one set of models (xla off, precision {precision}, the
+workload above); each variant is warmed up once, then all variants run in interleaved rounds ({rounds} rounds; the
+ablation took {minutes:.1f} of the run's minutes). The ratio compares a variant's median with its baseline's. Levers
+that change the images are options, off by default."""
 
 
 def report_tables(report):
-    """Every table of a report by name, in the order the terminal and BENCHMARKS.md show them."""
+    """Every table of a report by name, in the order of `TITLES`."""
     records, interleaved = report["results"], report.get("interleaved") or []
     tables = {"summary": table.summary_rows(records), "cold": table.cold_rows(records),
               "stages": table.stage_rows(records), "controlnet": table.controlnet_rows(records)}
@@ -87,21 +82,10 @@ def report_tables(report):
     return tables
 
 
-def _ablation(report, tables):
-    if "ablation" not in tables:
-        return []
-    ablation = report["ablation"]
-    note = ABLATION_NOTE.format(precision=ablation["precision"], rounds=report["workload"]["repeats"],
-                                minutes=ablation["duration_s"] / 60)
-    return ["## Ablation: one lever at a time", note, table.as_markdown(*tables["ablation"])]
-
-
-def _interleaved(report, tables):
-    if "interleaved" not in tables:
-        return []
-    return ["### kcv-sd and diffusers, interleaved (seconds)",
-            INTERLEAVED_NOTE.format(rounds=report["interleaved"][0]["rounds"]),
-            table.as_markdown(*tables["interleaved"])]
+def as_text(report):
+    """The report's tables as the terminal shows them."""
+    return "\n\n".join((f"{TITLES[name][0]}\n" if TITLES[name][0] else "") + table.as_text(*rows)
+                       for name, rows in report_tables(report).items())
 
 
 def _machine(report):
@@ -120,42 +104,41 @@ def _machine(report):
         rates = ", ".join(f"{dtype} {rate / 1e9:.0f}" for dtype, rate in matmul["flops_per_s_by_dtype"].items())
         lines.append(f"- Matmul yardstick: {matmul['size']}x{matmul['size']} float32 "
                      f"{matmul['float32_flops_per_s'] / 1e9:.0f} GFLOP/s; "
-                     f"best of {' and '.join(f'{n}^2' for n in matmul['compare_sizes'])} "
-                     f"by dtype (GFLOP/s): {rates}")
+                     f"best of {' and '.join(f'{n}^2' for n in matmul['compare_sizes'])} by dtype (GFLOP/s): {rates}")
     return "\n".join(lines)
 
 
 def _workload(report):
-    w = report["workload"]
-    flops = report["unet_step_flops"]
-    flops_text = f"; one guided UNet step = {flops / 1e9:.3g} GFLOP (analytic)" if flops else ""
+    w, flops = report["workload"], report["unet_step_flops"]
     return (f"model {w['model']}, {w['width']}x{w['height']}, {w['steps']} steps, batch {w['batch']} "
-            f"(images per prompt), guidance {w['guidance_scale']}, {w['repeats']} warm repeats, "
-            f"weights: {w['weights']}{flops_text}")
+            f"(images per prompt), guidance {w['guidance_scale']}, {w['repeats']} warm repeats, weights: {w['weights']}"
+            + (f"; one guided UNet step = {flops / 1e9:.3g} GFLOP (analytic)" if flops else ""))
+
+
+def _notes(report):
+    """The text between some tables' headings and the tables."""
+    published, ablation = report["published"], report.get("ablation")
+    notes = {"targets": TARGETS_NOTE,
+             "published": f"{published['source']}: {published['workload']['images']} images, "
+                          f"{published['workload']['steps']} steps, 512x512, pretrained weights. "
+                          "`kcv-bench --preset tutorial` runs this workload."}
+    if report.get("interleaved"):
+        notes["interleaved"] = INTERLEAVED_NOTE.format(rounds=report["interleaved"][0]["rounds"])
+    if ablation:
+        notes["ablation"] = ABLATION_NOTE.format(precision=ablation["precision"], rounds=report["workload"]["repeats"],
+                                                 minutes=ablation["duration_s"] / 60)
+    return notes
 
 
 def render(report):
-    tables = report_tables(report)
-    published = report["published"]
-    sections = [
-        "# Benchmarks",
-        ("Written by `kcv-bench --write-benchmarks-md`; do not edit by hand, rerun instead. "
-         f"This run: `{report['command']}` on {report['started_at']}, "
-         f"{report['duration_s'] / 60:.1f} minutes."),
-        "## Machine", _machine(report),
-        "## Workload", _workload(report),
-        "## Results (measured here)", table.as_markdown(*tables["summary"]),
-        "### Cold start, part by part (seconds)", table.as_markdown(*tables["cold"]),
-        "### Warm stages (seconds, medians)", table.as_markdown(*tables["stages"]),
-        "### ControlNet step cost (seconds, medians)", table.as_markdown(*tables["controlnet"]),
-        *_interleaved(report, tables),
-        "## Targets (issue 6), from this run's rows", TARGETS_NOTE, table.as_markdown(*tables["targets"]),
-        *_ablation(report, tables),
-        "## Published figures (not measured here)",
-        (f"{published['source']}: {published['workload']['images']} images, {published['workload']['steps']} steps, "
-         "512x512, pretrained weights. `kcv-bench --preset tutorial` runs this workload."),
-        table.as_markdown(*tables["published"]),
-        "## Definitions", DEFINITIONS,
-        "Raw figures: `results.json` and `results.csv`; chart: `cold_warm.png`, in the output folder.",
-    ]
+    """BENCHMARKS.md."""
+    notes = _notes(report)
+    sections = ["# Benchmarks",
+                ("Written by `kcv-bench --write-benchmarks-md`; do not edit by hand, rerun instead. This run: "
+                 f"`{report['command']}` on {report['started_at']}, {report['duration_s'] / 60:.1f} minutes."),
+                "## Machine", _machine(report), "## Workload", _workload(report)]
+    for name, rows in report_tables(report).items():
+        sections += [TITLES[name][1], *([notes[name]] if name in notes else []), table.as_markdown(*rows)]
+    sections += ["## Definitions", DEFINITIONS,
+                 "Raw figures: `results.json` and `results.csv`; chart: `cold_warm.png`, in the output folder."]
     return "\n\n".join(sections) + "\n"

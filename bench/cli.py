@@ -7,16 +7,10 @@ from pathlib import Path
 
 import click
 
-from bench import table
 from bench.benchmark import run_benchmark
-from bench.benchmarks_md import render, report_tables
+from bench.benchmarks_md import as_text, render
 from bench.configs import PRESETS, parse_configs, parse_peers, plan_runs
-from bench.outputs import plot_cold_warm, write_csv, write_json
-
-PNG_NAME = "cold_warm.png"
-TEXT_TITLES = {"summary": "", "cold": "Cold start parts:", "stages": "Warm stages:",
-               "controlnet": "ControlNet step cost:", "interleaved": "Interleaved with diffusers:",
-               "targets": "Targets:", "ablation": "Ablation:", "published": "Published (not measured here):"}
+from bench.outputs import CSV_NAME, JSON_NAME, PNG_NAME, write_files
 
 
 def command_line():
@@ -24,9 +18,11 @@ def command_line():
     return " ".join([program, shlex.join(sys.argv[1:])]).strip()
 
 
-def resolve_workload(preset, **overrides):
-    given = {name: value for name, value in overrides.items() if value is not None}
-    return dataclasses.replace(PRESETS[preset].workload, **given)
+def parsed(parse, text, option):
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint=option)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,22 +49,15 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
          write_benchmarks_md):
     """Benchmark kcv-sd beside stock KerasCV and diffusers, all with random weights.
 
-    Every configuration (jit_compile x precision x ControlNet) and every peer runs in its
-    own fresh Python process: the cold start is measured from spawning it to
-    the first image, then warm images and per-stage times in that process.
-    kcv-sd's fastest configuration per precision then takes turns with
-    diffusers, image by image, each in its own process.
+    Every configuration (jit_compile x precision x ControlNet) and every peer runs in its own fresh Python process:
+    the cold start is measured from spawning it to the first image, then warm images and per-stage times in that
+    process. kcv-sd's fastest configuration per precision then takes turns with diffusers, image by image, each in
+    its own process.
     """
-    workload = resolve_workload(preset, width=width, height=height, steps=steps, batch=batch, repeats=repeats)
-    try:
-        config_list = parse_configs(configs or PRESETS[preset].configs)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--configs")
-    try:
-        peer_list = parse_peers(peers or PRESETS[preset].peers)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--peers")
-    runs = plan_runs(config_list, peer_list, workload)
+    given = dict(width=width, height=height, steps=steps, batch=batch, repeats=repeats)
+    workload = dataclasses.replace(PRESETS[preset].workload, **{k: v for k, v in given.items() if v is not None})
+    config_list = parsed(parse_configs, configs or PRESETS[preset].configs, "--configs")
+    runs = plan_runs(config_list, parsed(parse_peers, peers or PRESETS[preset].peers, "--peers"), workload)
 
     output.mkdir(parents=True, exist_ok=True)
     log_path = output / "workers.log"
@@ -76,17 +65,11 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     click.echo(f"kcv-bench: {len(runs)} runs of {workload}; worker logs in {log_path}")
     report = run_benchmark(workload, runs, log_path, click.echo, timeout, command_line(),
                            config_list[0].precision if ablation else None)
-
-    records = report["results"]
-    report["files"] = {"json": "results.json", "csv": "results.csv", "plot": PNG_NAME, "log": log_path.name}
-    write_json(report, output / "results.json")
-    write_csv(records, output / "results.csv")
-    plot_cold_warm(records, f"{workload.model} {workload.width}x{workload.height}, {workload.steps} steps, "
-                            f"batch {workload.batch}, random weights", output / PNG_NAME)
+    report["files"] = {"json": JSON_NAME, "csv": CSV_NAME, "plot": PNG_NAME, "log": log_path.name}
+    write_files(report, output, f"{workload.model} {workload.width}x{workload.height}, {workload.steps} steps, "
+                                f"batch {workload.batch}, random weights")
     if write_benchmarks_md:
         Path("BENCHMARKS.md").write_text(render(report))
-
-    for name, rows in report_tables(report).items():
-        click.echo("\n" + (f"{TEXT_TITLES[name]}\n" if TEXT_TITLES[name] else "") + table.as_text(*rows))
-    click.echo(f"\nWrote {output}/results.json, results.csv, {PNG_NAME}"
-               + (" and BENCHMARKS.md" if write_benchmarks_md else ""))
+    click.echo("\n" + as_text(report))
+    written = f"{output}/{JSON_NAME}, {CSV_NAME}, {PNG_NAME}" + (" and BENCHMARKS.md" if write_benchmarks_md else "")
+    click.echo(f"\nWrote {written}")

@@ -1,13 +1,9 @@
-"""What one benchmark measures: the workload, the configurations, and the runs.
+"""What one benchmark measures: the workload, the configurations and the runs.
 
-A configuration is one cell of the grid jit_compile x precision x ControlNet.
-The grid syntax is `xla=off,on;precision=float32,mixed_bfloat16;controlnet=off,on`;
-a key left out takes its default (xla and precision: every value; controlnet:
-off), several grids join with `+`, and `all` is the full grid. Precision names
-pass unchecked, so an unsupported one is measured (and fails) like any other.
-Peers run once per precision and ControlNet setting in the set: KerasCV with
-jit_compile on (as its tutorial runs it), diffusers with no XLA switch; a peer
-that cannot run here is planned as skipped, with the reason.
+A configuration is one cell of the grid jit_compile x precision x ControlNet, written
+`xla=off,on;precision=float32,mixed_bfloat16;controlnet=off,on`: a key left out takes every value (controlnet: off),
+grids join with `+`, and `all` is the full grid. Precision names pass unchecked: an unsupported one fails when
+measured. Peers run once per precision and ControlNet setting; one that cannot run here is planned as skipped.
 """
 
 import dataclasses
@@ -17,12 +13,11 @@ import itertools
 import numpy as np
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-XLA_VALUES = {"off": False, "on": True}
-CONTROLNET_VALUES = {"off": False, "on": True}
+SWITCH = {"off": False, "on": True}
 XLA_TEXT = {True: "on", False: "off", None: "n/a"}  # None: the system has no such switch
-PEERS = ("kerascv", "diffusers")
 PEER_MODULES = {"kerascv": ("keras_cv",), "diffusers": ("torch", "diffusers", "transformers")}
-PEER_XLA = {"kerascv": True, "diffusers": None}
+PEER_XLA = {"kerascv": True, "diffusers": None}  # KerasCV as its tutorial runs it; diffusers has no switch
+PEERS = tuple(PEER_XLA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,35 +58,29 @@ class Run:
 
 
 def depth_ramp(width, height):
-    """The control image of every system when ControlNet is on: a smooth
-    synthetic depth map (near at the bottom), as RGB uint8 (H, W, 3)."""
-    ramp = np.linspace(0, 255, height, dtype=np.float32)[:, None] * np.ones((1, width), np.float32)
-    return np.repeat(ramp[..., None], 3, axis=-1).astype(np.uint8)
+    """Every system's control image: a synthetic depth map (near at the bottom), RGB uint8 (H, W, 3)."""
+    ramp = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+    return np.broadcast_to(ramp, (height, width, 3)).astype(np.uint8)
 
 
 def _grid(text, everything=False):
-    axes = {"xla": list(XLA_VALUES), "precision": list(PRECISIONS),
-            "controlnet": list(CONTROLNET_VALUES) if everything else ["off"]}
+    axes = {"xla": list(SWITCH), "precision": list(PRECISIONS), "controlnet": list(SWITCH) if everything else ["off"]}
     for part in filter(None, (p.strip() for p in text.split(";"))):
-        key, _, values = part.partition("=")
-        key = key.strip()
+        key, _, values = (side.strip() for side in part.partition("="))
         if key not in axes:
-            raise ValueError(f"unknown configuration key {key!r} in {text!r}: use xla=, precision= "
-                             "and controlnet=")
+            raise ValueError(f"unknown configuration key {key!r} in {text!r}: use xla=, precision= and controlnet=")
         axes[key] = [v.strip() for v in values.split(",") if v.strip()]
         if not axes[key]:
             raise ValueError(f"no values for {key!r} in {text!r}")
-    for key, allowed in (("xla", XLA_VALUES), ("controlnet", CONTROLNET_VALUES)):
-        for value in axes[key]:
-            if value not in allowed:
-                raise ValueError(f"{key}={value!r}: use off or on")
-    return [Config(XLA_VALUES[x], p, CONTROLNET_VALUES[c])
-            for c, x, p in itertools.product(axes["controlnet"], axes["xla"], axes["precision"])]
+        wrong = [v for v in axes[key] if key != "precision" and v not in SWITCH]
+        if wrong:
+            raise ValueError(f"{key}={wrong[0]!r}: use off or on")
+    return [Config(SWITCH[x], p, SWITCH[c]) for c, x, p in
+            itertools.product(axes["controlnet"], axes["xla"], axes["precision"])]
 
 
 def parse_configs(spec):
-    """Configurations named by `spec`, in order, without duplicates; `all`
-    is every combination, with and without a ControlNet."""
+    """Configurations named by `spec`, in order, without duplicates."""
     grids = [_grid("", everything=True) if g.strip() == "all" else _grid(g) for g in spec.split("+")]
     return list(dict.fromkeys(c for g in grids for c in g))
 
@@ -122,11 +111,9 @@ def peer_skip_reason(peer, workload, controlnet=False):
 def plan_runs(configs, peers, workload):
     """kcv-sd per configuration, then each peer per precision and ControlNet setting."""
     runs = [Run("kcv-sd", c.xla, c.precision, c.controlnet) for c in configs]
-    settings = list(dict.fromkeys((c.precision, c.controlnet) for c in configs))
-    for peer in peers:
-        runs += [Run(peer, PEER_XLA[peer], precision, controlnet, peer_skip_reason(peer, workload, controlnet))
-                 for precision, controlnet in settings]
-    return runs
+    settings = dict.fromkeys((c.precision, c.controlnet) for c in configs)
+    return runs + [Run(peer, PEER_XLA[peer], precision, controlnet, peer_skip_reason(peer, workload, controlnet))
+                   for peer in peers for precision, controlnet in settings]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +133,5 @@ PRESETS = {
     "tiny": Preset(Workload("tiny", 64, 64, steps=2, batch=1, repeats=2),
                    "xla=off;precision=float32;controlnet=off,on", "none"),
     # The published KerasCV-vs-diffusers workload: 3 images, 50 steps, 512x512.
-    "tutorial": Preset(Workload("sd15", 512, 512, steps=50, batch=3, repeats=3),
-                       "all", "kerascv,diffusers"),
+    "tutorial": Preset(Workload("sd15", 512, 512, steps=50, batch=3, repeats=3), "all", "kerascv,diffusers"),
 }

@@ -1,10 +1,8 @@
-"""Analytic FLOP count of one UNet evaluation, read off its `UNetConfig`.
+"""Analytic FLOP count of one UNet evaluation, read off its `UNetConfig`, mirroring `kcv_sd.unet.UNet` level by level.
 
-Two FLOPs per multiply-add of every convolution, dense layer and the two
-attention matmuls (scores and weighted sum). Norms, activations and
-additions are left out: they are a few percent of the work and do not run
-on matrix units, so achieved FLOP/s compares directly with a matmul
-benchmark. The walk mirrors `kcv_sd.unet.UNet` level by level.
+Two FLOPs per multiply-add of every convolution, dense layer and the two attention matmuls (scores and weighted sum).
+Norms, activations and additions are left out: a few percent of the work, and not on matrix units, so achieved FLOP/s
+compare directly with a matmul benchmark.
 """
 
 
@@ -22,8 +20,7 @@ def attention_flops(queries, keys, width):
 
 
 def resblock_flops(height, width, in_channels, out_channels, embed_dim):
-    flops = conv_flops(height, width, in_channels, out_channels, 3)
-    flops += dense_flops(1, embed_dim, out_channels)
+    flops = conv_flops(height, width, in_channels, out_channels, 3) + dense_flops(1, embed_dim, out_channels)
     flops += conv_flops(height, width, out_channels, out_channels, 3)
     if in_channels != out_channels:
         flops += conv_flops(height, width, in_channels, out_channels, 1)
@@ -43,8 +40,7 @@ def transformer_flops(height, width, channels, context_length, context_dim):
 
 def unet_flops(config, latent_height, latent_width, batch=1, context_length=77):
     """FLOPs of one UNet call on `batch` latents (a guided step has 2x the images)."""
-    c = config
-    h, w = latent_height, latent_width
+    c, h, w = config, latent_height, latent_width
     flops = dense_flops(1, c.timestep_dim, c.time_embed_dim) + dense_flops(1, c.time_embed_dim, c.time_embed_dim)
     flops += conv_flops(h, w, c.latent_channels, c.block_channels[0], 3)
 
@@ -56,13 +52,12 @@ def unet_flops(config, latent_height, latent_width, batch=1, context_length=77):
 
     channels = c.block_channels[0]
     skips = [channels]
-    last = len(c.block_channels) - 1
     for level, out_channels in enumerate(c.block_channels):
         for _ in range(c.layers_per_block):
             flops += level_block(channels, out_channels, level)
             channels = out_channels
             skips.append(channels)
-        if level < last:
+        if level < len(c.block_channels) - 1:
             h, w = (h + 1) // 2, (w + 1) // 2
             flops += conv_flops(h, w, channels, channels, 3)
             skips.append(channels)

@@ -1,11 +1,8 @@
 """kcv-sd and a peer, each in its own fresh worker, taking turns image by image.
 
-The fresh-process rows run minutes apart, and a shared machine's load drifts
-in between. So kcv-sd's fastest plain row in each precision and the peer are
-built again, each in its own process (one framework per process, as in the
-rows), warmed up with one image, and asked for images in rounds whose order
-flips every round (AB, BA, ...): drift lands on both alike. Only one of them
-works at a time; the other waits on its input.
+The fresh-process rows run minutes apart, and a shared machine's load drifts in between. So kcv-sd's fastest plain row
+in each precision and the peer are built again, each in its own process, warmed up with one image, and asked for
+images in rounds whose order flips every round (AB, BA, ...): drift lands on both alike.
 """
 
 import statistics
@@ -15,14 +12,12 @@ import time
 from bench.launch import Worker, WorkerFailed
 from bench.records import summarize
 
-# Peers that also run interleaved with kcv-sd: the one whose ratio to kcv-sd
-# moved most between benchmarks here.
-INTERLEAVED_PEERS = ("diffusers",)
+INTERLEAVED_PEERS = ("diffusers",)  # the peer whose ratio to kcv-sd moved most between benchmarks here
 
 
 def interleaved_pairs(runs, records):
-    """(kcv-sd run, peer run) per precision: kcv-sd's fastest plain ok row
-    (warm median) beside each planned, unskipped peer in `INTERLEAVED_PEERS`."""
+    """(kcv-sd run, peer run) per precision: kcv-sd's fastest plain ok row (warm median) beside each planned,
+    unskipped plain peer in `INTERLEAVED_PEERS`."""
     pairs = []
     for peer in runs:
         if peer.system not in INTERLEAVED_PEERS or peer.skip_reason or peer.controlnet:
@@ -54,17 +49,14 @@ def round_orders(rounds):
 
 
 def summarize_pair(times):
-    """Each system's warm summary, each round's ratio (first / second system)
-    and the ratio of the medians."""
-    return {"warm": [summarize(t) for t in times],
-            "round_ratios": [a / b for a, b in zip(*times)],
+    """Each system's warm summary, each round's ratio (first / second system) and the ratio of the medians."""
+    return {"warm": [summarize(t) for t in times], "round_ratios": [a / b for a, b in zip(*times)],
             "ratio": statistics.median(times[0]) / statistics.median(times[1])}
 
 
 def run_interleaved(specs, rounds, log_path, echo, timeout_s):
-    """Two system specs (as for a cold job), built one after the other so that
-    neither build slows the other, then `rounds` flipped-order rounds (round r
-    asks both for seed r + 1); a failure gives a failed result."""
+    """Two system specs, built one after the other so that neither build slows the other, then `rounds`
+    flipped-order rounds (round r asks both for seed r + 1); a failure gives a failed result."""
     result = {"status": "failed", "systems": [{"system": s["system"], "config": s["config"]} for s in specs],
               "rounds": rounds}
     workers = []
@@ -91,8 +83,8 @@ def run_interleaved(specs, rounds, log_path, echo, timeout_s):
 
 
 def job(spec, result):
-    """The worker side: build, warm up with seed 0, answer READY, then answer
-    each seed read from stdin with its image's seconds, until end of input."""
+    """The worker side: build, warm up with seed 0, answer READY, then answer each seed read from stdin with its
+    image's seconds, until end of input."""
     from bench.measure import timed
     from bench.worker import open_system, reply
 

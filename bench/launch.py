@@ -1,10 +1,6 @@
-"""The parent side of the worker protocol (`bench.worker`): start a worker on
-a spec, echo its progress, answer its session, read its record.
-
-Everything a worker prints besides progress and answers (framework logs,
-progress bars, tracebacks) goes to the benchmark's log, whose tail stands in
-for the record when a worker dies or times out without writing one.
-"""
+"""The parent side of the worker protocol (`bench.worker`): start a worker on a spec, echo its progress, answer its
+session, read its record. All else a worker prints (framework logs, tracebacks) goes to the benchmark's log, whose
+tail stands in for the record when a worker dies or times out without writing one."""
 
 import contextlib
 import json
@@ -21,14 +17,6 @@ from bench.worker import PROGRESS, REPLY
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker_environment():
-    """This checkout first on the path, so workers import the code being measured."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
-
-
 class WorkerFailed(Exception):
     pass
 
@@ -39,20 +27,23 @@ class Worker:
     def __init__(self, spec, log, echo, timeout_s, module="bench.worker"):
         self.name, self.log, self.echo, self.timeout_s = spec.get("system", spec.get("job")), log, echo, timeout_s
         self.scratch = tempfile.TemporaryDirectory()
-        spec_path, self.result_path = Path(self.scratch.name) / "spec.json", Path(self.scratch.name) / "result.json"
+        spec_path, self.result_path = (Path(self.scratch.name) / name for name in ("spec.json", "result.json"))
         spec_path.write_text(json.dumps(spec))
         log.write(f"\n===== {module} {spec.get('job')} {self.name} {json.dumps(spec.get('config'))} =====\n")
         log.flush()
-        self.timed_out, self.record = threading.Event(), None
-        spawned_at = time.time()
+        # This checkout first on the path, so workers import the code being measured.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY_ROOT),
+                                                                          os.environ.get("PYTHONPATH")]))}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.timed_out, self.record = False, None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, str(spec_path), str(self.result_path), repr(spawned_at)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=worker_environment())
+            [sys.executable, "-m", module, str(spec_path), str(self.result_path), repr(time.time())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         self.timer = threading.Timer(timeout_s, self._kill)
         self.timer.start()
 
     def _kill(self):
-        self.timed_out.set()
+        self.timed_out = True
         self.process.kill()
 
     def _next_reply(self):
@@ -66,8 +57,7 @@ class Worker:
         return None
 
     def ask(self, request=None):
-        """Sends `request` (if any) as one line and returns the answer;
-        WorkerFailed, with the record's error, if the worker ends first."""
+        """Sends `request` (if any) as one line and returns the answer; WorkerFailed if the worker ends first."""
         if request is not None:
             with contextlib.suppress(BrokenPipeError):  # it has ended: its record says why
                 self.process.stdin.write(f"{request}\n")
@@ -78,13 +68,10 @@ class Worker:
         return answer
 
     def finish(self):
-        """Ends the worker's input, waits for it, and returns its record (a
-        failed one if it wrote none). Calling it again returns the same record."""
-        if self.record is None:
-            self.record = self._wait()
-        return self.record
-
-    def _wait(self):
+        """Ends the worker's input, waits for it and returns its record (a failed one if none).
+        Calling it again returns the same record."""
+        if self.record is not None:
+            return self.record
         try:
             with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.close()
@@ -93,14 +80,15 @@ class Worker:
             returncode = self.process.wait()
         finally:
             self.timer.cancel()
-        record = json.loads(self.result_path.read_text()) if self.result_path.exists() else None
+        if self.result_path.exists():
+            self.record = json.loads(self.result_path.read_text())
+        else:
+            self.log.flush()
+            reason = f"timed out after {self.timeout_s} s" if self.timed_out else f"exited with code {returncode}"
+            tail = "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-20:])
+            self.record = {"status": "failed", "error": f"worker {reason} without a result", "traceback": tail}
         self.scratch.cleanup()
-        if record is not None:
-            return record
-        self.log.flush()
-        reason = f"timed out after {self.timeout_s} s" if self.timed_out.is_set() else f"exited with code {returncode}"
-        tail = "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-20:])
-        return {"status": "failed", "error": f"worker {reason} without a result", "traceback": tail}
+        return self.record
 
 
 def run_worker(spec, log_path, echo, timeout_s, module="bench.worker"):

@@ -1,16 +1,13 @@
-"""What a worker measures with: a call's seconds once its device work is done,
-and the TensorFlow device with its peak memory.
+"""What a worker measures with: a call's seconds once its device work is done, and TensorFlow's device and peak memory.
 
-Only `time` is imported here; each framework is imported when first needed,
-so a worker's own import time, which a cold start reports, stays its system's.
+Frameworks are imported when first needed, so a worker's import time, which a cold start reports, stays its system's.
 """
 
 import time
 
 
 def timed(fn, *args, sync=None, **kwargs):
-    """`fn(*args, **kwargs)` and its seconds; `sync(value)`, timed too, waits
-    for work the call only queued."""
+    """`fn(*args, **kwargs)` and its seconds; `sync(value)`, timed too, waits for work the call only queued."""
     start = time.perf_counter()
     value = fn(*args, **kwargs)
     if sync is not None:
@@ -43,17 +40,17 @@ def torch_sync(value=None):
         torch.cuda.synchronize()
 
 
-def tf_device():
-    import tensorflow as tf
+class TFDevice:
+    """A TensorFlow runner's device, and its peak allocation there (None on a CPU, where peak RSS counts)."""
 
-    gpus = tf.config.list_logical_devices("GPU")
-    return gpus[0].name if gpus else "CPU"
+    @property
+    def device(self):
+        import tensorflow as tf
 
+        gpus = tf.config.list_logical_devices("GPU")
+        return gpus[0].name if gpus else "CPU"
 
-def tf_peak_device_bytes():
-    """Peak bytes TensorFlow allocated on its first GPU; None on a CPU, where
-    the process's peak resident memory is the figure that counts."""
-    import tensorflow as tf
+    def peak_device_bytes(self):
+        import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.config.experimental.get_memory_info(gpus[0].name)["peak"] if gpus else None
+        return None if self.device == "CPU" else tf.config.experimental.get_memory_info(self.device)["peak"]

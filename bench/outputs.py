@@ -1,5 +1,5 @@
-"""The files a benchmark writes besides BENCHMARKS.md: every figure as JSON,
-one row per record as CSV, and cold start beside warm image as a bar chart."""
+"""The files a benchmark writes into its output folder: every figure as JSON, one row per record as CSV, and cold start
+beside warm image as a bar chart."""
 
 import csv
 import json
@@ -11,14 +11,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bench.configs import XLA_TEXT
-from bench.table import field
+from bench.records import field
 
+JSON_NAME, CSV_NAME, PNG_NAME = "results.json", "results.csv", "cold_warm.png"
 CSV_FIELDS = [
     ("system",), ("xla",), ("precision",), ("controlnet",), ("status",), ("error",), ("device",), ("pid",),
     ("cold", "interpreter_s"), ("cold", "import_s"), ("cold", "build_s"), ("cold", "first_call_s"),
     ("cold", "first_call_overhead_s"), ("cold", "generate_s"), ("cold", "total_s"),
-    ("warm", "runs"), ("warm", "median_s"), ("warm", "min_s"), ("warm", "max_s"),
-    ("warm", "q1_s"), ("warm", "q3_s"),
+    ("warm", "runs"), ("warm", "median_s"), ("warm", "min_s"), ("warm", "max_s"), ("warm", "q1_s"), ("warm", "q3_s"),
     ("stages", "text_encoding_s"), ("stages", "step_s"), ("stages", "decode_s"), ("stages", "host_overhead_s"),
     ("stages", "unet_step_s"), ("stages", "controlnet_s"), ("stages", "controlnet_step_ratio"),
     ("memory", "peak_rss_bytes"), ("memory", "peak_device_bytes"),
@@ -26,16 +26,19 @@ CSV_FIELDS = [
 ]
 
 
-def write_json(report, path):
-    path.write_text(json.dumps(report, indent=2))
+def write_files(report, folder, title):
+    records = report["results"]
+    (folder / JSON_NAME).write_text(json.dumps(report, indent=2))
+    write_csv(records, folder / CSV_NAME)
+    plot_cold_warm(records, title, folder / PNG_NAME)
 
 
 def write_csv(records, path):
     with open(path, "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["_".join(keys) for keys in CSV_FIELDS] + ["notes"])
-        for record in records:
-            writer.writerow([field(record, *keys) for keys in CSV_FIELDS] + ["; ".join(record["notes"])])
+        writer.writerows([field(record, *keys) for keys in CSV_FIELDS] + ["; ".join(record["notes"])]
+                         for record in records)
 
 
 def _label(record):

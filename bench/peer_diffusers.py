@@ -1,12 +1,9 @@
-"""diffusers' `StableDiffusionPipeline` (or, with ControlNet on,
-`StableDiffusionControlNetPipeline`), built from SD1.5 configs with random weights.
+"""diffusers' `StableDiffusionPipeline` (with ControlNet on, `StableDiffusionControlNetPipeline`), built from SD1.5
+configs with random weights.
 
-No CLIPTokenizer can be downloaded here, so the pipeline has none: the CLIP
-text model encodes token ids made by kcv-sd's tokenizer (the same ids, passed
-in the spec) and the pipeline gets `prompt_embeds` and `negative_prompt_embeds`.
-Text encoding still runs inside every timed image. Mixed precisions map to
-diffusers' usual whole-pipeline `torch_dtype`. The ControlNet is
-`ControlNetModel.from_unet`, the SD1.5 depth ControlNet's architecture.
+No CLIPTokenizer can be downloaded here, so the pipeline has none: the CLIP text model encodes the token ids of
+kcv-sd's tokenizer (passed in the spec) inside every timed image, and the pipeline gets the embeddings. Mixed
+precisions map to diffusers' usual whole-pipeline `torch_dtype`. The ControlNet is `ControlNetModel.from_unet`.
 """
 
 import numpy as np
@@ -51,21 +48,17 @@ def sd15_parts():
 
 class Runner:
     def __init__(self, spec):
-        self.workload = spec["workload"]
+        self.workload = w = spec["workload"]
         precision = spec["config"]["precision"]
         if precision not in TORCH_DTYPES:
             raise ValueError(f"no torch dtype for precision {precision!r}")
-        self.dtype = TORCH_DTYPES[precision]
-        self.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype, self.torch_device = TORCH_DTYPES[precision], "cuda" if torch.cuda.is_available() else "cpu"
         parts = sd15_parts()
-        self.control_image = None
         if spec["config"].get("controlnet"):
-            w = self.workload
             self.control_image = Image.fromarray(depth_ramp(w["width"], w["height"]))
-            self.pipe = StableDiffusionControlNetPipeline(controlnet=ControlNetModel.from_unet(parts["unet"]),
-                                                          **parts)
+            self.pipe = StableDiffusionControlNetPipeline(controlnet=ControlNetModel.from_unet(parts["unet"]), **parts)
         else:
-            self.pipe = StableDiffusionPipeline(**parts)
+            self.control_image, self.pipe = None, StableDiffusionPipeline(**parts)
         self.pipe.to(self.torch_device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.token_ids = torch.tensor(spec["token_ids"], device=self.torch_device)
@@ -85,12 +78,10 @@ class Runner:
         w = self.workload
         prompt_embeds, negative_embeds = self._encode()
         control = {} if self.control_image is None else {"image": self.control_image}
-        images = self.pipe(
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, **control,
-            width=w["width"], height=w["height"], num_inference_steps=w["steps"],
-            guidance_scale=w["guidance_scale"], num_images_per_prompt=w["batch"],
-            generator=torch.Generator().manual_seed(seed), output_type="np",
-        ).images
+        images = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, **control,
+                           width=w["width"], height=w["height"], num_inference_steps=w["steps"],
+                           guidance_scale=w["guidance_scale"], num_images_per_prompt=w["batch"],
+                           generator=torch.Generator().manual_seed(seed), output_type="np").images
         torch_sync()
         return images
 
@@ -110,11 +101,8 @@ class Runner:
 
     @torch.inference_mode()
     def stages(self, seed):
-        """Text encoding, each guided step with the DDIM update, VAE decoding.
-
-        With a ControlNet, each step is followed by the plain UNet step and
-        the ControlNet alone on the same inputs, timed side by side.
-        """
+        """Text encoding, each guided step with the DDIM update, VAE decoding. With a ControlNet, the plain UNet step
+        and the ControlNet alone follow every step on the same inputs."""
         w, pipe = self.workload, self.pipe
         (prompt_embeds, negative_embeds), text_encoding_s = timed(self._encode, sync=torch_sync)
         batch = w["batch"]

@@ -1,13 +1,9 @@
-"""Stock `keras_cv.models.StableDiffusion`, set up as the KerasCV tutorial does.
+"""Stock `keras_cv.models.StableDiffusion`, set up as the KerasCV tutorial does: jit_compile on, and mixed precision
+as a global policy set before the models are built (this process is fresh, so it cannot leak).
 
-jit_compile is on and mixed precision is a global policy set before the
-models are built, exactly the tutorial's recipe; this process is fresh, so the
-policy cannot leak. Pretrained weights cannot be downloaded here, so the
-three models are KerasCV's own classes with `download_weights=False`
-(Keras' random initialisers), and the tokenizer is KerasCV's own BPE
-tokenizer with the vocabulary kcv-sd finds offline (importing kcv_sd for it
-counts toward this peer's import time). Image sizes must be multiples of
-128 (`bench.configs` skips other sizes).
+Pretrained weights cannot be downloaded here: the three models are KerasCV's own classes with `download_weights=False`,
+and the tokenizer is KerasCV's BPE tokenizer with the vocabulary kcv-sd finds offline (importing kcv_sd for it counts
+toward this peer's import time). Image sizes must be multiples of 128.
 """
 
 import keras
@@ -15,7 +11,7 @@ import keras_cv
 import numpy as np
 from keras_cv.models.stable_diffusion import Decoder, DiffusionModel, TextEncoder
 
-from bench.measure import tf_device, tf_peak_device_bytes, tf_sync, timed, timed_into
+from bench.measure import TFDevice, tf_sync, timed, timed_into
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 
 
@@ -25,12 +21,11 @@ def _compiled(model):
     return model
 
 
-class Runner:
+class Runner(TFDevice):
     def __init__(self, spec):
         self.workload = w = spec["workload"]
-        precision = spec["config"]["precision"]
-        if precision != "float32":
-            keras.mixed_precision.set_global_policy(precision)
+        if spec["config"]["precision"] != "float32":
+            keras.mixed_precision.set_global_policy(spec["config"]["precision"])
         sd = keras_cv.models.StableDiffusion(img_height=w["height"], img_width=w["width"], jit_compile=True)
         sd._diffusion_model = _compiled(DiffusionModel(w["height"], w["width"], MAX_PROMPT_LENGTH,
                                                        download_weights=False))
@@ -38,11 +33,7 @@ class Runner:
         sd._decoder = _compiled(Decoder(w["height"], w["width"], download_weights=False))
         sd._tokenizer = get_tokenizer()._bpe
         self.sd = sd
-        self.device = tf_device()
         self.notes = ["random weights from Keras initialisers (download_weights=False)"]
-
-    def peak_device_bytes(self):
-        return tf_peak_device_bytes()
 
     def generate(self, seed):
         w = self.workload
@@ -50,11 +41,8 @@ class Runner:
                                      unconditional_guidance_scale=w["guidance_scale"], seed=seed)
 
     def stages(self, seed):
-        """The calls `text_to_image` makes, timed one by one.
-
-        Each step is the two UNet calls plus guidance; the DDIM update, a few
-        elementwise operations on the small latent, is left to host overhead.
-        """
+        """The calls `text_to_image` makes, timed one by one. Each step is the two UNet calls plus guidance; the
+        DDIM update, a few elementwise operations on the small latent, is left to host overhead."""
         w, sd = self.workload, self.sd
         (context, unconditional), text_encoding_s = timed(
             lambda: (sd._expand_tensor(sd.encode_text(w["prompt"]), w["batch"]),

@@ -1,12 +1,9 @@
 """The machine probe job: devices, matmul yardsticks, and facts every run shares.
 
-The float32 matmul of `matmul_size` is the yardstick for the UNet's achieved
-FLOP/s. The faster of two sizes per dtype shows whether 16-bit math is fast on
-this device (it labels the 16-bit rows), and the fastest of all is the FLOP
-target's "best matmul": one size alone varied too much from run to run. The
-prompt's token ids (for peers without a tokenizer offline) and the guided
-UNet step's FLOPs are worked out here because the parent never imports
-TensorFlow.
+The float32 matmul of `matmul_size` is the yardstick for the UNet's achieved FLOP/s. The faster of two sizes per dtype
+shows whether 16-bit math is fast here (it labels the 16-bit rows), and the fastest of all is the FLOP target's "best
+matmul". The prompt's token ids (for peers without a tokenizer offline) and the guided UNet step's FLOPs are worked
+out here because the parent never imports TensorFlow.
 """
 
 import tensorflow as tf
@@ -27,11 +24,11 @@ def matmul_flops_per_s(size, dtype, repeats=5):
 
 
 def devices():
-    names = []
-    for device in tf.config.list_physical_devices():
+    def model(device):
         details = tf.config.experimental.get_device_details(device) if device.device_type == "GPU" else {}
-        names.append({"type": device.device_type, "name": device.name, "model": details.get("device_name")})
-    return names
+        return details.get("device_name")
+
+    return [{"type": d.device_type, "name": d.name, "model": model(d)} for d in tf.config.list_physical_devices()]
 
 
 def job(spec, result):

@@ -1,10 +1,8 @@
 """kcv-sd itself: `kcv_sd.Pipeline` with random weights of the chosen family.
 
-The process runs as the `kcv-sd` command does, with oneDNN weight caching
-(`kcv_sd.weight_cache`), unless the config has `weight_cache` false
-(`tools/measure_weight_cache.py` compares the two). With `controlnet` on, one
-random ControlNet of the family (the SD1.5 depth ControlNet's architecture for
-sd15) guides every step from a synthetic depth ramp at the output size.
+It runs as the `kcv-sd` command does, with oneDNN weight caching, unless the config's `weight_cache` is false
+(`tools/measure_weight_cache.py`). With `controlnet` on, one random ControlNet of the family guides every step from
+`depth_ramp` at the output size.
 """
 
 import keras
@@ -13,20 +11,26 @@ import tensorflow as tf
 
 import kcv_sd
 from bench.configs import depth_ramp
-from bench.measure import tf_device, tf_peak_device_bytes, tf_sync, timed, timed_into
+from bench.measure import TFDevice, tf_sync, timed, timed_into
 from kcv_sd.study import resolve_controlnet
 from kcv_sd.unet import timestep_embedding
 from kcv_sd.weight_cache import cache_weights_for_inference
 
 
-class Runner:
+def call_options(w):
+    """The workload `w` as `Pipeline.__call__` options, besides the prompt and seed."""
+    return {"width": w["width"], "height": w["height"], "num_inference_steps": w["steps"],
+            "guidance_scale": w["guidance_scale"], "num_images_per_prompt": w["batch"], "output_type": "np"}
+
+
+class Runner(TFDevice):
     def __init__(self, spec):
         config, self.workload = spec["config"], spec["workload"]
         w = self.workload
         if config.get("weight_cache", True):
             cache_weights_for_inference()
-        self.pipeline = kcv_sd.Pipeline(model=w["model"], weights="random",
-                                        precision=config["precision"], jit_compile=config["xla"])
+        self.pipeline = kcv_sd.Pipeline(model=w["model"], weights="random", precision=config["precision"],
+                                        jit_compile=config["xla"])
         self.controlnet = self.control_image = None
         self.notes = []
         if config.get("controlnet"):
@@ -35,26 +39,15 @@ class Runner:
             # The ControlNet alone, on the guided (doubled) batch, as the step runs it.
             self._controlnet_alone = tf.function(self.controlnet.model(), jit_compile=config["xla"])
             self.notes = ["random ControlNet (the family's ControlNet architecture) on every step"]
-        self.device = tf_device()
-
-    def peak_device_bytes(self):
-        return tf_peak_device_bytes()
 
     def generate(self, seed):
-        w = self.workload
-        return self.pipeline(w["prompt"], width=w["width"], height=w["height"],
-                             num_inference_steps=w["steps"], guidance_scale=w["guidance_scale"],
-                             seed=seed, num_images_per_prompt=w["batch"], output_type="np",
-                             image=self.control_image, controlnet=self.controlnet)
+        return self.pipeline(self.workload["prompt"], seed=seed, image=self.control_image, controlnet=self.controlnet,
+                             **call_options(self.workload))
 
     def stages(self, seed):
-        """Text encoding, guided denoising steps and decoding, each synchronised.
-
-        Each step is a one-step `denoise` call: the compiled step function the
-        full schedule runs, with a one-row schedule. With a ControlNet, every
-        step is followed by the plain UNet step and the ControlNet alone on the
-        same inputs, so the three are timed side by side.
-        """
+        """Text encoding, guided denoising steps and decoding, each synchronised. Each step is a one-step `denoise`
+        call: the compiled step the full schedule runs. With a ControlNet, the plain UNet step and the ControlNet
+        alone follow every step on the same inputs."""
         w, p = self.workload, self.pipeline
         encodings, text_encoding_s = timed(p.encode_prompts, [w["prompt"], ""], sync=tf_sync)
         context = tf.repeat(encodings, w["batch"], axis=0)
@@ -64,7 +57,6 @@ class Runner:
         if self.controlnet is not None:
             plan = p.plan_control(self.controlnet, self.control_image, 1, w["width"], w["height"], w["batch"])
         times = {"step_s": [], "unet_step_s": [], "controlnet_s": []} if plan else {"step_s": []}
-
         for _ in range(w["steps"]):
             next_latent = timed_into(times["step_s"], p.denoise, latent, context, 1, w["guidance_scale"], True,
                                      control=plan, sync=tf_sync)

@@ -1,11 +1,9 @@
 """The one bench worker: a fresh Python process that runs one job and writes one record.
 
-Run as `python -m bench.worker SPEC_PATH RESULT_PATH SPAWNED_AT` by
-`bench.launch`; SPAWNED_AT is the parent's clock just before the spawn, so
-interpreter start-up counts toward a cold start. `spec["job"]` is `cold`
-(below), `served` (`bench.interleaved`), `ablation` or `probe`. Progress goes
-to stdout as `[bench] ` lines, a served session's answers as `[bench-reply] `
-lines, and the record, failed or not, to RESULT_PATH as JSON.
+`python -m bench.worker SPEC_PATH RESULT_PATH SPAWNED_AT`, started by `bench.launch`; SPAWNED_AT is the parent's clock
+just before the spawn, so interpreter start-up counts toward a cold start. `spec["job"]` is `cold` (below), `served`
+(`bench.interleaved`), `ablation` or `probe`. Progress goes to stdout as `[bench] ` lines, a served session's answers
+as `[bench-reply] ` lines, and the record, failed or not, to RESULT_PATH as JSON.
 """
 
 import time
@@ -35,9 +33,8 @@ def reply(text):
 
 
 def cold(spec, result):
-    """One system: import, build, the first image (the warm-up, which ends the
-    cold start), then warm images and stage passes, phase by phase, so that a
-    failure keeps what was measured. Peak memory is taken at the end either way."""
+    """One system: import, build, the first image (which ends the cold start), then warm images and stage passes,
+    phase by phase, so that a failure keeps what was measured. Peak memory is taken at the end either way."""
     result.update(pid=os.getpid(), spawned_at=spec["spawned_at"], started_at=STARTED_AT, notes=[], warm_s=[],
                   stages=[])
     repeats, runner = spec["workload"]["repeats"], None
@@ -47,8 +44,7 @@ def cold(spec, result):
         progress(f"imported in {result['import_s']:.1f} s")
         result["phase"] = "build"
         runner, result["build_s"] = timed(adapter.Runner, spec)
-        result["device"] = runner.device
-        result["notes"] += runner.notes
+        result.update(device=runner.device, notes=runner.notes)
         progress(f"built with random weights in {result['build_s']:.1f} s")
         result["phase"] = "first image"
         _, result["first_call_s"] = timed(runner.generate, 0)
