@@ -78,7 +78,7 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_p
             continue
         load = load_average()
         echo(f"{prefix}: fresh process (load average {load[0] if load else '?'})")
-        raw = run_worker(run.spec("cold", workload_spec, token_ids), log_path, lambda line: echo(f"    {line}"),
+        raw = run_worker(run.spec(workload_spec, token_ids), log_path, lambda line: echo(f"    {line}"),
                          timeout_s)
         records.append({**build_record(run, raw, workload, flops, probe), "load_average_at_start": load})
 

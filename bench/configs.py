@@ -51,9 +51,9 @@ class Run:
     def label(self):
         return f"{self.system} xla={XLA_TEXT[self.xla]} {self.precision}" + (" +controlnet" if self.controlnet else "")
 
-    def spec(self, job, workload_spec, token_ids):
-        """The worker spec of this run's system for `job` (`cold` or `served`)."""
-        return {"job": job, "system": self.system, "workload": workload_spec, "token_ids": token_ids,
+    def spec(self, workload_spec, token_ids):
+        """The cold worker's spec for this run (`bench.interleaved` serves the same spec)."""
+        return {"job": "cold", "system": self.system, "workload": workload_spec, "token_ids": token_ids,
                 "config": {"xla": self.xla, "precision": self.precision, "controlnet": self.controlnet}}
 
 

@@ -35,7 +35,7 @@ def run_interleaved_pairs(runs, records, workload_spec, token_ids, log_path, ech
     results = []
     for ours, peer in interleaved_pairs(runs, records):
         echo(f"[interleaved] {ours.label} and {peer.label}, each in a fresh process, images in turn")
-        specs = [run.spec("served", workload_spec, token_ids) for run in (ours, peer)]
+        specs = [run.spec(workload_spec, token_ids) for run in (ours, peer)]
         started = time.time()
         result = run_interleaved(specs, 2 * workload_spec["repeats"], log_path, lambda line: echo(f"    {line}"),
                                  timeout_s)

@@ -9,10 +9,6 @@ import statistics
 
 import numpy as np
 
-# The compute dtype of each 16-bit precision (kcv_sd.precision's policies); the parent imports no framework.
-HALF_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16", "float16": "float16", "bfloat16": "bfloat16"}
-
-
 def field(record, *keys):
     """`record[key1][key2]...`, None where a part is missing."""
     for key in keys:
@@ -31,8 +27,8 @@ def summarize(seconds):
 
 def precision_note(precision, probe):
     """A label for a 16-bit precision whose matmuls are no faster than float32's here."""
-    dtype, rates = HALF_DTYPES.get(precision), field(probe, "matmul", "flops_per_s_by_dtype")
-    if dtype and rates and rates[dtype] < rates["float32"]:
+    dtype, rates = precision.removeprefix("mixed_"), field(probe, "matmul", "flops_per_s_by_dtype")
+    if dtype in ("float16", "bfloat16") and rates and rates[dtype] < rates["float32"]:
         return f"no fast {dtype} on this device ({dtype} matmul at {rates[dtype] / rates['float32']:.2f}x float32)"
     return None
 
