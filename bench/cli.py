@@ -54,7 +54,7 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     process. kcv-sd's fastest configuration per precision then takes turns with diffusers, image by image, each in
     its own process.
     """
-    given = dict(width=width, height=height, steps=steps, batch=batch, repeats=repeats)
+    given = {"width": width, "height": height, "steps": steps, "batch": batch, "repeats": repeats}
     workload = dataclasses.replace(PRESETS[preset].workload, **{k: v for k, v in given.items() if v is not None})
     config_list = parsed(parse_configs, configs or PRESETS[preset].configs, "--configs")
     runs = plan_runs(config_list, parsed(parse_peers, peers or PRESETS[preset].peers, "--peers"), workload)

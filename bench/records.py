@@ -9,6 +9,7 @@ import statistics
 
 import numpy as np
 
+
 def field(record, *keys):
     """`record[key1][key2]...`, None where a part is missing."""
     for key in keys:
