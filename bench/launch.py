@@ -32,9 +32,8 @@ class Worker:
         log.write(f"\n===== {module} {spec.get('job')} {self.name} {json.dumps(spec.get('config'))} =====\n")
         log.flush()
         # This checkout first on the path, so workers import the code being measured.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY_ROOT),
-                                                                          os.environ.get("PYTHONPATH")]))}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        path = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), os.environ.get("PYTHONPATH")]))
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "PYTHONPATH": path}
         self.timed_out, self.record = False, None
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, str(spec_path), str(self.result_path), repr(time.time())],
