@@ -81,40 +81,39 @@ def _h5_attribute_list(group, name):
             for chunk in chunks for v in chunk]
 
 
-def read_legacy_h5(path):
-    """Per-layer lists of arrays from a legacy Keras weights file, in file order.
-
-    Layers without weights are skipped, as Keras' own loader does.
-    """
-    with h5py.File(path, "r") as f:
-        group = f["model_weights"] if "model_weights" in f else f
-        per_layer = []
-        for layer_name in _h5_attribute_list(group, "layer_names"):
-            layer_group = group[layer_name]
-            names = _h5_attribute_list(layer_group, "weight_names")
-            if names:
-                per_layer.append([np.asarray(layer_group[n]) for n in names])
-        return per_layer
+def legacy_h5_datasets(f):
+    """Per-layer lists of the datasets of an open legacy Keras weights file, in
+    file order, unread. Layers without weights are skipped, as Keras' own
+    loader does."""
+    group = f["model_weights"] if "model_weights" in f else f
+    per_layer = []
+    for layer_name in _h5_attribute_list(group, "layer_names"):
+        layer_group = group[layer_name]
+        names = _h5_attribute_list(layer_group, "weight_names")
+        if names:
+            per_layer.append([layer_group[n] for n in names])
+    return per_layer
 
 
 def assign_layer_weights(layers, per_layer_values, source="weights"):
-    """Assign arrays to layers one for one, checking counts and shapes."""
+    """Assign arrays (or h5py datasets, read one at a time) to layers one for
+    one, checking counts and every shape before any assignment."""
     if len(layers) != len(per_layer_values):
         raise ValueError(
             f"{source} holds {len(per_layer_values)} weighted layers, the model "
             f"has {len(layers)}: it is not a file for this model."
         )
     for index, (layer, values) in enumerate(zip(layers, per_layer_values)):
-        variables = layer.weights
-        shapes = [tuple(v.shape) for v in variables]
+        shapes = [tuple(v.shape) for v in layer.weights]
         given = [tuple(v.shape) for v in values]
         if shapes != given:
             raise ValueError(
                 f"{source}: layer #{index} ({layer.name}) expects weights of "
                 f"shapes {shapes}, the file has {given}."
             )
-        for variable, value in zip(variables, values):
-            variable.assign(value)
+    for layer, values in zip(layers, per_layer_values):
+        for variable, value in zip(layer.weights, values):
+            variable.assign(np.asarray(value))
 
 
 def weighted_layers(model):
@@ -123,5 +122,7 @@ def weighted_layers(model):
 
 
 def load_legacy_h5(layers, path):
-    """Load a legacy Keras `.h5` weights file onto an ordered list of layers."""
-    assign_layer_weights(layers, read_legacy_h5(path), source=str(path))
+    """Load a legacy Keras `.h5` weights file onto an ordered list of layers,
+    reading one array at a time (no second copy of the model in memory)."""
+    with h5py.File(path, "r") as f:
+        assign_layer_weights(layers, legacy_h5_datasets(f), source=str(path))
