@@ -2,8 +2,12 @@
 
 KerasCV's models get random weights, are saved as legacy `.h5` files under
 KerasCV's own file names, and our pipeline loads that folder; everything is
-then compared with KerasCV computing on its own models. Slow (~2 min).
+then compared with what KerasCV computed on its own models. Slow (~2 min).
 """
+
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import keras
@@ -20,7 +24,8 @@ from kcv_sd.tokenizer import get_tokenizer
 from kcv_sd.unet import timestep_embedding
 from kcv_sd.weights import KERASCV_FILES
 
-pytestmark = pytest.mark.full_size
+pytestmark = [pytest.mark.full_size, pytest.mark.slow]  # slow: handed out first
+REPO = Path(__file__).resolve().parents[1]
 
 SIZE = 128  # KerasCV needs multiples of 128; a 16x16 latent keeps this quick.
 
@@ -37,8 +42,23 @@ class LatentCapture:
         return self.decoder.predict_on_batch(latent)
 
 
-@pytest.fixture(scope="module")
-def kerascv_and_ours(tmp_path_factory):
+KERASCV_PROMPT = "a photograph of an astronaut riding a horse"
+DDIM_PROMPT = "a cozy reading room, warm light"
+NEGATIVE_PROMPTS = [None, "blurry, low quality"]
+
+
+def unet_inputs():
+    rng = np.random.default_rng(0)
+    return {
+        "latent": rng.standard_normal((2, SIZE // 8, SIZE // 8, 4)).astype("float32"),
+        "timestep_embedding": np.asarray(timestep_embedding(np.array([999.0, 20.0]), 320)),
+        "context": rng.standard_normal((2, 77, 768)).astype("float32"),
+    }
+
+
+def write_kerascv(folder):
+    """KerasCV's models with random weights: their weight files and their
+    outputs (`outputs.npz`) written to `folder`."""
     keras.utils.set_random_seed(1234)
     reference = StableDiffusion(SIZE, SIZE, jit_compile=False)
     models = {
@@ -46,7 +66,6 @@ def kerascv_and_ours(tmp_path_factory):
         "text_encoder": TextEncoder(77, download_weights=False),
         "decoder": Decoder(SIZE, SIZE, download_weights=False),
     }
-    folder = tmp_path_factory.mktemp("kerascv_weights")
     for name, model in models.items():
         with h5py.File(folder / KERASCV_FILES[name].filename, "w") as f:
             legacy_h5_format.save_weights_to_hdf5_group(f, model)
@@ -54,44 +73,51 @@ def kerascv_and_ours(tmp_path_factory):
     reference._text_encoder = models["text_encoder"]
     reference._decoder = LatentCapture(models["decoder"])
     reference._tokenizer = get_tokenizer()._bpe
-    ours = Pipeline(model="sd15", weights=str(folder))
-    return reference, models, ours
+    outputs = {"unet": np.asarray(models["unet"](unet_inputs())),
+               "text": np.asarray(reference.encode_text(KERASCV_PROMPT))}
+    for index, negative_prompt in enumerate(NEGATIVE_PROMPTS):
+        outputs[f"pixels {index}"] = reference.text_to_image(
+            DDIM_PROMPT, negative_prompt=negative_prompt, num_steps=3, seed=42)
+        outputs[f"latent {index}"] = reference._decoder.latent
+    np.savez(folder / "outputs.npz", **outputs)
 
 
-def test_unet_matches_kerascv_diffusion_model(kerascv_and_ours):
-    _, models, ours = kerascv_and_ours
-    rng = np.random.default_rng(0)
-    inputs = {
-        "latent": rng.standard_normal((2, SIZE // 8, SIZE // 8, 4)).astype("float32"),
-        "timestep_embedding": np.asarray(timestep_embedding(np.array([999.0, 20.0]), 320)),
-        "context": rng.standard_normal((2, 77, 768)).astype("float32"),
-    }
-    expected = np.asarray(models["unet"](inputs))
-    actual = np.asarray(ours.components.unet.model()(inputs))
+@pytest.fixture(scope="module")
+def kerascv(tmp_path_factory):
+    """(folder of KerasCV's weight files, KerasCV's outputs), made in a child
+    process, so this one never holds two SD1.5 models (TensorFlow keeps what
+    KerasCV's traced functions held after the models are gone)."""
+    folder = tmp_path_factory.mktemp("kerascv_weights")
+    subprocess.run([sys.executable, __file__, str(folder)], cwd=REPO, check=True)
+    with np.load(folder / "outputs.npz") as outputs:
+        return folder, dict(outputs)
+
+
+@pytest.fixture(scope="module")
+def ours(kerascv):
+    return Pipeline(model="sd15", weights=str(kerascv[0]))
+
+
+def test_unet_matches_kerascv_diffusion_model(kerascv, ours):
+    actual = np.asarray(ours.components.unet.model()(unet_inputs()))
     # float32 rounding only: at this latent the 1280-channel convolutions run
     # as matmuls over patches, which sum the same products in another order
     # (max |output| is ~3, so 2e-5 is ~1e-5 relative).
-    assert np.abs(actual - expected).max() <= 2e-5
+    assert np.abs(actual - kerascv[1]["unet"]).max() <= 2e-5
 
 
-def test_text_encoder_matches_kerascv(kerascv_and_ours):
-    reference, _, ours = kerascv_and_ours
-    prompt = "a photograph of an astronaut riding a horse"
-    expected = np.asarray(reference.encode_text(prompt))
-    actual = np.asarray(ours.encode_prompts([prompt]))
-    assert np.abs(actual - expected).max() <= 1e-5
+def test_text_encoder_matches_kerascv(kerascv, ours):
+    actual = np.asarray(ours.encode_prompts([KERASCV_PROMPT]))
+    assert np.abs(actual - kerascv[1]["text"]).max() <= 1e-5
 
 
-@pytest.mark.parametrize("negative_prompt", [None, "blurry, low quality"])
-def test_ddim_pipeline_matches_generate_image(kerascv_and_ours, negative_prompt):
-    reference, _, ours = kerascv_and_ours
-    prompt = "a cozy reading room, warm light"
-    expected_pixels = reference.text_to_image(
-        prompt, negative_prompt=negative_prompt, num_steps=3, seed=42)
-    expected_latent = reference._decoder.latent
-    latent = ours(prompt, negative_prompt=negative_prompt, width=SIZE, height=SIZE,
+@pytest.mark.parametrize("negative_prompt", NEGATIVE_PROMPTS)
+def test_ddim_pipeline_matches_generate_image(kerascv, ours, negative_prompt):
+    index = NEGATIVE_PROMPTS.index(negative_prompt)
+    expected_pixels, expected_latent = kerascv[1][f"pixels {index}"], kerascv[1][f"latent {index}"]
+    latent = ours(DDIM_PROMPT, negative_prompt=negative_prompt, width=SIZE, height=SIZE,
                   num_inference_steps=3, seed=42, output_type="latent")
-    pixels = ours(prompt, negative_prompt=negative_prompt, width=SIZE, height=SIZE,
+    pixels = ours(DDIM_PROMPT, negative_prompt=negative_prompt, width=SIZE, height=SIZE,
                   num_inference_steps=3, seed=42, output_type="np")
     # Random-weight latents reach ~100 and the first DDIM step divides by
     # sqrt(alpha_999) ~ 0.07, so float32 rounding from batching both CFG
@@ -101,3 +127,7 @@ def test_ddim_pipeline_matches_generate_image(kerascv_and_ours, negative_prompt)
     difference = np.abs(pixels.astype(int) - expected_pixels.astype(int))
     assert difference.max() <= 1
     assert (difference > 0).mean() < 0.001
+
+
+if __name__ == "__main__":
+    write_kerascv(Path(sys.argv[1]))

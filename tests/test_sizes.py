@@ -73,9 +73,9 @@ def test_upsampling_crops_only_where_a_level_is_odd(tiny_components):
         1: "doubled", 2: "doubled", 3: "cropped"}
 
 
-@pytest.mark.parametrize("height,width", ODD_SIZES)
-def test_static_routes_xla_and_the_compiled_loop_agree(tiny_components, tiny_pipeline, tiny_xla_pipeline,
-                                                       height, width):
+def test_static_routes_xla_and_the_compiled_loop_agree(tiny_components, tiny_pipeline, tiny_xla_pipeline):
+    """At 72x104 (a 9x13 latent) every upsampling crops: 9 -> 5 -> 3 -> 2 and back."""
+    height, width = ODD_SIZES[0]
     args = dict(width=width, height=height, output_type="latent", sampler="dpmpp_2m", **ARGS)
     expected = tiny_pipeline("a lighthouse", **args)  # layer routes chosen at run time
     assert expected.shape == (1, height // 8, width // 8, 4)
