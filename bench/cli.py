@@ -11,6 +11,7 @@ from bench.benchmark import run_benchmark
 from bench.benchmarks_md import as_text, render
 from bench.configs import PRESETS, parse_configs, parse_peers, plan_runs
 from bench.outputs import CSV_NAME, JSON_NAME, PNG_NAME, write_files
+from kcv_sd.sizes import check_size
 
 
 def command_line():
@@ -25,14 +26,22 @@ def parsed(parse, text, option):
         raise click.BadParameter(str(error), param_hint=option)
 
 
+def checked_size(ctx, param, value):
+    """--width/--height: kcv-sd's size rule, checked before any process starts."""
+    if value is not None:
+        parsed(lambda text: check_size(param.name, text), value, f"--{param.name}")
+    return value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True,
               help="quick: SD1.5 at 128x128, ~20 min on 2 CPU cores; tiny: tiny model, seconds; "
                    "tutorial: the published workload (512x512, 50 steps, 3 images).")
 @click.option("--quick", "preset", flag_value="quick", help="Same as --preset quick.")
 @click.option("--tiny", "preset", flag_value="tiny", help="Same as --preset tiny (smoke test).")
-@click.option("--width", type=int, help="Image width (preset's by default).")
-@click.option("--height", type=int, help="Image height (preset's by default).")
+@click.option("--width", type=int, callback=checked_size, help="Image width, a multiple of 8 (preset's by default).")
+@click.option("--height", type=int, callback=checked_size,
+              help="Image height, a multiple of 8 (preset's by default).")
 @click.option("--steps", type=int, help="Denoising steps.")
 @click.option("--batch", type=int, help="Images per prompt (one prompt).")
 @click.option("--repeats", type=int, help="Warm runs after the excluded warm-up, and stage passes.")

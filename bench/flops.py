@@ -5,6 +5,8 @@ Norms, activations and additions are left out: a few percent of the work, and no
 compare directly with a matmul benchmark.
 """
 
+from kcv_sd.routing import side_at
+
 
 def conv_flops(height, width, in_channels, out_channels, kernel):
     return 2 * height * width * kernel * kernel * in_channels * out_channels
@@ -58,7 +60,7 @@ def unet_flops(config, latent_height, latent_width, batch=1, context_length=77):
             channels = out_channels
             skips.append(channels)
         if level < len(c.block_channels) - 1:
-            h, w = (h + 1) // 2, (w + 1) // 2
+            h, w = side_at(latent_height, level + 1), side_at(latent_width, level + 1)
             flops += conv_flops(h, w, channels, channels, 3)
             skips.append(channels)
 
@@ -70,8 +72,8 @@ def unet_flops(config, latent_height, latent_width, batch=1, context_length=77):
         for _ in range(c.layers_per_block + 1):
             flops += level_block(channels + skips.pop(), out_channels, level)
             channels = out_channels
-        if level > 0:
-            h, w = 2 * h, 2 * w
+        if level > 0:  # up to the size of the skip connection, odd or even
+            h, w = side_at(latent_height, level - 1), side_at(latent_width, level - 1)
             flops += conv_flops(h, w, channels, channels, 3)
 
     flops += conv_flops(h, w, channels, c.latent_channels, 3)

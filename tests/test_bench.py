@@ -99,8 +99,10 @@ def _graph_matmul_flops(config, height, width, batch, context_length):
 @pytest.mark.parametrize("config", [HAND_CONFIG, UNetConfig(block_channels=(8, 16, 16, 16), num_heads=2,
                                                             context_dim=16, timestep_dim=8,
                                                             time_embed_dim=16, norm_groups=4)])
-def test_flops_match_the_traced_graph(config):
-    assert unet_flops(config, 16, 16, batch=2, context_length=77) == _graph_matmul_flops(config, 16, 16, 2, 77)
+@pytest.mark.parametrize("height, width", [(16, 16), (9, 13)])  # 9x13: odd at every level
+def test_flops_match_the_traced_graph(config, height, width):
+    assert (unet_flops(config, height, width, batch=2, context_length=77)
+            == _graph_matmul_flops(config, height, width, 2, 77))
 
 
 def test_config_grids():
@@ -278,6 +280,13 @@ def test_files_are_written(tiny_run):
     markdown = (folder / "BENCHMARKS.md").read_text()
     assert "Published figures (not measured here)" in markdown and "random" in markdown
     assert "cold start s" in output and "Published (not measured here)" in output
+
+
+def test_sizes_follow_kcv_sds_rule_before_any_process_starts(tmp_path):
+    result = CliRunner().invoke(main, ["--tiny", "--width", "100", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "width=100 is not supported" in result.output and "the nearest are 96 and 104" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_help():
