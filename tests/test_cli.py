@@ -64,7 +64,8 @@ def test_existing_output_is_not_overwritten_without_flag(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--width", "100"], "width=100"),
+    (["--width", "100"], "width=100 is not supported: sizes are ints, multiples of 8 from 64 to 2048; "
+                         "the nearest are 96 and 104."),
     (["--steps", "0"], "num_inference_steps=0"),
     (["--guidance", "-1"], "guidance_scale=-1"),
     (["-o", "/no/such/dir/x.png"], "does not exist"),

@@ -25,10 +25,11 @@ import pytest
 
 pytestmark = pytest.mark.slow  # the distributed process traces for a minute or more
 REPLICAS = 3
-# (prompts, images per prompt): batches of 1, 3, 4 (2 prompts x 2) and 5.
-BATCHES = ((["a red car"], 1), (["a room", "a street", "a bust"], 1), (["a cat", "a dog"], 2),
-           ([f"scene {i}" for i in range(5)], 1))
-ARGUMENTS = {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 11, "output_type": "latent"}
+# (prompts, images per prompt, size): batches of 1, 3, 4 (2 prompts x 2) and
+# 5, the last at 104x72 pixels, a 13x9 latent, odd at every UNet level.
+BATCHES = ((["a red car"], 1, (64, 64)), (["a room", "a street", "a bust"], 1, (64, 64)),
+           (["a cat", "a dog"], 2, (64, 64)), ([f"scene {i}" for i in range(5)], 1, (104, 72)))
+ARGUMENTS = {"num_inference_steps": 2, "seed": 11, "output_type": "latent"}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -43,7 +44,8 @@ def run_distributed():
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
     pipeline = DistributedPipeline(strategy, model="tiny", weights="random")
     return {"replicas": pipeline.num_replicas,
-            "latents": [pipeline(prompts, num_images_per_prompt=n, **ARGUMENTS).tolist() for prompts, n in BATCHES]}
+            "latents": [pipeline(prompts, num_images_per_prompt=n, width=width, height=height, **ARGUMENTS).tolist()
+                        for prompts, n, (width, height) in BATCHES]}
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +60,8 @@ def distributed():
 
 @pytest.fixture(scope="module")
 def results(distributed, tiny_pipeline):
-    references = [tiny_pipeline(prompts, num_images_per_prompt=n, **ARGUMENTS) for prompts, n in BATCHES]
+    references = [tiny_pipeline(prompts, num_images_per_prompt=n, width=width, height=height, **ARGUMENTS)
+                  for prompts, n, (width, height) in BATCHES]
     out, err = distributed.communicate(timeout=900)
     assert distributed.returncode == 0, err[-3000:]
     return json.loads(out.splitlines()[-1]), references
@@ -68,7 +71,7 @@ def test_runs_on_every_replica(results):
     assert results[0]["replicas"] == REPLICAS
 
 
-@pytest.mark.parametrize("case", range(len(BATCHES)), ids=[f"batch{len(p) * n}" for p, n in BATCHES])
+@pytest.mark.parametrize("case", range(len(BATCHES)), ids=[f"batch{len(p) * n}" for p, n, _ in BATCHES])
 def test_same_images_in_the_same_order_as_one_device(results, case):
     distributed, references = results
     latents, reference = np.asarray(distributed["latents"][case], np.float32), references[case]
