@@ -31,6 +31,11 @@ TINY_A = unet_configs.UNetConfig(
 TINY_FAMILY_DIFFUSERS = dataclasses.replace(
     unet_configs.TINY, transformer_norm_epsilon=1e-6, gelu_approximate=False
 )
+# The pipeline-level parity tests (samplers, guidance, ControlNets, img2img)
+# run on the tiny family's layout, which traces several times faster; the
+# whole SD1.5 layout (TINY_A) is held to diffusers layer by layer
+# (test_convert_unet, test_convert_controlnet).
+TINY_FAMILY_CONTROLNET = ControlNetConfig(unet=TINY_FAMILY_DIFFUSERS, conditioning_channels=(4, 8, 8, 16))
 TINY_B = unet_configs.UNetConfig(
     block_channels=(16, 32), attention_levels=(False, True), layers_per_block=1,
     num_heads=4, context_dim=24, timestep_dim=16, time_embed_dim=64, norm_groups=8,

@@ -10,13 +10,13 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 from diffusers.callbacks import SDCFGCutoffCallback
-from references import TINY_CONTROLNETS, converted_pipeline, diffusers_unet, nchw, nhwc, stand_in_vae
+from references import TINY_FAMILY_DIFFUSERS, converted_pipeline, diffusers_unet, nchw, nhwc, stand_in_vae
 
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.pipeline import Pipeline
 from kcv_sd.prepare import guided_steps
 
-UNET_CONFIG = TINY_CONTROLNETS["four-levels"].unet
+UNET_CONFIG = TINY_FAMILY_DIFFUSERS
 HEIGHT, WIDTH, STEPS, TOKENS = 64, 64, 5, 7
 ARGS = dict(width=64, height=64, num_inference_steps=4, seed=6, output_type="latent")
 

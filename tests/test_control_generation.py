@@ -42,7 +42,7 @@ def test_depth_normal_and_canny_together(tiny_pipeline, tiny_controlnets, wide_d
 def test_native_sizing_takes_the_control_images_aspect(tiny_pipeline, tiny_controlnets, wide_depth):
     images = tiny_pipeline("a room", image=depth_to_control(wide_depth), controlnet=tiny_controlnets[0],
                            control_sizing="native", num_inference_steps=1, output_type="np")
-    assert images.shape == (1, 320, 768, 3)  # 1216x512 at ~512x512 pixels
+    assert images.shape == (1, 328, 784, 3)  # 1216x512 at ~512x512 pixels, to multiples of 8
     with pytest.raises(InvalidArgumentError, match="native"):
         tiny_pipeline("a", width=512, image=depth_to_control(wide_depth),
                       controlnet=tiny_controlnets[0], control_sizing="native")
@@ -85,7 +85,7 @@ def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth, generate_on_ti
         "--control-sizing", "native", "--control-scale", "0.8", "-o", str(out)])
     assert result.exit_code == 0, result.output
     params = read_parameters(out)
-    assert (params["width"], params["height"]) == (768, 320)
+    assert (params["width"], params["height"]) == (784, 328)
     assert params["controlnets"] == [str(checkpoint)]
     assert params["controlnet_conditioning_scale"] == 0.8
 

@@ -17,7 +17,7 @@ from diffusers import (
 )
 from PIL import Image
 from references import (
-    TINY_CONTROLNETS,
+    TINY_FAMILY_CONTROLNET,
     converted_pipeline,
     diffusers_controlnet,
     diffusers_unet,
@@ -30,7 +30,7 @@ from references import (
 from kcv_sd.control import guidance_keep, plan_control
 from kcv_sd.convert import convert_controlnet
 
-CONFIG = TINY_CONTROLNETS["four-levels"]
+CONFIG = TINY_FAMILY_CONTROLNET
 HEIGHT, WIDTH, STEPS, TOKENS = 64, 128, 4, 7
 
 

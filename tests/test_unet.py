@@ -27,7 +27,7 @@ def tiny_unet(tiny_components):
     return tiny_components.unet
 
 
-@pytest.mark.parametrize("height,width", [(24, 40), (104, 56), (8, 8), (9, 13), (60, 80), (54, 96)])
+@pytest.mark.parametrize("height,width", [(24, 40), (104, 56), (8, 8), (9, 13)])  # 9x13: odd at every level
 def test_one_model_serves_every_latent_size(tiny_unet, height, width):
     inputs = unet_inputs(tiny_unet.config, 2, height, width)
     out = tiny_unet.model()(inputs)
