@@ -42,8 +42,8 @@ def test_tiny_controlnet_matches_diffusers(name):
     # Two sizes through one model: the spatial size is dynamic.
     assert_residuals_match(controlnet, reference, config, height=8, width=16)
     assert_residuals_match(controlnet, reference, config, height=16, width=8, seed=5)
-    # Latents odd at some level: 9x13, 60x80 (a 640x480 image), 54x96.
-    for seed, (height, width) in enumerate([(9, 13), (60, 80), (54, 96)], start=6):
+    # Latents odd at some level: 9x13 (every level), 60x80 (a 640x480 image).
+    for seed, (height, width) in enumerate([(9, 13), (60, 80)], start=6):
         assert_residuals_match(controlnet, reference, config, height=height, width=width, seed=seed)
 
 

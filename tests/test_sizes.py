@@ -36,10 +36,12 @@ ARGS = dict(num_inference_steps=2, seed=3)
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """(diffusers UNet, our pipeline loaded from the folder it was saved to)."""
+    """(diffusers UNet, our pipeline loaded from the folder it was saved to).
+    Layer routes chosen at run time: one trace per sampler for both sizes
+    (static routes at these sizes: test_static_routes_xla_and_the_compiled_loop_agree)."""
     references = tiny_family_references(seed=11)
     folder = write_diffusers_folder(tmp_path_factory.mktemp("tiny"), state_dicts(references))
-    return references["unet"], Pipeline(model="tiny", weights=str(folder))
+    return references["unet"], Pipeline(model="tiny", weights=str(folder), static_routes=False)
 
 
 @pytest.mark.parametrize("height,width", ODD_SIZES)
