@@ -16,6 +16,8 @@ from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.pipeline import Pipeline
 from kcv_sd.prepare import guided_steps
 
+pytestmark = pytest.mark.slow  # its tests together trace for over a minute: handed out first
+
 UNET_CONFIG = TINY_FAMILY_DIFFUSERS
 HEIGHT, WIDTH, STEPS, TOKENS = 64, 64, 5, 7
 ARGS = dict(width=64, height=64, num_inference_steps=4, seed=6, output_type="latent")

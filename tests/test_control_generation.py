@@ -16,6 +16,8 @@ from kcv_sd.controlnet import ControlNet
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
 from kcv_sd.png import read_parameters
 
+pytestmark = pytest.mark.slow  # its tests together trace for over a minute: handed out first
+
 ARGS = dict(num_inference_steps=2, seed=3, output_type="latent")
 
 

@@ -17,6 +17,8 @@ from kcv_sd.step import StepInputs, guide
 from kcv_sd.samplers import KerasCVDDIM
 from kcv_sd.unet import timestep_embedding
 
+pytestmark = pytest.mark.slow  # its tests together trace for about four minutes: handed out first
+
 FAST = dict(num_inference_steps=2, seed=7)
 
 
