@@ -26,8 +26,9 @@ from controlnet.sizing import fit_control_image, output_size
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.image_inputs import latent_repaint_mask
 from kcv_sd.pipeline import Pipeline
-from kcv_sd.prepare import check_size
+from kcv_sd.sizes import SIZE_MULTIPLE, check_size
 from kcv_sd.unet_blocks import Upsample
+from kcv_sd.vae import PIXELS_PER_LATENT
 
 STEPS, TOKENS = 4, 7
 ODD_SIZES = [(72, 104), (480, 640)]  # (height, width)
@@ -129,6 +130,7 @@ def test_a_control_image_of_the_requested_size_is_used_as_it_is(photo):
     (640.0, "width=640.0 is not supported: sizes are ints, multiples of 8 from 64 to 2048."),
 ])
 def test_other_sizes_get_one_line_naming_the_nearest(value, message):
+    assert SIZE_MULTIPLE == PIXELS_PER_LATENT  # the rule is one latent pixel
     with pytest.raises(InvalidArgumentError) as error:
         check_size("width", value)
     assert str(error.value) == message

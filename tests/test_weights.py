@@ -1,0 +1,42 @@
+"""Legacy Keras .h5 weight files (KerasCV's format) onto an ordered list of layers."""
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from keras.src.legacy.saving import legacy_h5_format
+
+from kcv_sd.weights import load_legacy_h5
+
+
+def dense_layers(*units, seed):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((3,))] + [keras.layers.Dense(n) for n in units])
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = dense_layers(4, 2, seed=0)
+    path = tmp_path / "weights.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    return model, path
+
+
+def test_every_layer_gets_the_files_arrays(saved):
+    source, path = saved
+    target = dense_layers(4, 2, seed=1)
+    load_legacy_h5(target.layers, path)
+    for ours, theirs in zip(target.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_wrong_file_leaves_every_layer_as_it_was(saved):
+    """The second layer's shapes differ: nothing is assigned, not even the first layer's."""
+    _, path = saved
+    target = dense_layers(4, 5, seed=1)
+    before = [w.copy() for w in target.get_weights()]
+    with pytest.raises(ValueError, match=r"layer #1 .* expects weights of shapes \[\(4, 5\), \(5,\)\]"):
+        load_legacy_h5(target.layers, path)
+    for now, then in zip(target.get_weights(), before):
+        np.testing.assert_array_equal(now, then)
