@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.image_files import open_image
 
 MIN_SIDE = 8
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's "L" conversion
@@ -119,18 +120,15 @@ def _read(source):
     if isinstance(source, Image.Image):
         return _plane(_pil_array(source), "depth image")
     path = Path(source)
+    if path.suffix.lower() != ".npy":
+        return _plane(_pil_array(open_image(path, "depth map")), f"depth map {path}")
     if not path.is_file():
-        raise InvalidArgumentError(f"depth map {path} does not exist; check the path")
+        raise InvalidArgumentError(f"depth map {path} is not a file; check the path")
     try:
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            with Image.open(path) as image:
-                array = _pil_array(image)
-    except (OSError, ValueError, EOFError, SyntaxError) as error:
-        raise InvalidArgumentError(
-            f"cannot read depth map {path} ({error}); save it as a PNG, "
-            "a 32-bit float TIFF or a .npy array") from error
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise InvalidArgumentError(f"cannot read depth map {path} ({error}); save it as a PNG, "
+                                   "a 32-bit float TIFF or a .npy array") from None
     return _plane(array, f"depth map {path}")
 
 
@@ -197,7 +195,7 @@ def _normalise(values, invert):
 
 def _unit_depth(depth):
     depth = np.asarray(depth)
-    if (depth.ndim != 2 or depth.dtype.kind != "f" or not np.isfinite(depth).all()
+    if (depth.ndim != 2 or depth.size == 0 or depth.dtype.kind != "f" or not np.isfinite(depth).all()
             or depth.min() < 0 or depth.max() > 1):
         raise InvalidArgumentError(
             f"expected depth as float (H, W) in [0, 1], got shape {depth.shape} "

@@ -10,6 +10,7 @@ import click
 from kcv_sd.cli_common import pipeline_options, user_errors
 from kcv_sd.cli_study import study
 from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.png import check_destination
 from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, generate_upscaled
 from kcv_sd.weight_cache import cache_weights_for_inference
 
@@ -24,12 +25,7 @@ def output_paths(output, count):
 
 def check_outputs(paths, overwrite):
     for path in paths:
-        if path.suffix.lower() != ".png":
-            raise InvalidArgumentError(f"Output {path} must end in .png (the metadata is PNG text).")
-        if not path.parent.is_dir():
-            raise InvalidArgumentError(f"Output folder {path.parent} does not exist: create it first.")
-        if path.exists() and not overwrite:
-            raise InvalidArgumentError(f"{path} already exists: pass --overwrite or choose another --output.")
+        check_destination(path, overwrite)
 
 
 @click.group()
@@ -100,8 +96,6 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
              control_scales, guess_mode, control_start, control_end, control_sizing,
              init_image, strength, mask_image, tiled_decode, upscale, refine_strength, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
-    paths = output_paths(output, num_images)
-    check_outputs(paths, overwrite)
     if len(controls) != len(controlnets):
         raise InvalidArgumentError(
             f"{len(controls)} --control images for {len(controlnets)} --controlnet models: give one each."
@@ -114,19 +108,23 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
                        guess_mode=guess_mode, control_guidance_start=control_start,
                        control_guidance_end=control_end, control_sizing=control_sizing)
     seed = random.randrange(2**31) if seed is None else seed
+    options = dict(width=width, height=height, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                   num_images_per_prompt=num_images, sampler=sampler, init_image=init_image, strength=strength,
+                   mask_image=mask_image, tiled_decode=tiled_decode, cfg_cutoff_step_ratio=cfg_cutoff, **control)
 
     from kcv_sd import __version__
-    from kcv_sd.generation import get_pipeline
+    from kcv_sd.generation import check_generate, get_pipeline
     from kcv_sd.png import save_png
 
+    # Everything is checked before any model is built.
+    check_generate(prompt, negative_prompt, model=model, precision=precision, upscale=upscale,
+                   refine_strength=refine_strength, **options)
+    paths = output_paths(output, num_images)
+    check_outputs(paths, overwrite)
     pipeline = get_pipeline(model, weights, precision, xla, compiled_loop)
     run = pipeline if upscale is None else functools.partial(
         generate_upscaled, pipeline, upscale=upscale, refine_strength=refine_strength)
-    images = run(prompt, negative_prompt=negative_prompt, width=width, height=height,
-                 num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                 num_images_per_prompt=num_images, sampler=sampler, progress=progress,
-                 init_image=init_image, strength=strength, mask_image=mask_image,
-                 tiled_decode=tiled_decode, cfg_cutoff_step_ratio=cfg_cutoff, **control)
+    images = run(prompt, negative_prompt=negative_prompt, progress=progress, **options)
     if upscale is None:  # an upscaled run is reproduced from the width/height asked for, not its output's
         height, width = images[0].height, images[0].width
     parameters = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
@@ -139,7 +137,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
                       **{k: v for k, v in control.items() if k not in ("image", "controlnet")},
                       control_images=[str(c) for c in controls], controlnets=list(controlnets))
     for index, (image, path) in enumerate(zip(images, paths)):
-        save_png(image, path, {**parameters, "image_index": index})
+        save_png(image, path, {**parameters, "image_index": index}, overwrite=overwrite)
         click.echo(str(path))
 
 

@@ -10,17 +10,22 @@ paid for).
 """
 
 import dataclasses
+import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from controlnet.control_images import MIN_SIDE, depth_to_control, load_depth
 from controlnet.sizing import fit_control_image, output_size
+from kcv_sd.arguments import check_number
 from kcv_sd.cache import keras_home
 from kcv_sd.controlnet import ControlNet
 from kcv_sd.convert import convert_controlnet_file
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
+from kcv_sd.image_files import is_high_depth, read_image
 from kcv_sd.image_inputs import load_image
 from kcv_sd.precision import dtype_policy_scope
 
@@ -64,34 +69,61 @@ def scale_residuals(residuals, names, conditioning_scale=1.0, guess_mode=False):
     return {name: residuals[name] * scale for name, scale in zip(names, scales)}
 
 
+def check_controlnet_source(source):
+    """`source` names a ControlNet `load_controlnet` can try: a model, a
+    checkpoint file or a repo id (checked without loading anything)."""
+    if isinstance(source, ControlNet) or Path(str(source)).is_file() or _REPO_ID.match(str(source)):
+        return source
+    raise WeightsNotFoundError(
+        f"ControlNet {source!r} is neither a checkpoint file nor a Hugging Face repo id "
+        "(like lllyasviel/sd-controlnet-depth)."
+    )
+
+
 def load_controlnet(source, config, precision="float32"):
     """A `kcv_sd.controlnet.ControlNet` from a model, a checkpoint file or a repo id.
 
     Hugging Face repo ids need `huggingface_hub` and a connection the first
     time; the converted weights are cached under the Keras home, so later
-    loads need neither the hub nor the conversion.
+    loads need neither the hub nor the conversion. A cache entry that cannot
+    be read (a damaged disk, an older layout) is converted again.
     """
+    check_controlnet_source(source)
     if isinstance(source, ControlNet):
         return source
+    model = _load_controlnet(source, config, precision)
+    model.source = str(source)  # named in messages about its weights
+    return model
+
+
+def _load_controlnet(source, config, precision):
     path = Path(str(source))
     if path.is_file():
         with dtype_policy_scope(precision):
             return convert_controlnet_file(path, config)
-    if not _REPO_ID.match(str(source)):
-        raise WeightsNotFoundError(
-            f"ControlNet {source!r} is neither a checkpoint file nor a Hugging Face repo id "
-            "(like lllyasviel/sd-controlnet-depth)."
-        )
     cached = keras_home() / "kcv_sd" / "controlnets" / (str(source).replace("/", "--") + ".weights.h5")
-    if not cached.is_file():
-        # Cached in float32 whatever the precision asked: mixed policies store
-        # large weights in 16 bits (`kcv_sd.unet_blocks.weights_policy`).
-        with dtype_policy_scope("float32"):
-            model = convert_controlnet_file(_download_from_hub(str(source)), config)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        model.model().save_weights(cached)
-        if precision == "float32":
+    if cached.is_file():
+        try:
+            with dtype_policy_scope(precision):
+                model = ControlNet(config, initializer="zeros")
+                model.model().load_weights(cached)
             return model
+        except Exception as error:  # noqa: BLE001 - any unreadable entry is a miss
+            warnings.warn(f"The cached ControlNet {cached} cannot be read ({type(error).__name__}); "
+                          "converting it again.", stacklevel=2)
+    # Cached in float32 whatever the precision asked: mixed policies store
+    # large weights in 16 bits (`kcv_sd.unet_blocks.weights_policy`).
+    with dtype_policy_scope("float32"):
+        model = convert_controlnet_file(_download_from_hub(str(source)), config)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_name(f".{cached.name}.{os.getpid()}.weights.h5")
+    try:
+        model.model().save_weights(partial)
+        os.replace(partial, cached)  # readers see the whole file or none
+    finally:
+        partial.unlink(missing_ok=True)
+    if precision == "float32":
+        return model
     with dtype_policy_scope(precision):
         model = ControlNet(config, initializer="zeros")
         model.model().load_weights(cached)
@@ -116,8 +148,23 @@ def _download_from_hub(repo_id):
 
 
 def load_control_image(image):
-    """A control image as uint8 (H, W, 3): a path, a PIL image or an array."""
-    return np.asarray(load_image(image, "control image"))
+    """A control image as uint8 (H, W, 3): a path, a PIL image or an array.
+
+    16-bit and float single-channel images (and integer arrays wider than
+    8 bits) are depth maps: they become `depth_to_control(load_depth(image))`,
+    their full range stretched to 0..255 as `load_depth` reads them, never
+    clipped. Images under 8x8 pixels are refused, as by `load_depth`.
+    """
+    image = read_image(image, "control image")
+    if is_high_depth(image):
+        array = depth_to_control(load_depth(image))
+    else:
+        array = np.asarray(load_image(image, "control image"))
+    if min(array.shape[:2]) < MIN_SIDE:
+        raise InvalidArgumentError(
+            f"The control image is {array.shape[1]}x{array.shape[0]} pixels: "
+            f"a control image needs at least {MIN_SIDE}x{MIN_SIDE}.")
+    return array
 
 
 def load_control_images(image):
@@ -159,11 +206,21 @@ def guidance_keep(num_steps, start, end):
 class ControlPlan:
     """Everything the denoising loop needs to apply ControlNets."""
 
-    controlnets: list
+    controlnets: list  # ControlNets, or what names them (files, repo ids) until `loaded`
     images: list  # float32 (H, W, 3) each
     scales: list  # conditioning scale per ControlNet
     keep: np.ndarray  # bool (steps, controlnets)
     guess_mode: bool
+
+    def loaded(self, config, precision):
+        """This plan with its ControlNets loaded (`load_controlnet`)."""
+        return dataclasses.replace(self, controlnets=[load_controlnet(c, config, precision)
+                                                      for c in self.controlnets])
+
+    @property
+    def sources(self):
+        """Where each ControlNet's weights came from, for messages."""
+        return [getattr(c, "source", None) or str(c) for c in self.controlnets]
 
     def for_batch(self, batch):
         """This plan with each control image repeated over a batch of `batch` latents, (batch, H, W, 3)."""
@@ -179,12 +236,10 @@ class ControlPlan:
         )
 
 
-def plan_control(controlnet, image, num_steps, width, height, config, precision,
-                 conditioning_scale=1.0, guess_mode=False, start=0.0, end=1.0, sizing="resize"):
-    """Resolve ControlNet arguments (single values or one per ControlNet).
-
-    `config` is the `ControlNetConfig` checkpoints are converted with.
-    """
+def plan_control(controlnet, image, num_steps, width, height, conditioning_scale=1.0, guess_mode=False,
+                 start=0.0, end=1.0, sizing="resize"):
+    """Resolve ControlNet arguments (single values or one per ControlNet)
+    into a plan that names its ControlNets (`ControlPlan.loaded` loads them)."""
     controlnets = controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]
     count = len(controlnets)
     if count == 0:
@@ -196,10 +251,12 @@ def plan_control(controlnet, image, num_steps, width, height, config, precision,
         raise InvalidArgumentError(f"{len(images)} control images for {count} ControlNets: give one each.")
     starts, ends = as_list(start, count, "control_guidance_start"), as_list(end, count, "control_guidance_end")
     keep = np.array([guidance_keep(num_steps, s, e) for s, e in zip(starts, ends)], bool).T
+    scales = [check_number("controlnet_conditioning_scale", s, fix="use a finite number (1.0 is usual)")
+              for s in as_list(conditioning_scale, count, "controlnet_conditioning_scale")]
     return ControlPlan(
-        controlnets=[load_controlnet(c, config, precision) for c in controlnets],
+        controlnets=[check_controlnet_source(c) for c in controlnets],
         images=[prepare_control_image(i, width, height, sizing) for i in images],
-        scales=[float(s) for s in as_list(conditioning_scale, count, "controlnet_conditioning_scale")],
+        scales=scales,
         keep=keep,
         guess_mode=bool(guess_mode),
     )

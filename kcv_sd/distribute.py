@@ -125,6 +125,7 @@ class DistributedPipeline:
                           tf.gather(call.noise, rows),
                           *(() if call.plan is None else map(tf.constant, call.plan.images)))
         output = np.concatenate([np.asarray(shard) for shard in shards])[:call.batch]
+        self.pipeline.check_finite(output, "latents" if call.output_type == "latent" else "pixels", call.plan)
         if call.output_type == "latent":
             return output
         pixels = to_uint8(output)

@@ -18,3 +18,15 @@ class InvalidArgumentError(KcvSdError, ValueError):
 
 class MissingDependencyError(KcvSdError, ImportError):
     """An optional package that a feature needs is not installed."""
+
+
+class NonFiniteError(KcvSdError, ArithmeticError):
+    """A generation produced NaN or inf: damaged weights or 16-bit overflow."""
+
+
+class OutputError(KcvSdError, OSError):
+    """An output file cannot be written, or would replace one without leave."""
+
+
+class CheckpointError(InvalidArgumentError):
+    """A weights file of the wrong kind, family or shape for the model asked for."""

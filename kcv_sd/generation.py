@@ -2,8 +2,12 @@
 
 import functools
 
+from kcv_sd.arguments import check_integer
+from kcv_sd.components import family_by_name
 from kcv_sd.pipeline import Pipeline
-from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, generate_upscaled
+from kcv_sd.precision import check_precision
+from kcv_sd.prepare import check_call
+from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, check_upscale, generate_upscaled, upscaled_size
 
 
 def get_pipeline(model="sd15", weights="kerascv", precision="float32", jit_compile=False,
@@ -20,6 +24,25 @@ def _cached_pipeline(model, weights, precision, jit_compile, compiled_loop):
                     compiled_loop=compiled_loop)
 
 
+def check_generate(prompt, negative_prompt=None, *, model="sd15", precision="float32", upscale=None,
+                   refine_strength=DEFAULT_REFINE_STRENGTH, **options):
+    """Everything about a `generate()` call that can be checked without a
+    model, checked: a bad argument fails here in milliseconds, before any
+    model is built or loaded. Raises `kcv_sd.errors.InvalidArgumentError`."""
+    family = family_by_name(model)
+    check_precision(precision)
+    options = {name: value for name, value in options.items() if name not in ("progress", "weights",
+                                                                              "jit_compile", "compiled_loop")}
+    if upscale is not None:
+        check_upscale(upscale, refine_strength)
+        refine_steps = options.pop("refine_steps", None)
+        if refine_steps is not None:
+            check_integer("refine_steps", refine_steps, 1, 1000, "use an integer from 1 to 1000")
+        if options.get("width") is not None and options.get("height") is not None:
+            upscaled_size(options["width"], options["height"], upscale)
+    check_call(family, prompt, negative_prompt, **options)
+
+
 def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
              precision="float32", jit_compile=False, compiled_loop=False, upscale=None,
              refine_strength=DEFAULT_REFINE_STRENGTH, **options):
@@ -32,8 +55,11 @@ def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
     `Pipeline.__call__`. With `upscale` (a factor > 1), the image is generated
     at that size, enlarged and refined with img2img at `refine_strength`
     (`kcv_sd.upscale.generate_upscaled`, which also takes `refine_steps`).
-    Returns a list of PIL images by default.
+    Returns a list of PIL images by default. Arguments are checked before
+    any model is built (`check_generate`).
     """
+    check_generate(prompt, negative_prompt, model=model, precision=precision, upscale=upscale,
+                   refine_strength=refine_strength, **options)
     pipeline = get_pipeline(model, weights, precision, jit_compile, compiled_loop)
     if upscale is not None:
         return generate_upscaled(pipeline, prompt, negative_prompt, upscale=upscale,

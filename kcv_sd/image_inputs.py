@@ -6,28 +6,24 @@ output size with Lanczos resampling, masks are white (>= 0.5) where to
 repaint and black where to keep, binarised after resizing.
 """
 
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.image_files import HIGH_DEPTH_MODES, eight_bit, read_image
 from kcv_sd.vae import PIXELS_PER_LATENT
 
 
 def load_image(image, what, mode="RGB"):
     """`image` (a path, a PIL image or an array) as a PIL image in `mode`.
 
-    Arrays are uint8, bool, or floats in [0, 1], shaped (H, W), (H, W, 1),
-    (H, W, 3) or (H, W, 4). `what` names the image in error messages.
+    Arrays are uint8, uint16, bool, or floats in [0, 1], shaped (H, W),
+    (H, W, 1), (H, W, 3) or (H, W, 4); 16-bit images keep their full range.
+    `what` names the image in error messages.
     """
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                return opened.convert(mode)
-        except (OSError, ValueError) as error:
-            raise InvalidArgumentError(f"Cannot read {what} {image}: {error}.") from None
-    if isinstance(image, Image.Image):
+    image = read_image(image, what)
+    if isinstance(image, Image.Image) and image.mode not in HIGH_DEPTH_MODES:
         return image.convert(mode)
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -36,11 +32,7 @@ def load_image(image, what, mode="RGB"):
         raise InvalidArgumentError(
             f"The {what} has shape {array.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)."
         )
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype != np.uint8:
-        array = np.clip(np.round(array.astype(np.float64) * 255), 0, 255).astype(np.uint8)
-    return Image.fromarray(array).convert(mode)
+    return Image.fromarray(eight_bit(array, what)).convert(mode)
 
 
 def load_init_inputs(init_image, mask_image, strength):

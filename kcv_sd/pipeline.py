@@ -22,7 +22,7 @@ from PIL import Image
 
 from kcv_sd.components import load_components
 from kcv_sd.control import check_controlnets, plan_control
-from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.finite import check_finite
 from kcv_sd.image_inputs import latent_repaint_mask, repaint_mask, resized_pixels
 from kcv_sd.precision import check_precision
 from kcv_sd.prepare import context_rows, prepare, steps_skipped
@@ -315,8 +315,6 @@ class Pipeline:
                 conditional prompt alone (half the UNet work each). It
                 changes the images; None (the default) guides every step.
         """
-        if tiled_decode not in (None, True, False):
-            raise InvalidArgumentError(f"tiled_decode={tiled_decode!r}: use True, False or None (automatic).")
         call = prepare(
             self.components, prompt, negative_prompt, width=width, height=height,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
@@ -325,7 +323,7 @@ class Pipeline:
             controlnet_conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode,
             control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
             control_sizing=control_sizing, init_image=init_image, strength=strength,
-            mask_image=mask_image, cfg_cutoff_step_ratio=cfg_cutoff_step_ratio)
+            mask_image=mask_image, cfg_cutoff_step_ratio=cfg_cutoff_step_ratio, tiled_decode=tiled_decode)
         context = self.encode_context(call)
         start = pixel_mask = None
         if call.init is not None:
@@ -337,23 +335,38 @@ class Pipeline:
         control = None if call.plan is None else call.plan.for_batch(call.batch)
         latent = self.denoise(call.noise, context, call.num_inference_steps, call.guidance_scale, call.guided,
                               call.sampler, progress, control, start, call.guided_steps)
+        self.check_finite(latent, "latents", call.plan)
         if output_type == "latent":
             return latent.numpy()
-        pixels = to_uint8(self.decode(latent, tiled_decode))
+        decoded = self.decode(latent, tiled_decode)
+        self.check_finite(decoded, "pixels", call.plan)
+        pixels = to_uint8(decoded)
         if pixel_mask is not None:
             pixels = np.where(pixel_mask[..., None], pixels, init_pixels)
         if output_type == "np":
             return pixels
         return [Image.fromarray(image) for image in pixels]
 
+    def check_finite(self, values, stage, plan=None):
+        """Raise `kcv_sd.errors.NonFiniteError` naming the likely cause if the
+        `stage` ("latents" or "pixels") holds NaN or inf (`kcv_sd.finite`)."""
+        c = self.components
+        models = [("text encoder", c.text_encoder, c.weights), ("UNet", c.unet, c.weights)]
+        if plan is not None:
+            models += [("ControlNet", net, source) for net, source in zip(plan.controlnets, plan.sources)]
+        if c._image_encoder is not None:  # built: img2img or inpainting ran
+            models.append(("VAE encoder", c.image_encoder, c.weights))
+        if stage == "pixels":
+            models.append(("VAE decoder", c.decoder, c.weights))
+        check_finite(values, stage, models, c.precision)
+
     def plan_control(self, controlnet, image, num_steps, width, height, batch, conditioning_scale=1.0,
                      guess_mode=False, start=0.0, end=1.0, sizing="resize"):
         """The `ControlPlan` that `denoise(control=...)` takes over `num_steps`
         steps, its control images repeated over the `batch` of latents;
         arguments as in `__call__`."""
-        plan = plan_control(controlnet, image, num_steps, width, height,
-                            self.components.family.controlnet, self.components.precision,
-                            conditioning_scale, guess_mode, start, end, sizing)
+        plan = plan_control(controlnet, image, num_steps, width, height, conditioning_scale, guess_mode,
+                            start, end, sizing).loaded(self.components.family.controlnet, self.components.precision)
         check_controlnets(plan.controlnets, self.config)
         return plan.for_batch(batch)
 

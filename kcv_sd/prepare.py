@@ -2,7 +2,9 @@
 sizes, noise, guidance ordering, step counts, control plan, init image.
 
 `Pipeline` and `DistributedPipeline` both start from `prepare`, so a call
-means the same on one device and on many.
+means the same on one device and on many. Everything but loading ControlNets
+is `check_call`, which needs no model: `generate()` and the CLI run it
+before building a pipeline, so bad input fails in milliseconds.
 """
 
 import contextlib
@@ -12,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kcv_sd.arguments import check_integer, check_number, check_seed, check_text
 from kcv_sd.control import check_controlnets, native_sizing, plan_control
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.image_inputs import load_init_inputs
@@ -22,19 +25,23 @@ from kcv_sd.vae import PIXELS_PER_LATENT
 OUTPUT_TYPES = ("pil", "np", "latent")
 
 
-def _prompt_list(prompt, what):
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise InvalidArgumentError(f"Empty {what}: give a non-empty text (use negative_prompt=None for none).")
+def _prompt_list(prompt, what, allow_empty=False):
+    prompts = [prompt] if isinstance(prompt, (str, bytes)) else prompt
+    if not isinstance(prompts, (list, tuple)):
+        raise InvalidArgumentError(f"The {what} is a {type(prompt).__name__}; give a str or a list of str.")
+    prompts = [check_text(p, what) for p in prompts]
+    if not prompts or (not allow_empty and any(not p.strip() for p in prompts)):
+        raise InvalidArgumentError(f"Empty {what}: give a non-empty text.")
     return prompts
 
 
 def prompt_lists(prompt, negative_prompt):
-    """(prompts, negatives), one negative per prompt, as `Pipeline` encodes them."""
+    """(prompts, negatives), one negative per prompt, as `Pipeline` encodes them.
+    An empty negative prompt is no negative prompt, as in diffusers."""
     prompts = _prompt_list(prompt, "prompt")
     if negative_prompt is None:
         return prompts, [""] * len(prompts)
-    negatives = _prompt_list(negative_prompt, "negative_prompt")
+    negatives = _prompt_list(negative_prompt, "negative_prompt", allow_empty=True)
     if len(negatives) == 1:
         return prompts, negatives * len(prompts)
     if len(negatives) != len(prompts):
@@ -45,14 +52,13 @@ def prompt_lists(prompt, negative_prompt):
 
 def check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type):
     """The scalar generation arguments, checked with messages that say the fix."""
-    if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-        raise InvalidArgumentError(f"num_inference_steps={num_inference_steps!r}: use an integer >= 1.")
-    if not guidance_scale >= 0:
-        raise InvalidArgumentError(f"guidance_scale={guidance_scale!r}: use a number >= 0 (7.5 is usual).")
-    if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
-        raise InvalidArgumentError(f"num_images_per_prompt={num_images_per_prompt!r}: use an integer >= 1.")
     if sampler not in SAMPLERS:
         raise InvalidArgumentError(f"sampler={sampler!r}: use one of {', '.join(SAMPLERS)}.")
+    most = SAMPLERS[sampler].num_train_timesteps
+    check_integer("num_inference_steps", num_inference_steps, 1, most,
+                  f"use an integer from 1 to {most}, the steps the model was trained with")
+    check_number("guidance_scale", guidance_scale, 0, fix="use a finite number >= 0 (7.5 is usual)")
+    check_integer("num_images_per_prompt", num_images_per_prompt, 1, 2**31 - 1, "use an integer >= 1")
     if output_type not in OUTPUT_TYPES:
         raise InvalidArgumentError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
 
@@ -62,9 +68,8 @@ def guided_steps(steps_run, cfg_cutoff_step_ratio):
     `SDCFGCutoffCallback` turns it off after step int(steps * ratio)."""
     if cfg_cutoff_step_ratio is None:
         return None
-    if not 0 <= cfg_cutoff_step_ratio <= 1:
-        raise InvalidArgumentError(
-            f"cfg_cutoff_step_ratio={cfg_cutoff_step_ratio}: use a fraction from 0 to 1, or None to guide every step.")
+    check_number("cfg_cutoff_step_ratio", cfg_cutoff_step_ratio, 0, 1,
+                 "use a fraction from 0 to 1, or None to guide every step")
     return min(steps_run, int(steps_run * cfg_cutoff_step_ratio) + 1)
 
 
@@ -135,17 +140,20 @@ class Call:
         return np.arange(self.batch, dtype=np.int32) // self.num_images_per_prompt
 
 
-def prepare(components, prompt, negative_prompt=None, width=None, height=None, num_inference_steps=50,
-            guidance_scale=7.5, seed=None, num_images_per_prompt=1, latents=None, output_type="pil",
-            sampler="ddim", image=None, controlnet=None, controlnet_conditioning_scale=1.0,
-            guess_mode=False, control_guidance_start=0.0, control_guidance_end=1.0,
-            control_sizing="resize", init_image=None, strength=None, mask_image=None,
-            cfg_cutoff_step_ratio=None, control_scope=contextlib.nullcontext):
-    """Check and resolve `Pipeline.__call__`'s arguments for a pipeline's
-    `components` into a `Call`. ControlNets named by file or repo id are
-    loaded inside `control_scope()` (a distribution strategy's scope)."""
-    config = components.family.unet
+def check_call(family, prompt, negative_prompt=None, width=None, height=None, num_inference_steps=50,
+               guidance_scale=7.5, seed=None, num_images_per_prompt=1, latents=None, output_type="pil",
+               sampler="ddim", image=None, controlnet=None, controlnet_conditioning_scale=1.0,
+               guess_mode=False, control_guidance_start=0.0, control_guidance_end=1.0,
+               control_sizing="resize", init_image=None, strength=None, mask_image=None,
+               cfg_cutoff_step_ratio=None, tiled_decode=None):
+    """`Pipeline.__call__`'s arguments checked and resolved for a model
+    `family` (`kcv_sd.components.ModelFamily`) into a `Call`, without any
+    model: its control plan names ControlNets and does not load them."""
+    config = family.unet
     prompts, negatives = prompt_lists(prompt, negative_prompt)
+    check_seed(seed)
+    if tiled_decode not in (None, True, False):
+        raise InvalidArgumentError(f"tiled_decode={tiled_decode!r}: use True, False or None (automatic).")
     if controlnet is not None and control_sizing == "native":
         image, width, height = native_sizing(image, width, height)
     init, mask, strength = load_init_inputs(init_image, mask_image, strength)
@@ -165,17 +173,27 @@ def prepare(components, prompt, negative_prompt=None, width=None, height=None, n
         latents = keras.random.normal(shape, seed=seed)
     elif tuple(np.shape(latents)) != shape:
         raise InvalidArgumentError(f"latents have shape {np.shape(latents)}, expected {shape}.")
+    elif not np.isfinite(latents).all():
+        raise InvalidArgumentError("latents hold NaN or inf: pass finite noise, or seed= instead.")
 
     plan = None
     if controlnet is not None:
-        with control_scope():  # ControlNets loaded here get their variables where the models' are
-            plan = plan_control(controlnet, image, steps_run, width, height,
-                                components.family.controlnet, components.precision,
-                                controlnet_conditioning_scale, guess_mode, control_guidance_start,
-                                control_guidance_end, control_sizing)
-        check_controlnets(plan.controlnets, config)
+        plan = plan_control(controlnet, image, steps_run, width, height, controlnet_conditioning_scale,
+                            guess_mode, control_guidance_start, control_guidance_end, control_sizing)
     elif image is not None:
         raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
     return Call(prompts, negatives, width, height, num_images_per_prompt,
                 tf.convert_to_tensor(latents, tf.float32), num_inference_steps, guidance_scale, sampler,
                 output_type, guided_count, plan, init, mask, strength)
+
+
+def prepare(components, prompt, negative_prompt=None, control_scope=contextlib.nullcontext, **options):
+    """`check_call` for a pipeline's `components`, with the plan's
+    ControlNets loaded (files and repo ids inside `control_scope()`, a
+    distribution strategy's scope) and checked against its UNet."""
+    call = check_call(components.family, prompt, negative_prompt, **options)
+    if call.plan is not None:
+        with control_scope():  # ControlNets loaded here get their variables where the models' are
+            call.plan = call.plan.loaded(components.family.controlnet, components.precision)
+        check_controlnets(call.plan.controlnets, components.family.unet)
+    return call

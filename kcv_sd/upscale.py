@@ -11,6 +11,7 @@ the enlargement lacks. The VAE decodes and encodes such sizes in tiles
 import numpy as np
 from PIL import Image
 
+from kcv_sd.arguments import check_number
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.prepare import prompt_lists
 from kcv_sd.sizes import MAX_SIZE, SIZE_MULTIPLE
@@ -20,17 +21,11 @@ DEFAULT_REFINE_STRENGTH = 0.3
 NATIVE_PASS_ONLY = ("latents", "init_image", "strength", "mask_image")
 
 
-def _is_number(value):
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-
-
 def check_upscale(upscale, refine_strength):
-    if not _is_number(upscale) or not upscale > 1:
-        raise InvalidArgumentError(f"upscale={upscale!r}: use a factor > 1 (2 doubles width and height).")
-    if not _is_number(refine_strength) or not 0 <= refine_strength <= 1:
-        raise InvalidArgumentError(
-            f"refine_strength={refine_strength!r}: use a number from 0 to 1 "
-            f"(low values such as {DEFAULT_REFINE_STRENGTH} keep the native image's composition).")
+    check_number("upscale", upscale, 1, above=True, fix="use a factor > 1 (2 doubles width and height)")
+    check_number("refine_strength", refine_strength, 0, 1,
+                 fix=f"use a number from 0 to 1 (low values such as {DEFAULT_REFINE_STRENGTH} "
+                     "keep the native image's composition)")
 
 
 def upscaled_size(width, height, upscale):

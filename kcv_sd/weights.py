@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from kcv_sd.cache import cached_download
-from kcv_sd.errors import WeightsNotFoundError
+from kcv_sd.errors import CheckpointError, WeightsNotFoundError
 
 _KERASCV_BASE = "https://huggingface.co/fchollet/stable-diffusion/resolve/main/"
 
@@ -99,7 +99,7 @@ def assign_layer_weights(layers, per_layer_values, source="weights"):
     """Assign arrays (or h5py datasets, read one at a time) to layers one for
     one, checking counts and every shape before any assignment."""
     if len(layers) != len(per_layer_values):
-        raise ValueError(
+        raise CheckpointError(
             f"{source} holds {len(per_layer_values)} weighted layers, the model "
             f"has {len(layers)}: it is not a file for this model."
         )
@@ -107,7 +107,7 @@ def assign_layer_weights(layers, per_layer_values, source="weights"):
         shapes = [tuple(v.shape) for v in layer.weights]
         given = [tuple(v.shape) for v in values]
         if shapes != given:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: layer #{index} ({layer.name}) expects weights of "
                 f"shapes {shapes}, the file has {given}."
             )
@@ -124,5 +124,11 @@ def weighted_layers(model):
 def load_legacy_h5(layers, path):
     """Load a legacy Keras `.h5` weights file onto an ordered list of layers,
     reading one array at a time (no second copy of the model in memory)."""
-    with h5py.File(path, "r") as f:
-        assign_layer_weights(layers, legacy_h5_datasets(f), source=str(path))
+    try:
+        with h5py.File(path, "r") as f:
+            assign_layer_weights(layers, legacy_h5_datasets(f), source=str(path))
+    except (OSError, KeyError) as error:  # not HDF5, truncated, or not a Keras weights file
+        raise CheckpointError(
+            f"{path} is not a readable Keras weights file ({error}): it is damaged or truncated; "
+            "delete it and download it again."
+        ) from None

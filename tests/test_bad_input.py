@@ -14,7 +14,7 @@ from kcv_sd.tokenizer import PromptTooLongError
     (dict(height=4096), "height=4096.*2048"),
     (dict(width=0), "width=0"),
     (dict(width=512.0), "width=512.0"),
-    (dict(num_inference_steps=0), "num_inference_steps=0.*>= 1"),
+    (dict(num_inference_steps=0), "num_inference_steps=0.*from 1 to 1000"),
     (dict(guidance_scale=-1), "guidance_scale=-1.*>= 0"),
     (dict(num_images_per_prompt=0), "num_images_per_prompt=0"),
     (dict(output_type="jpeg"), "output_type='jpeg'"),

@@ -92,8 +92,8 @@ def test_final_latents_match_diffusers(models, case):
             control_guidance_start=start, control_guidance_end=end,
         ).images
 
-    plan = plan_control(controlnets[:count], images[:count], STEPS, WIDTH, HEIGHT, CONFIG, "float32",
-                        scale, guess_mode, start, end)
+    plan = plan_control(controlnets[:count], images[:count], STEPS, WIDTH, HEIGHT, scale, guess_mode, start,
+                        end).loaded(CONFIG, "float32")
     plan.images = [im[None] for im in plan.images]
     context = np.concatenate([uncond, cond])
     latent = ours.denoise(noise, context, STEPS, 7.5, True, sampler="euler", control=plan)

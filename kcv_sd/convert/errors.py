@@ -1,7 +1,6 @@
-"""The error a converter raises when a checkpoint does not fit the model."""
+"""The error a converter raises when a checkpoint does not fit the model
+(defined with the project's other errors, which `kcv_sd.weights` shares)."""
 
-from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.errors import CheckpointError
 
-
-class CheckpointError(InvalidArgumentError):
-    """A weights file of the wrong kind, family or shape for the model asked for."""
+__all__ = ["CheckpointError"]

@@ -44,7 +44,14 @@ def read_state_dict(path, allow_pickle=False):
 def _read_pickle(path):
     import torch  # only this path needs torch
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad pickle
+        # Not torch's text: it suggests weights_only=False, which would run the file's code.
+        raise CheckpointError(
+            f"{path.name} cannot be read as a PyTorch checkpoint of tensors ({type(error).__name__}): "
+            "it is damaged, or holds objects kcv-sd will not unpickle; use a .safetensors file."
+        ) from None
     # Lightning checkpoints (original SD/ControlNet .ckpt) nest the weights.
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
