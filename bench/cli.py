@@ -42,15 +42,16 @@ def checked_size(ctx, param, value):
 @click.option("--width", type=int, callback=checked_size, help="Image width, a multiple of 8 (preset's by default).")
 @click.option("--height", type=int, callback=checked_size,
               help="Image height, a multiple of 8 (preset's by default).")
-@click.option("--steps", type=int, help="Denoising steps.")
-@click.option("--batch", type=int, help="Images per prompt (one prompt).")
-@click.option("--repeats", type=int, help="Warm runs after the excluded warm-up, and stage passes.")
+@click.option("--steps", type=click.IntRange(1, 1000), help="Denoising steps (1..1000).")
+@click.option("--batch", type=click.IntRange(min=1), help="Images per prompt (one prompt).")
+@click.option("--repeats", type=click.IntRange(min=1), help="Warm runs after the excluded warm-up, and stage passes.")
 @click.option("--configs", help='Configuration grid(s), e.g. "xla=off,on;precision=float32,mixed_bfloat16;'
                                 'controlnet=off,on"; join grids with "+"; "all" is every combination.')
 @click.option("--peers", help='Comma list of kerascv, diffusers, or "none".')
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
               show_default=True, help="Folder for results.json, results.csv, cold_warm.png, workers.log.")
-@click.option("--timeout", type=int, default=3600, show_default=True, help="Seconds allowed per process.")
+@click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True,
+              help="Seconds allowed per process.")
 @click.option("--ablation", is_flag=True,
               help="Also time kcv-sd's latency levers one at a time (in the first configuration's precision).")
 @click.option("--write-benchmarks-md", is_flag=True, help="Also write BENCHMARKS.md in the current folder.")
@@ -68,9 +69,12 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     config_list = parsed(parse_configs, configs or PRESETS[preset].configs, "--configs")
     runs = plan_runs(config_list, parsed(parse_peers, peers or PRESETS[preset].peers, "--peers"), workload)
 
-    output.mkdir(parents=True, exist_ok=True)
     log_path = output / "workers.log"
-    log_path.write_text("")
+    try:  # the output folder must take files before any process starts
+        output.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("")
+    except OSError as error:
+        raise click.BadParameter(f"cannot write to {output} ({error.strerror})", param_hint="--output") from None
     click.echo(f"kcv-bench: {len(runs)} runs of {workload}; worker logs in {log_path}")
     report = run_benchmark(workload, runs, log_path, click.echo, timeout, command_line(),
                            config_list[0].precision if ablation else None)

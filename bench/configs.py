@@ -2,8 +2,8 @@
 
 A configuration is one cell of the grid jit_compile x precision x ControlNet, written
 `xla=off,on;precision=float32,mixed_bfloat16;controlnet=off,on`: a key left out takes every value (controlnet: off),
-grids join with `+`, and `all` is the full grid. Precision names pass unchecked: an unsupported one fails when
-measured. Peers run once per precision and ControlNet setting; one that cannot run here is planned as skipped.
+grids join with `+`, and `all` is the full grid. Every value is checked before any process starts (precisions are
+kcv-sd's). Peers run once per precision and ControlNet setting; one that cannot run here is planned as skipped.
 """
 
 import dataclasses
@@ -72,11 +72,18 @@ def _grid(text, everything=False):
         axes[key] = [v.strip() for v in values.split(",") if v.strip()]
         if not axes[key]:
             raise ValueError(f"no values for {key!r} in {text!r}")
-        wrong = [v for v in axes[key] if key != "precision" and v not in SWITCH]
+        allowed = _precisions() if key == "precision" else tuple(SWITCH)
+        wrong = [v for v in axes[key] if v not in allowed]
         if wrong:
-            raise ValueError(f"{key}={wrong[0]!r}: use off or on")
+            raise ValueError(f"{key}={wrong[0]!r}: use {' or '.join(allowed)}")
     return [Config(SWITCH[x], p, SWITCH[c]) for c, x, p in
             itertools.product(axes["controlnet"], axes["xla"], axes["precision"])]
+
+
+def _precisions():
+    from kcv_sd.precision import PRECISIONS as KCV_SD_PRECISIONS  # imports Keras: only when a grid names one
+
+    return KCV_SD_PRECISIONS
 
 
 def parse_configs(spec):

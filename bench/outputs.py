@@ -60,8 +60,11 @@ def plot_cold_warm(records, title, path):
             ax.text(i, 0.5, r["status"], ha="center", va="bottom", rotation=90, transform=ax.get_xaxis_transform())
     ax.set_xticks(x, [_label(r) for r in records], fontsize=8)
     ax.set_xlim(-0.6, len(records) - 0.4)
-    ax.set_ylabel("seconds (log scale)")
-    ax.set_yscale("log")
+    if np.nanmax([0, *cold, *warm]) > 0:  # a log axis needs data: every row may have failed
+        ax.set_ylabel("seconds (log scale)")
+        ax.set_yscale("log")
+    else:
+        ax.set_ylabel("seconds (no row ran)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()

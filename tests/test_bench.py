@@ -15,16 +15,19 @@ from click.testing import CliRunner
 
 from bench import configs
 from bench.ablation import LEVERS
+from bench.benchmarks_md import as_text, render
 from bench.cli import main
 from bench.configs import Config, Run, Workload, parse_configs, parse_peers, plan_runs
 from bench.flops import unet_flops
 from bench.interleaved import interleaved_pairs, round_orders, run_interleaved, summarize_pair
 from bench.launch import run_worker
+from bench.outputs import write_files
 from bench.records import build_record, precision_note
 from bench.table import interleaved_rows
 from bench.targets import target_rows
 from kcv_sd import routing
 from kcv_sd.config import UNetConfig
+from kcv_sd.precision import PRECISIONS
 from kcv_sd.unet import UNet
 
 # Two levels, attention on the lower one, one resblock per level down.
@@ -113,8 +116,8 @@ def test_config_grids():
     union = parse_configs("xla=on;precision=float32 + xla=off,on;precision=float32,mixed_bfloat16")
     assert union == [Config(True, "float32"), Config(False, "float32"), Config(False, "mixed_bfloat16"),
                      Config(True, "mixed_bfloat16")]
-    assert parse_configs("xla=off;precision=float64") == [Config(False, "float64")]  # measured, then fails
-    for bad in ("xla=maybe", "speed=fast", "xla=", "controlnet=depth"):
+    assert parse_configs("xla=off;precision=bfloat16") == [Config(False, "bfloat16")]
+    for bad in ("xla=maybe", "speed=fast", "xla=", "controlnet=depth", "precision=float64"):
         with pytest.raises(ValueError):
             parse_configs(bad)
     assert parse_peers("none") == []
@@ -189,14 +192,16 @@ def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     previous = os.getcwd()
     os.chdir(folder)
-    try:
+    # float64 is refused up front (test_bad_values_are_refused_before_any_process_starts); let it
+    # through here so that one worker fails for real and the report must record it.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(configs, "_precisions", lambda: (*PRECISIONS, "float64"))
         result = CliRunner().invoke(main, [
             "--tiny", "--configs", "xla=off;precision=float32,float64 + xla=off;precision=float32;controlnet=on",
             "--peers", "kerascv", "--ablation",
             "--repeats", "2", "--output", "out", "--write-benchmarks-md",
         ])
-    finally:
-        os.chdir(previous)
+    os.chdir(previous)
     assert result.exit_code == 0, result.output
     report = json.loads((folder / "out" / "results.json").read_text())
     return folder, result.output, report
@@ -287,6 +292,34 @@ def test_sizes_follow_kcv_sds_rule_before_any_process_starts(tmp_path):
     assert result.exit_code == 2
     assert "width=100 is not supported" in result.output and "the nearest are 96 and 104" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--configs", "precision=float64"], "precision='float64': use float32 or mixed_float16"),
+    (["--configs", "xla=maybe"], "xla='maybe': use off or on"),
+    (["--steps", "0"], "--steps"),
+    (["--steps", "1001"], "--steps"),
+    (["--repeats", "0"], "--repeats"),
+    (["--timeout", "0"], "--timeout"),
+    (["--output", "/proc/kcv-bench"], "cannot write to /proc/kcv-bench"),
+])
+def test_bad_values_are_refused_before_any_process_starts(tmp_path, args, message):
+    args = ["--output", str(tmp_path / "out"), *args] if "--output" not in args else args
+    result = CliRunner().invoke(main, ["--tiny", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("Error") == 1
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_a_report_whose_every_row_failed_is_still_written(tiny_run, tmp_path):
+    _, _, report = tiny_run
+    failed = [{**record, "status": "failed", "error": "boom", "cold": None, "warm": None, "stages": None}
+              for record in report["results"]]
+    report = {**report, "results": failed}
+    write_files(report, tmp_path, "all failed")
+    assert (tmp_path / "cold_warm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "results.json").read_text())["results"][0]["status"] == "failed"
+    assert "failed" in as_text(report) and "failed" in render(report)
 
 
 def test_help():
