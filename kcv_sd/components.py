@@ -6,14 +6,27 @@ random initialisers and random weights are reproducible.
 """
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from kcv_sd import config as unet_configs
-from kcv_sd.convert import convert_diffusers_folder, convert_diffusers_vae, read_state_dict
-from kcv_sd.convert.sd_folder import component_file
+from kcv_sd.convert import (
+    convert_diffusers_folder,
+    convert_diffusers_vae,
+    converted_cache,
+    read_state_dict,
+)
+from kcv_sd.convert.sd_folder import component_file, vae_folder_file
+from kcv_sd.convert.single_file import (
+    fill_single_file,
+    fill_vae,
+    read_single_file,
+    read_single_file_vae,
+)
+from kcv_sd.convert.state_dict import PICKLE_SUFFIXES, check_readable
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.precision import dtype_policy_scope, text_and_vae_precision
 from kcv_sd.text_encoder import SD15_TEXT, TINY_TEXT, build_text_encoder
@@ -39,6 +52,9 @@ FAMILIES = {
 }
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+CACHED_MODELS = ("text_encoder", "unet", "decoder")
+
 # "random" weights seed each model with the load seed plus its offset.
 SEED_OFFSETS = {"text_encoder": 0, "unet": 1, "decoder": 2, "image_encoder": 3}
 
@@ -53,6 +69,9 @@ class Components:
     precision: str
     seed: int = 0
     _image_encoder: object = dataclasses.field(default=None, repr=False)
+    # fill_image_encoder(encoder, decoder) fills the VAE encoder built on first
+    # use, where the weights come from a single-file checkpoint.
+    fill_image_encoder: object = dataclasses.field(default=None, repr=False)
 
     @property
     def image_encoder(self):
@@ -61,7 +80,9 @@ class Components:
         if self._image_encoder is None:
             with dtype_policy_scope(text_and_vae_precision(self.precision)), zero_initialized():
                 encoder = build_encoder(self.family.vae)
-            if is_diffusers_folder(self.weights):
+            if self.fill_image_encoder is not None:
+                self.fill_image_encoder(encoder, self.decoder)
+            elif is_diffusers_folder(self.weights):
                 vae_file = component_file(Path(self.weights), "vae")
                 convert_diffusers_vae(read_state_dict(vae_file), self.decoder, encoder, source=str(vae_file))
             else:
@@ -74,6 +95,11 @@ class Components:
 def is_diffusers_folder(weights):
     """A diffusers pipeline folder (unet/, vae/, text_encoder/) rather than KerasCV files."""
     return weights not in ("kerascv", "random") and (Path(weights) / "unet").is_dir()
+
+
+def is_single_file(weights):
+    """A single-file checkpoint (CompVis/LDM layout) by its file name."""
+    return Path(str(weights)).suffix in SINGLE_FILE_SUFFIXES
 
 
 def family_by_name(name):
@@ -131,7 +157,8 @@ def fill_weights(layers, path, seed):
         load_legacy_h5(layers, path)
 
 
-def load_components(model="sd15", weights="kerascv", precision="float32", seed=0):
+def load_components(model="sd15", weights="kerascv", precision="float32", seed=0, vae=None,
+                    ema=False, allow_pickle=False):
     """Build text encoder, UNet and decoder and fill their weights.
 
     The VAE encoder (`Components.image_encoder`) is built on first use.
@@ -141,17 +168,33 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
         weights: "kerascv" (KerasCV's files, downloaded once into the Keras
             cache), a folder holding those files, a diffusers SD1.5 folder
             (unet/, vae/, text_encoder/ with safetensors, e.g. runwayml's or
-            a community fine-tune; converted with diffusers' numerics), or
-            "random".
+            a community fine-tune; converted with diffusers' numerics), a
+            single-file SD 1.x checkpoint in the original CompVis/LDM layout
+            (`model.safetensors`; `.ckpt`/`.pth` with allow_pickle; converted
+            once, then loaded from a cache under the Keras home,
+            `kcv_sd.convert.converted_cache`), or "random".
         precision: a name from `kcv_sd.precision.PRECISIONS`: the UNet's
             dtype policy, and the text encoder's and VAE's for "float16"
             and "bfloat16" (float32 otherwise; the VAE can overflow in float16).
         seed: numpy seed for "random" weights.
+        vae: for a single-file checkpoint, a VAE used in place of its own
+            (needed where it has none): an LDM VAE file such as
+            vae-ft-mse-840000-ema-pruned.safetensors, a diffusers VAE file
+            or folder, or another checkpoint.
+        ema: for a single-file checkpoint holding EMA copies of the UNet's
+            weights (`model_ema.*`), use those; by default the trained
+            weights are used, as diffusers' `from_single_file` does.
+        allow_pickle: read `.ckpt`/`.pth`/`.pt`/`.bin` checkpoints (with
+            torch, weights_only=True).
     """
     family = family_by_name(model)
-    files = {}
+    if is_single_file(weights):
+        return load_single_file(model, family, weights, precision, seed, vae, ema, allow_pickle)
+    if vae is not None:
+        raise InvalidArgumentError("vae= applies to single-file checkpoints (weights='....safetensors').")
     if is_diffusers_folder(weights):
         return _load_diffusers_folder(family, weights, precision, seed)
+    files = {}
     if weights != "random":
         if not family.kerascv_weights:
             raise InvalidArgumentError(f"Model {model!r} has no published weights; use weights='random'.")
@@ -162,13 +205,7 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
         # Resolve every file before building anything: a missing file fails fast.
         files = {name: kerascv_file(name, weights) for name in ("text_encoder", "unet", "decoder")}
 
-    with dtype_policy_scope(text_and_vae_precision(precision)), zero_initialized():
-        text_encoder = build_text_encoder(family.text)
-        decoder = build_decoder(family.vae)
-    with dtype_policy_scope(precision):
-        unet = UNet(family.unet, initializer="zeros")
-        unet.model()  # creates the variables
-
+    text_encoder, unet, decoder = build_models(family, precision)
     parts = {
         "text_encoder": weighted_layers(text_encoder),
         "unet": unet.kerascv_layer_order(),
@@ -179,19 +216,60 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
     return Components(family, text_encoder, unet, decoder, weights, precision, seed)
 
 
-def _load_diffusers_folder(family, folder, precision, seed):
-    """Components converted from a diffusers folder, with diffusers' numerics
-    (exact GELU and GroupNorm epsilon 1e-6 in the UNet's transformers and the VAE)."""
-    family = dataclasses.replace(
+def with_diffusers_numerics(family):
+    """The family as diffusers and CompVis checkpoints need it: exact GELU and
+    GroupNorm epsilon 1e-6 in the UNet's transformers and the VAE."""
+    return dataclasses.replace(
         family,
         unet=dataclasses.replace(family.unet, transformer_norm_epsilon=1e-6, gelu_approximate=False),
         vae=dataclasses.replace(family.vae, norm_epsilon=1e-6),
     )
+
+
+def build_models(family, precision):
+    """Text encoder, decoder and UNet of a family, zero weights, variables created."""
     with dtype_policy_scope(text_and_vae_precision(precision)), zero_initialized():
         text_encoder = build_text_encoder(family.text)
         decoder = build_decoder(family.vae)
     with dtype_policy_scope(precision):
         unet = UNet(family.unet, initializer="zeros")
         unet.model()
+    return text_encoder, unet, decoder
+
+
+def load_single_file(model, family, path, precision, seed, vae=None, ema=False, allow_pickle=False):
+    """Components from a single-file SD 1.x checkpoint, with diffusers' numerics:
+    read and checked before any model is built, converted, and saved to the
+    converted cache, from which later loads come."""
+    family = with_diffusers_numerics(family)
+    path = check_readable(path, allow_pickle)
+    if vae is not None:
+        vae = vae_folder_file(vae) if Path(vae).is_dir() else check_readable(vae, allow_pickle)
+    folder = converted_cache.entry(path, vae, ema, model, precision)
+    read = functools.partial(read_single_file, path, family.unet, family.text.embed_dim, vae, ema,
+                             allow_pickle)
+    cached = converted_cache.has_entry(folder, CACHED_MODELS)
+    parts = None if cached else read()  # a file that does not fit fails before any build
+    text_encoder, unet, decoder = build_models(family, precision)
+    models = {"text_encoder": text_encoder, "unet": unet.model(), "decoder": decoder}
+    if not (cached and converted_cache.load_cached(folder, models)):
+        parts = parts or read()
+        fill_single_file(parts, text_encoder, unet, decoder)
+        del parts
+        converted_cache.save_cached(folder, models)
+
+    def fill_image_encoder(encoder, decoder):
+        if not converted_cache.load_cached(folder, {"image_encoder": encoder}):
+            fill_vae(read_single_file_vae(path, vae, allow_pickle), decoder, encoder)
+            converted_cache.save_cached(folder, {"image_encoder": encoder})
+
+    return Components(family, text_encoder, unet, decoder, str(path), precision, seed,
+                      fill_image_encoder=fill_image_encoder)
+
+
+def _load_diffusers_folder(family, folder, precision, seed):
+    """Components converted from a diffusers folder, with diffusers' numerics."""
+    family = with_diffusers_numerics(family)
+    text_encoder, unet, decoder = build_models(family, precision)
     convert_diffusers_folder(folder, text_encoder, unet, decoder)
     return Components(family, text_encoder, unet, decoder, str(folder), precision, seed)

@@ -2,7 +2,8 @@
 
 A converter ports every variable from a named key. Problems are collected,
 not raised one at a time, so one error names every missing, unused or
-mis-shaped key and every variable no key reached.
+mis-shaped key and every variable no key reached. Nothing is assigned until
+the audit passes: a checkpoint that does not fit leaves the model untouched.
 """
 
 import numpy as np
@@ -35,20 +36,24 @@ class WeightPorter:
     Args:
         state_dict: {key: numpy array}, PyTorch layouts.
         source: what the tensors came from, for messages.
+        file_key: the name the file itself gives a key, for messages, where
+            the converter renamed the file's keys first (original-format
+            checkpoints); None: the keys are the file's.
     """
 
-    def __init__(self, state_dict, source):
+    def __init__(self, state_dict, source, file_key=None):
         self.state_dict = state_dict
         self.source = source
+        self.file_key = file_key or (lambda key: key)
         self.unused = set(state_dict)
         self.missing = []
         self.mismatched = []
-        self.assigned = set()
+        self.pending = []  # (variable, value in Keras layout), assigned by `finish`
 
     def port(self, variable, key, transform=None):
-        """Assign `state_dict[key]`, through `transform`, to `variable`."""
+        """Take `state_dict[key]`, through `transform`, for `variable` (assigned by `finish`)."""
         if key not in self.state_dict:
-            self.missing.append(key)
+            self.missing.append(self.file_key(key))
             return
         self.unused.discard(key)
         value = self.state_dict[key]
@@ -56,25 +61,29 @@ class WeightPorter:
         converted = value if transform is None or not fits else transform(value)
         if not fits or tuple(converted.shape) != tuple(variable.shape):
             self.mismatched.append(
-                f"{key} {tuple(value.shape)} (needs {tuple(variable.shape)} in Keras layout)"
+                f"{self.file_key(key)} {tuple(value.shape)} (needs {tuple(variable.shape)} in Keras layout)"
             )
             return
-        variable.assign(np.asarray(converted, dtype=variable.dtype))
-        self.assigned.add(id(variable))
+        self.pending.append((variable, converted))
 
     def finish(self, variables):
-        """Raise `CheckpointError` unless every key and every variable was used."""
+        """Assign every ported tensor, or raise `CheckpointError` (assigning
+        none) unless every key and every variable was used."""
         problems = []
         if self.missing:
             problems.append(f"missing keys: {_listing(self.missing)}")
         if self.unused:
-            problems.append(f"unexpected keys: {_listing(self.unused)}")
+            problems.append(f"unexpected keys: {_listing(map(self.file_key, self.unused))}")
         if self.mismatched:
             problems.append(f"shape mismatches: {_listing(self.mismatched)}")
-        unassigned = [v.path for v in variables if id(v) not in self.assigned]
+        ported = {id(variable) for variable, _ in self.pending}
+        unassigned = [v.path for v in variables if id(v) not in ported]
         if unassigned and not problems:
             problems.append(f"Keras weights no key maps to: {_listing(unassigned)}")
         if problems:
             raise CheckpointError(
                 f"{self.source} does not fit the model: " + "; ".join(problems) + "."
             )
+        for variable, value in self.pending:
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+        self.pending = []

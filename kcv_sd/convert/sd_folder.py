@@ -32,9 +32,10 @@ SUFFIXES = (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin")
 LAYOUT = ", ".join(f"{name}/{stem}.safetensors" for name, stem in COMPONENTS.items())
 
 
-def component_file(folder, name):
-    """The weights file of one component, or an error naming what is missing."""
-    directory = folder / name
+def component_file(folder, name, subfolder=None):
+    """The weights file of one component (in `folder/subfolder`, by default
+    `folder/name`), or an error naming what is missing."""
+    directory = folder / (subfolder or name)
     candidates = [directory / (COMPONENTS[name] + suffix) for suffix in SUFFIXES]
     found = next((path for path in candidates if path.is_file()), None)
     if found is None:
@@ -43,6 +44,15 @@ def component_file(folder, name):
             f"(or its .fp16/.bin variant). A diffusers SD1.x folder holds {LAYOUT}."
         )
     return found
+
+
+def vae_folder_file(folder):
+    """The weights file of a diffusers VAE folder (`AutoencoderKL.save_pretrained`,
+    e.g. stabilityai/sd-vae-ft-mse) or of a pipeline folder's vae/."""
+    folder = Path(folder)
+    if (folder / "vae").is_dir():
+        return component_file(folder, "vae")
+    return component_file(folder.parent, "vae", folder.name)
 
 
 def check_diffusers_numerics(unet):

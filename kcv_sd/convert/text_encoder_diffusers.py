@@ -75,8 +75,10 @@ def check_clip_width(state_dict, prefix, width, source):
         )
 
 
-def convert_clip_text_encoder(state_dict, text_encoder, source="the state dict"):
+def convert_clip_text_encoder(state_dict, text_encoder, source="the state dict", file_key=None):
     """Fill a `build_text_encoder` model with a transformers `CLIPTextModel` state dict.
+
+    `file_key` names a key as the file does, for messages (`WeightPorter`).
 
     Raises:
         CheckpointError: not a CLIP text model, another width (SD2.x), or any
@@ -85,6 +87,6 @@ def convert_clip_text_encoder(state_dict, text_encoder, source="the state dict")
     prefix = clip_prefix(state_dict, source)
     check_clip_width(state_dict, prefix, text_encoder.output_shape[-1], source)
     state_dict = {k: v for k, v in state_dict.items() if k != prefix + POSITION_IDS}
-    porter = WeightPorter(state_dict, source)
+    porter = WeightPorter(state_dict, source, file_key)
     port_text_encoder(porter, text_encoder, prefix)
     porter.finish(text_encoder.weights)

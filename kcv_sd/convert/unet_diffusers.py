@@ -33,11 +33,12 @@ def port_unet(porter, unet):
     port_conv(porter, unet.conv_out, "conv_out")
 
 
-def fill_diffusers_unet(state_dict, unet, source="the state dict"):
+def fill_diffusers_unet(state_dict, unet, source="the state dict", file_key=None):
     """Assign a diffusers-format UNet state dict's weights to an existing `UNet`.
 
     For callers that build the UNet themselves (a pipeline choosing its
     dtype policy); `convert_diffusers_unet` builds one and calls this.
+    `file_key` names a key as the file does, for messages (`WeightPorter`).
 
     Raises:
         CheckpointError: not a diffusers UNet, unsupported family, or any
@@ -50,7 +51,7 @@ def fill_diffusers_unet(state_dict, unet, source="the state dict"):
         )
     check_text_width(state_dict, unet.config.context_dim, source)
     model = unet.model()  # creates the variables
-    porter = WeightPorter(state_dict, source)
+    porter = WeightPorter(state_dict, source, file_key)
     port_unet(porter, unet)
     porter.finish(model.weights)
 

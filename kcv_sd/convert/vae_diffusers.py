@@ -117,7 +117,7 @@ def attention_as_convs(state_dict, source):
     return converted
 
 
-def convert_diffusers_vae(state_dict, decoder, encoder=None, source="the state dict"):
+def convert_diffusers_vae(state_dict, decoder, encoder=None, source="the state dict", file_key=None):
     """Fill our VAE decoder (and encoder) with a diffusers `AutoencoderKL` state dict.
 
     Args:
@@ -126,6 +126,7 @@ def convert_diffusers_vae(state_dict, decoder, encoder=None, source="the state d
         encoder: a model from `kcv_sd.vae.build_encoder`, or None to fill the
             decoder only.
         source: what the tensors came from, for error messages.
+        file_key: names a key as the file does, for messages (`WeightPorter`).
     Returns:
         The keys left out because no encoder was given (sorted), so a caller
         can say what it did not load.
@@ -142,7 +143,7 @@ def convert_diffusers_vae(state_dict, decoder, encoder=None, source="the state d
     if encoder is None:
         skipped = tuple(sorted(key for key in state_dict if key.startswith(ENCODER_PREFIXES)))
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ENCODER_PREFIXES)}
-    porter = WeightPorter(attention_as_convs(state_dict, source), source)
+    porter = WeightPorter(attention_as_convs(state_dict, source), source, file_key)
     port_sequence(porter, decoder, decoder_table())
     variables = list(decoder.weights)
     if encoder is not None:
