@@ -3,6 +3,7 @@
 Registered on `kcv_sd.cli.main`.
 """
 
+import os
 from pathlib import Path
 
 import click
@@ -11,11 +12,12 @@ from controlnet.control_images import load_depth
 from controlnet.depth_estimation import DEFAULT_DEPTH_MODEL, load_depth_estimator
 from kcv_sd import __version__, samples
 from kcv_sd import study as studies
+from kcv_sd.arguments import check_number
 from kcv_sd.cli_common import pipeline_options, user_errors
 from kcv_sd.control import load_control_image
-from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.generation import get_pipeline
-from kcv_sd.png import save_png
+from kcv_sd.errors import InvalidArgumentError, OutputError
+from kcv_sd.generation import check_generate, get_pipeline
+from kcv_sd.png import check_destination, save_png
 
 DEFAULT_SAMPLE = "room_wide"  # wide, so every ratio crops something different
 DEFAULT_CONTROLNET = "lllyasviel/sd-controlnet-depth"
@@ -72,6 +74,10 @@ def aspect_ratio(control, estimate_depth, prompt, negative_prompt, ratios, contr
             raise InvalidArgumentError(
                 f"--model {model} needs --controlnet: a checkpoint of its ControlNet config, or 'random'")
         controlnet_source = DEFAULT_CONTROLNET
+    for width, height in sizes:  # every size's call, checked before any model is built
+        check_generate(prompt, negative_prompt, model=model, precision=precision, width=width, height=height,
+                       num_inference_steps=steps, guidance_scale=guidance, seed=seed)
+    check_number("--control-scale", control_scale, fix="use a finite number (1.0 is usual)")
     folder = Path(output_dir)
     image_paths = [folder / f"ratio_{label.replace(':', '-')}.png" for label in labels]
     sheet, csv_path, json_path = folder / "contact_sheet.png", folder / "study.csv", folder / "study.json"
@@ -82,7 +88,7 @@ def aspect_ratio(control, estimate_depth, prompt, negative_prompt, ratios, contr
         estimator = load_depth_estimator(DEFAULT_DEPTH_MODEL)
     # Read before the models load, so a bad file fails fast.
     control_depth = estimator(load_control_image(control)) if estimate_depth else load_depth(control)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder)
     pipeline = get_pipeline(model, weights, precision, xla)
     records = studies.aspect_ratio_study(
         pipeline, control_depth, prompt, ratios, controlnet_source,
@@ -100,14 +106,14 @@ def aspect_ratio(control, estimate_depth, prompt, negative_prompt, ratios, contr
         timing=TIMING_NOTE, kcv_sd_version=__version__)
     for record, path in zip(records, image_paths):
         save_png(record.image, path, {**parameters, "ratio": record.ratio,
-                                      "width": record.width, "height": record.height})
+                                      "width": record.width, "height": record.height}, overwrite=overwrite)
     studies.write_contact_sheet(records, sheet)
     studies.write_records(records, csv_path, json_path, parameters)
     click.echo(f"wrote {len(records)} images, {sheet.name}, {csv_path.name} and {json_path.name} to {folder}")
 
 
 def _check_outputs(folder, paths, overwrite):
-    """Every output checked before anything is generated."""
+    """Every output checked before anything is read or generated."""
     if folder.exists() and not folder.is_dir():
         raise InvalidArgumentError(f"--output-dir {folder} is a file; choose a folder")
     existing = [path for path in paths if path.exists()]
@@ -115,6 +121,19 @@ def _check_outputs(folder, paths, overwrite):
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise InvalidArgumentError(
             f"{existing[0]}{more} already exists: pass --overwrite or choose another --output-dir")
+    if folder.is_dir():
+        check_destination(paths[0], overwrite, "--output-dir")
+        return
+    existing = next(parent for parent in folder.absolute().parents if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot make --output-dir {folder}: {existing} takes no new folders.")
+
+
+def _make_folder(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"Cannot make --output-dir {folder} ({error.strerror}).") from None
 
 
 def _echo_progress(record):
