@@ -11,17 +11,18 @@ from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, check_upscale, generate_upsc
 
 
 def get_pipeline(model="sd15", weights="kerascv", precision="float32", jit_compile=False,
-                 compiled_loop=False):
+                 compiled_loop=False, vae=None):
     """A shared `Pipeline` per configuration: models load and compile once."""
-    return _cached_pipeline(model, str(weights), precision, bool(jit_compile), bool(compiled_loop))
+    configuration = (model, str(weights), precision, bool(jit_compile), bool(compiled_loop))
+    return _cached_pipeline(*configuration) if vae is None else _cached_pipeline(*configuration, str(vae))
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_pipeline(model, weights, precision, jit_compile, compiled_loop):
+def _cached_pipeline(model, weights, precision, jit_compile, compiled_loop, vae=None):
     # Called with normalised positional arguments only, so equal
     # configurations always hit the same cache entry.
     return Pipeline(model=model, weights=weights, precision=precision, jit_compile=jit_compile,
-                    compiled_loop=compiled_loop)
+                    compiled_loop=compiled_loop, vae=vae)
 
 
 def check_generate(prompt, negative_prompt=None, *, model="sd15", precision="float32", upscale=None,
@@ -45,11 +46,11 @@ def check_generate(prompt, negative_prompt=None, *, model="sd15", precision="flo
 
 def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
              precision="float32", jit_compile=False, compiled_loop=False, upscale=None,
-             refine_strength=DEFAULT_REFINE_STRENGTH, **options):
+             refine_strength=DEFAULT_REFINE_STRENGTH, vae=None, **options):
     """Generate images from text (and control images) with Stable Diffusion 1.5.
 
-    `model`, `weights`, `precision`, `jit_compile` and `compiled_loop` select a cached
-    `Pipeline` (see its docstring); every other option (width, height,
+    `model`, `weights`, `precision`, `jit_compile`, `compiled_loop` and `vae` select a
+    cached `Pipeline` (see its docstring); every other option (width, height,
     num_inference_steps, guidance_scale, seed, num_images_per_prompt,
     output_type, sampler, image, controlnet, ...) is an argument of
     `Pipeline.__call__`. With `upscale` (a factor > 1), the image is generated
@@ -60,7 +61,7 @@ def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
     """
     check_generate(prompt, negative_prompt, model=model, precision=precision, upscale=upscale,
                    refine_strength=refine_strength, **options)
-    pipeline = get_pipeline(model, weights, precision, jit_compile, compiled_loop)
+    pipeline = get_pipeline(model, weights, precision, jit_compile, compiled_loop, vae)
     if upscale is not None:
         return generate_upscaled(pipeline, prompt, negative_prompt, upscale=upscale,
                                  refine_strength=refine_strength, **options)

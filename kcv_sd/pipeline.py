@@ -89,7 +89,11 @@ class Pipeline:
 
     Args:
         model: "sd15" (KerasCV's SD1.5 architecture) or "tiny" (for tests).
-        weights: "kerascv", a folder with KerasCV's weight files, or "random".
+        weights: "kerascv", a folder with KerasCV's weight files, a diffusers
+            SD1.x folder, a single-file SD 1.x checkpoint (CompVis/LDM
+            layout, `.safetensors`), or "random" (`load_components`).
+        vae: for a single-file checkpoint, a VAE in place of its own
+            (`load_components`).
         precision: "float32"; "mixed_float16" or "mixed_bfloat16" for the
             UNet alone; "float16" or "bfloat16" for every model, text
             encoder and VAE too (faster, images differ slightly;
@@ -114,9 +118,9 @@ class Pipeline:
 
     def __init__(self, model="sd15", weights="kerascv", precision="float32",
                  jit_compile=False, components=None, compiled_loop=False, static_routes=True,
-                 xla_decoder=None):
+                 xla_decoder=None, vae=None):
         if components is None:
-            components = load_components(model, weights, check_precision(precision))
+            components = load_components(model, weights, check_precision(precision), vae=vae)
         self.components = components
         self.jit_compile = bool(jit_compile)
         self.compiled_loop = bool(compiled_loop)
