@@ -53,35 +53,40 @@ def fake_unet(model_input, noise):
     return noise - 0.5 * model_input
 
 
-def eager_run(sampler, schedule, start, noise, to_array):
+def eager_run(sampler, schedule, start, noise, to_array, fresh_noise=None):
+    """The trajectory of `sampler` over `schedule` on `fake_unet`; a
+    stochastic sampler gets `fresh_noise[i]` at step i."""
     sample = to_array(start * schedule.init_noise_sigma)
     state = sampler.initial_state(sample)
     trajectory = []
     for i, row in enumerate(schedule.coefficients):
         row = to_array(row)
         eps = fake_unet(sampler.model_input(sample, row), to_array(noise[i]))
-        sample, state = sampler.step(sample, eps, row, state)
+        fresh = (to_array(fresh_noise[i]),) if sampler.stochastic else ()
+        sample, state = sampler.step(sample, eps, row, state, *fresh)
         trajectory.append(np.asarray(sample))
     return np.stack(trajectory)
 
 
-def compiled_run(sampler, schedule, start, noise):
+def compiled_run(sampler, schedule, start, noise, fresh_noise=None, jit_compile=False):
     """All steps in one graph: a while loop indexing the coefficient rows."""
 
-    @tf.function
-    def run(start, coefficients, noise):
+    @tf.function(jit_compile=jit_compile)
+    def run(start, coefficients, noise, fresh_noise):
         steps = tf.shape(coefficients)[0]
 
         def body(i, sample, state, trajectory):
             row = coefficients[i]
             eps = fake_unet(sampler.model_input(sample, row), noise[i])
-            sample, state = sampler.step(sample, eps, row, state)
+            fresh = (fresh_noise[i],) if sampler.stochastic else ()
+            sample, state = sampler.step(sample, eps, row, state, *fresh)
             return i + 1, sample, state, trajectory.write(i, sample)
 
         loop_vars = (0, start, sampler.initial_state(start), tf.TensorArray(tf.float32, steps))
         return tf.while_loop(lambda i, *_: i < steps, body, loop_vars)[3].stack()
 
-    return run(start * schedule.init_noise_sigma, schedule.coefficients, noise).numpy()
+    fresh_noise = noise if fresh_noise is None else fresh_noise
+    return run(start * schedule.init_noise_sigma, schedule.coefficients, noise, fresh_noise).numpy()
 
 
 def assert_close(actual, expected, rtol):

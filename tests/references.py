@@ -61,6 +61,16 @@ SD15_SCHEDULER_CONFIG = {
 }
 # Our sampler name: the diffusers scheduler class it is checked against.
 REFERENCE_SCHEDULERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
+# The samplers added since, each with the scheduler's class and the
+# arguments that select it (the pipeline-level parity tests keep to the two above).
+MORE_REFERENCE_SCHEDULERS = {
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
 
 
 def diffusers_unet_kwargs(config):
@@ -171,8 +181,9 @@ def reference_scheduler(name):
     """What a user gets swapping the scheduler of SD 1.5's diffusers pipeline."""
     import diffusers
 
-    scheduler = getattr(diffusers, REFERENCE_SCHEDULERS[name])
-    return scheduler.from_config(diffusers.PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG).config)
+    scheduler, arguments = MORE_REFERENCE_SCHEDULERS.get(name, (REFERENCE_SCHEDULERS.get(name), {}))
+    return getattr(diffusers, scheduler).from_config(
+        diffusers.PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG).config, **arguments)
 
 
 def diffusers_vae(config, seed=0):

@@ -1,11 +1,15 @@
 """Samplers against their references on the same stand-in model outputs.
 
-DPM-Solver++(2M) and Euler against diffusers' schedulers built from SD 1.5's
-scheduler config, DDIM against KerasCV's own `generate_image` loop. Our step
-math runs eagerly on numpy and on TF tensors, and inside one `tf.while_loop`
-over the coefficient rows, which only works because it never branches on the
-step index.
+Every sampler but DDIM against the diffusers scheduler of the same name
+built from SD 1.5's scheduler config (the stochastic ones fed the same
+fresh noise: diffusers' `randn_tensor` replaced by ours), DDIM against
+KerasCV's own `generate_image` loop. Our step math runs eagerly on numpy
+and on TF tensors, and inside one `tf.while_loop` over the coefficient
+rows, which only works because it never branches on the step index.
 """
+
+import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -13,64 +17,131 @@ import tensorflow as tf
 import torch
 from helpers import assert_close, compiled_run, eager_run, fake_unet
 from keras_cv.src.models.stable_diffusion.stable_diffusion import StableDiffusionBase
+from references import MORE_REFERENCE_SCHEDULERS, reference_scheduler
 from references import REFERENCE_SCHEDULERS as REFERENCES
-from references import reference_scheduler
 
-from kcv_sd.samplers import SAMPLERS, DPMSolverPP2M, EulerDiscrete, KerasCVDDIM
+from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.samplers import (
+    ALIASES,
+    SAMPLERS,
+    DPMSolverPP2M,
+    EulerDiscrete,
+    KerasCVDDIM,
+    resolve,
+)
 
 STEP_COUNTS = [1, 2, 3, 5, 20, 25, 50]
 SHAPE = (2, 8, 8, 4)
+CHECKED = [*REFERENCES, *MORE_REFERENCE_SCHEDULERS]  # every sampler with a diffusers reference
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers
 
 
 def inputs(num_steps, seed=0):
+    """Start latents, the stand-in model's noise per step and fresh noise per step."""
     rng = np.random.default_rng(seed)
     start = rng.standard_normal(SHAPE, dtype=np.float32)
-    return start, rng.standard_normal((num_steps, *SHAPE), dtype=np.float32)
+    return start, *rng.standard_normal((2, num_steps, *SHAPE), dtype=np.float32)
 
 
-def diffusers_run(name, num_steps, start, noise):
+def diffusers_run(name, num_steps, start, noise, fresh_noise, skip=0, timesteps=None):
+    """diffusers' trajectory from `start` (scaled by its initial sigma unless
+    img2img skips steps), its stochastic steps fed `fresh_noise[i]` at step
+    i; `timesteps` replace the scheduler's own."""
     scheduler = reference_scheduler(name)
-    scheduler.set_timesteps(num_steps)
-    sample = torch.from_numpy(start) * scheduler.init_noise_sigma
+    if name == "lcm" and num_steps > scheduler.config.original_inference_steps:
+        scheduler.set_timesteps(num_steps, original_inference_steps=num_steps)  # ours spreads them so
+    else:
+        scheduler.set_timesteps(num_steps)
+    if timesteps is not None:
+        scheduler.timesteps = torch.from_numpy(timesteps.astype(np.int64))
+    timesteps = scheduler.timesteps if timesteps is not None else scheduler.timesteps[skip:]
+    if skip and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(skip)
+    sample = torch.from_numpy(start) * (1 if skip else scheduler.init_noise_sigma)
+    step = {}
+    module = sys.modules[type(scheduler).__module__]
     trajectory = []
-    for i, t in enumerate(scheduler.timesteps):
-        eps = fake_unet(scheduler.scale_model_input(sample, t), torch.from_numpy(noise[i]))
-        sample = scheduler.step(eps, t, sample).prev_sample
-        trajectory.append(sample.numpy())
-    return scheduler.timesteps.numpy(), float(scheduler.init_noise_sigma), np.stack(trajectory)
+    with pytest.MonkeyPatch.context() as patch:
+        if hasattr(module, "randn_tensor"):
+            patch.setattr(module, "randn_tensor", lambda shape, **_: torch.from_numpy(fresh_noise[step["i"]]))
+        for i, t in enumerate(timesteps):
+            step["i"] = i
+            eps = fake_unet(scheduler.scale_model_input(sample, t), torch.from_numpy(noise[i]))
+            sample = scheduler.step(eps, t, sample).prev_sample
+            trajectory.append(sample.numpy())
+    return timesteps.numpy(), float(scheduler.init_noise_sigma), np.stack(trajectory)
 
 
 def test_registered():
     assert isinstance(SAMPLERS["dpmpp_2m"], DPMSolverPP2M)
     assert isinstance(SAMPLERS["euler"], EulerDiscrete)
+    assert sorted(CHECKED) == sorted(set(SAMPLERS) - {"ddim"})
+    assert sorted(ALIASES) == sorted(SAMPLERS)
+
+
+def test_resolve_takes_canonical_and_a1111_names():
+    for canonical, names in ALIASES.items():
+        for name in (canonical, *names, canonical.upper(), *(n.lower() for n in names)):
+            assert resolve(name) == canonical
+    assert resolve(" Euler a ") == "euler_a" and resolve("PLMS") == "pndm" and resolve("DDIM") == "ddim"
+    for bad in ("euler_ancestral", "", None, 3):
+        with pytest.raises(InvalidArgumentError, match="use one of ddim .DDIM., dpmpp_2m") as error:
+            resolve(bad)
+        assert "\n" not in str(error.value)
 
 
 def test_sd15_config_gives_the_class_default_spacing():
     """SD 1.5's config doesn't set timestep_spacing; PNDM's "leading" default
-    is not carried over, so both references use "linspace"."""
-    for name in REFERENCES:
-        assert reference_scheduler(name).config.timestep_spacing == "linspace"
+    is not carried over, so the other schedulers use their class default:
+    "linspace" but for DDPM and LCM, whose own default is "leading" too."""
+    for name in CHECKED:
+        leading = name in ("pndm", "ddpm", "lcm")
+        assert reference_scheduler(name).config.timestep_spacing == ("leading" if leading else "linspace")
+
+
+# diffusers' float32 sigma table is 1.3e-5 relative off at t = 0, the only
+# timestep of one linspace step; elsewhere we agree to ~1e-6, but for the
+# multistep methods' float32 arithmetic on small differences.
+TOLERANCES = {"dpmpp_2m_karras": 3e-5, "pndm": 3e-5, "unipc": 5e-5}
 
 
 @pytest.mark.parametrize("num_steps", STEP_COUNTS)
-@pytest.mark.parametrize("name", ["dpmpp_2m", "euler"])
+@pytest.mark.parametrize("name", CHECKED)
 def test_matches_diffusers(name, num_steps):
     sampler = SAMPLERS[name]
     schedule = sampler.schedule(num_steps)
-    start, noise = inputs(num_steps)
-    timesteps, init_noise_sigma, expected = diffusers_run(name, num_steps, start, noise)
-    # diffusers' float32 sigma table is 1.3e-5 relative off at t = 0, the only
-    # timestep of one linspace step; elsewhere we agree to ~1e-6.
-    rtol = 2e-5 if schedule.timesteps[0] == 0 else 1e-5
+    start, noise, fresh = inputs(len(schedule))
+    timesteps, init_noise_sigma, expected = diffusers_run(name, num_steps, start, noise, fresh)
+    rtol = 2e-5 if schedule.timesteps[0] == 0 else TOLERANCES.get(name, 1e-5)
 
     assert schedule.timesteps.dtype == np.float32 and schedule.coefficients.dtype == np.float32
     np.testing.assert_array_equal(schedule.timesteps, timesteps.astype(np.float32))
     np.testing.assert_allclose(schedule.init_noise_sigma, init_noise_sigma, rtol=rtol)
-    on_numpy = eager_run(sampler, schedule, start, noise, np.asarray)
+    on_numpy = eager_run(sampler, schedule, start, noise, np.asarray, fresh)
     assert_close(on_numpy, expected, rtol=rtol)
-    assert_close(eager_run(sampler, schedule, start, noise, tf.constant), on_numpy, rtol=1e-6)
-    assert_close(compiled_run(sampler, schedule, start, noise), on_numpy, rtol=1e-6)
+    if num_steps in (5, 25) or name in REFERENCES:  # the step math on tensors: a few step counts suffice
+        assert_close(eager_run(sampler, schedule, start, noise, tf.constant, fresh), on_numpy, rtol=1e-6)
+        assert_close(compiled_run(sampler, schedule, start, noise, fresh), on_numpy, rtol=1e-6)
+
+
+@pytest.mark.parametrize("skip", [1, 2, 4])
+@pytest.mark.parametrize("name", sorted(MORE_REFERENCE_SCHEDULERS))
+def test_truncated_schedule_steps_as_diffusers_img2img(name, skip):
+    """img2img's truncated schedules (test_img2img checks dpmpp_2m and euler):
+    the multistep methods start first order wherever the schedule is cut.
+    PNDM runs on the steps kept, the first taken twice: diffusers' scheduler
+    stepping through our timesteps (its own img2img cuts its list of calls
+    and loses track of the timestep; kcv_sd.samplers.pndm)."""
+    num_steps = 6
+    schedule = SAMPLERS[name].schedule(num_steps, skip)
+    start, noise, fresh = inputs(len(schedule), seed=skip)
+    start = start * schedule.noise_levels[0, 1]
+    ours = schedule.timesteps if name == "pndm" else None
+    timesteps, _, expected = diffusers_run(name, num_steps, start, noise, fresh, skip, ours)
+    np.testing.assert_array_equal(schedule.timesteps, timesteps.astype(np.float32))
+    unscaled = dataclasses.replace(schedule, init_noise_sigma=1.0)  # the start is already at its level
+    assert_close(eager_run(SAMPLERS[name], unscaled, start, noise, np.asarray, fresh), expected,
+                 rtol=TOLERANCES.get(name, 1e-5))
 
 
 def test_dpm_solver_orders():
@@ -80,10 +151,50 @@ def test_dpm_solver_orders():
     assert DPMSolverPP2M().schedule(1).coefficients[0, 2:].tolist() == [0, 1, 0]  # x = x0
 
 
-@pytest.mark.parametrize("sampler", [DPMSolverPP2M(), EulerDiscrete()])
-def test_rejects_zero_steps(sampler):
-    with pytest.raises(ValueError):
-        sampler.schedule(0)
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_allowed_step_count(name):
+    """1 to 1000 steps (the training steps) give finite coefficients, and a
+    model that knows the noise (clean latents of zero) is denoised to zero
+    (PNDM: to alpha_cumprod[0]'s noise level; the stochastic samplers, fed
+    other fresh noise, stay finite). Above 1000, one line says what to use.
+    At 1000 steps the linspace multistep methods repeat a timestep (diffusers:
+    NaN) and PNDM and DDPM would index past the table (diffusers:
+    IndexError): ours step through."""
+    sampler = SAMPLERS[name]
+    noise, fresh = np.random.default_rng(0).standard_normal((2, 1, 2, 2, 4))
+    for num_steps in (1, 2, 999, 1000):
+        schedule = sampler.schedule(num_steps)
+        assert np.isfinite(schedule.coefficients).all() and np.isfinite(schedule.noise_levels).all()
+        assert schedule.timesteps.min() >= 0 and schedule.timesteps.max() <= 999
+        sample = noise * schedule.noise_levels[0, 1]  # the noise at the first step's level
+        state = sampler.initial_state(sample)
+        for row in schedule.coefficients:
+            sample, state = sampler.step(sample, noise, row, state, *((fresh,) if sampler.stochastic else ()))
+        assert np.isfinite(sample).all(), num_steps
+        if not sampler.stochastic:
+            np.testing.assert_allclose(sample, 0, atol=0.03 * np.abs(noise).max(), err_msg=str(num_steps))
+    for bad in (0, 1001):
+        with pytest.raises(InvalidArgumentError, match=f"num_inference_steps={bad}: use an integer from 1 to 1000"):
+            sampler.schedule(bad)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "unipc"])
+def test_1000_steps_repeat_a_timestep_without_nan(name):
+    """The repeated timestep is a zero-length step and the next one is first
+    order; diffusers' own run returns NaN there."""
+    schedule = SAMPLERS[name].schedule(1000)
+    repeated = np.flatnonzero(np.diff(schedule.timesteps) == 0)
+    assert len(repeated) == 1
+    start, noise, fresh = inputs(1000)
+    start, noise = start[:1, :2, :2], noise[:, :1, :2, :2]
+    ours = eager_run(SAMPLERS[name], schedule, start, noise, np.asarray)
+    i = repeated[0]
+    assert np.isfinite(ours).all()
+    if name == "dpmpp_2m":  # the zero-length step leaves the latents (UniPC's corrects them first)
+        np.testing.assert_array_equal(ours[i], ours[i - 1])
+    _, _, expected = diffusers_run(name, 1000, start, noise, fresh)
+    assert np.isnan(expected[-1]).any()
+    assert_close(ours[:i], expected[:i], rtol=1e-3)  # diffusers' float32 log-SNR steps: ~2e-4 at 500 steps
 
 
 class _KerasCVLoop(StableDiffusionBase):
@@ -112,7 +223,7 @@ class _KerasCVLoop(StableDiffusionBase):
 
 @pytest.mark.parametrize("num_steps", [1, 2, 50])
 def test_ddim_matches_kerascv_generate_image(num_steps):
-    start, noise = inputs(num_steps)
+    start, noise, _ = inputs(num_steps)
     kerascv = _KerasCVLoop(noise)
     kerascv.generate_image(np.zeros((2, 77, 8), np.float32), batch_size=2, num_steps=num_steps,
                            diffusion_noise=start)

@@ -6,7 +6,11 @@ A sampler is a frozen config with four methods:
   coefficient rows and noise levels, without the first `skip` steps (img2img);
 - `initial_state(sample) -> tuple`: the tensors a multistep method carries;
 - `model_input(sample, coefficients)`: what the UNet sees (e.g. sigma scaling);
-- `step(sample, noise_pred, coefficients, state) -> (sample, state)`.
+- `step(sample, noise_pred, coefficients, state) -> (sample, state)`; a
+  `stochastic` sampler's (ancestral, DDPM, LCM) also takes `noise`, fresh
+  unit noise of the sample's shape for this step, which the caller draws
+  (the pipeline from a key per image and the step index, so a compiled
+  loop and a step-by-step run draw the same noise).
 
 Step math never branches on the step index in Python: whatever differs
 between steps (first- vs second-order updates, the final step) is folded
@@ -22,6 +26,8 @@ serves img2img's start and inpainting's per-step blend for all samplers.
 import dataclasses
 
 import numpy as np
+
+from kcv_sd.errors import InvalidArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +53,21 @@ class Schedule:
                                    noise_levels=self.noise_levels[step:])
 
 
+class Sampler:
+    """The defaults of a sampler: no state, the UNet sees the latents as
+    they are, and `step` needs no fresh noise."""
+
+    stochastic = False  # True: `step(..., noise)` adds fresh unit noise
+
+    def initial_state(self, sample):
+        return ()
+
+    def model_input(self, sample, coefficients):
+        return sample
+
+
 @dataclasses.dataclass(frozen=True)
-class ScaledLinearSampler:
+class ScaledLinearSampler(Sampler):
     """The config diffusers' SD 1.5 schedulers share: SD's "scaled_linear"
     betas over the training steps."""
 
@@ -60,6 +79,19 @@ class ScaledLinearSampler:
         """Noise levels sqrt((1 - a_t) / a_t) of every training step t, float64."""
         return scaled_linear_sigmas(self.beta_start, self.beta_end, self.num_train_timesteps)
 
+    def alphas_cumprod(self):
+        """alpha_cumprod of every training step t, float64."""
+        return 1 / (1 + self.sigma_table() ** 2)
+
+    def leading_timesteps(self, num_steps, offset=1):
+        """diffusers' "leading" spacing with SD 1.5's `steps_offset`:
+        i * (train steps // num_steps) + offset, noisiest first. Where the
+        offset would take the top timestep past the last training step (at
+        1000 steps, where diffusers indexes past its table), it is dropped
+        as far as needed: 1000 steps are then every training step."""
+        timesteps = np.arange(num_steps) * (self.num_train_timesteps // num_steps) + offset
+        return (timesteps - max(0, timesteps[-1] - (self.num_train_timesteps - 1)))[::-1]
+
 
 def scaled_linear_sigmas(beta_start, beta_end, num_train_timesteps):
     """Noise levels sqrt((1 - a_t) / a_t) of SD's "scaled_linear" schedule in
@@ -70,9 +102,13 @@ def scaled_linear_sigmas(beta_start, beta_end, num_train_timesteps):
     return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
 
 
-def check_num_steps(num_steps):
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+def check_num_steps(num_steps, num_train_timesteps):
+    """Refuse step counts a sampler has no timesteps for: from 1 to the
+    model's training steps."""
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise InvalidArgumentError(
+            f"num_inference_steps={num_steps}: use an integer from 1 to {num_train_timesteps}, "
+            "the steps the model was trained with.")
 
 
 def variance_preserving_levels(alphas_cumprod):
@@ -80,6 +116,22 @@ def variance_preserving_levels(alphas_cumprod):
     with the clean final level appended; float32 (steps + 1, 2)."""
     alphas = np.append(np.asarray(alphas_cumprod, np.float64), 1.0)
     return np.sqrt(np.stack([alphas, 1 - alphas], -1)).astype(np.float32)
+
+
+def x0_schedule(timesteps, alphas_cumprod, columns, skip=0):
+    """The `Schedule` of variance-preserving latents whose rows start with
+    sqrt(1 - a) and sqrt(a), as `predict_x0` takes them, then `columns`."""
+    coefficients = np.stack([np.sqrt(1 - alphas_cumprod), np.sqrt(alphas_cumprod), *columns], -1)
+    return Schedule(
+        timesteps=np.asarray(timesteps, np.float32),
+        coefficients=coefficients.astype(np.float32),
+        noise_levels=variance_preserving_levels(alphas_cumprod),
+    ).starting_at(skip)
+
+
+def predict_x0(sample, noise_pred, coefficients):
+    """The clean latents an epsilon prediction implies, from an `x0_schedule` row."""
+    return (sample - coefficients[0] * noise_pred) / coefficients[1]
 
 
 def add_noise(sample, noise, level):

@@ -10,11 +10,16 @@ import dataclasses
 import numpy as np
 from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
 
-from kcv_sd.samplers.base import Schedule, check_num_steps, variance_preserving_levels
+from kcv_sd.samplers.base import (
+    Sampler,
+    Schedule,
+    check_num_steps,
+    variance_preserving_levels,
+)
 
 
 @dataclasses.dataclass(frozen=True)
-class KerasCVDDIM:
+class KerasCVDDIM(Sampler):
     """Coefficient rows hold sqrt(1 - a), sqrt(a), sqrt(1 - a_prev),
     sqrt(a_prev), computed in float64 and rounded once to float32: exactly
     the constants KerasCV's Python-float arithmetic produces."""
@@ -22,7 +27,7 @@ class KerasCVDDIM:
     num_train_timesteps: int = 1000
 
     def schedule(self, num_steps, skip=0):
-        check_num_steps(num_steps)
+        check_num_steps(num_steps, self.num_train_timesteps)
         n = self.num_train_timesteps
         ratio = (n - 1) / (num_steps - 1) if num_steps > 1 else n
         ascending = (np.arange(0, num_steps) * ratio).round().astype(np.int64)
@@ -34,12 +39,6 @@ class KerasCVDDIM:
             coefficients=coefficients[::-1].astype(np.float32),
             noise_levels=variance_preserving_levels(alphas[::-1]),
         ).starting_at(skip)
-
-    def initial_state(self, sample):
-        return ()
-
-    def model_input(self, sample, coefficients):
-        return sample
 
     def step(self, sample, noise_pred, coefficients, state=()):
         """One deterministic DDIM update; numpy or tensors alike."""
