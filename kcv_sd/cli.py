@@ -64,6 +64,9 @@ def console_main():
               help="PNG path; several images get -0, -1, ... suffixes.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @pipeline_options
+@click.option("--vae", default=None,
+              help="With a single-file --weights checkpoint: a VAE file or folder in place of its own "
+                   "(e.g. vae-ft-mse-840000-ema-pruned.safetensors).")
 @click.option("--compiled-loop/--step-loop", default=False, show_default=True,
               help="Run all denoising steps in one compiled function (no progress bar).")
 @click.option("--sampler", default="ddim", show_default=True, help="ddim (KerasCV's), dpmpp_2m or euler.")
@@ -92,7 +95,7 @@ def console_main():
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff, seed, num_images,
-             output, overwrite, model, weights, precision, xla, compiled_loop, sampler, controls, controlnets,
+             output, overwrite, model, weights, precision, xla, vae, compiled_loop, sampler, controls, controlnets,
              control_scales, guess_mode, control_start, control_end, control_sizing,
              init_image, strength, mask_image, tiled_decode, upscale, refine_strength, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
@@ -121,7 +124,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
                    refine_strength=refine_strength, **options)
     paths = output_paths(output, num_images)
     check_outputs(paths, overwrite)
-    pipeline = get_pipeline(model, weights, precision, xla, compiled_loop)
+    pipeline = get_pipeline(model, weights, precision, xla, compiled_loop, vae)
     run = pipeline if upscale is None else functools.partial(
         generate_upscaled, pipeline, upscale=upscale, refine_strength=refine_strength)
     images = run(prompt, negative_prompt=negative_prompt, progress=progress, **options)
@@ -129,7 +132,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
         height, width = images[0].height, images[0].width
     parameters = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                       steps=steps, guidance=guidance, cfg_cutoff=cfg_cutoff, seed=seed, num_images=num_images,
-                      model=model, weights=weights, precision=precision, xla=xla,
+                      model=model, weights=weights, **({"vae": vae} if vae else {}), precision=precision, xla=xla,
                       compiled_loop=compiled_loop, init_image=init_image, strength=strength,
                       mask_image=mask_image, tiled_decode=tiled_decode, upscale=upscale,
                       refine_strength=None if upscale is None else refine_strength,

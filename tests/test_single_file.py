@@ -355,3 +355,19 @@ def test_a_file_that_does_not_fit_leaves_the_models_untouched(checkpoint, models
         fill(models, bad)
     for variable, value in zip(models["unet"].model().weights, before, strict=True):
         np.testing.assert_array_equal(np.asarray(variable), value)
+
+
+def test_cli_passes_weights_and_vae(files, tmp_path, monkeypatch):
+    """`kcv-sd generate --weights FILE --vae VAE` hands both to the pipeline (stopped there)."""
+    from click.testing import CliRunner
+
+    from kcv_sd.cli import main
+    from kcv_sd.errors import InvalidArgumentError
+
+    def stop(*configuration):
+        raise InvalidArgumentError(f"pipeline {configuration}")
+
+    monkeypatch.setattr("kcv_sd.generation.get_pipeline", stop)
+    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--weights", str(files["float32"]),
+                                       "--vae", "vae.safetensors", "-o", str(tmp_path / "x.png")])
+    assert f"'{files['float32']}', 'float32', False, False, 'vae.safetensors')" in result.output
