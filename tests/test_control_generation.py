@@ -126,7 +126,7 @@ def test_controlnet_for_another_unet_is_refused(tiny_pipeline):
 def test_unreadable_control_image(tiny_pipeline, tiny_controlnets, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    with pytest.raises(InvalidArgumentError, match="Cannot read control image"):
+    with pytest.raises(InvalidArgumentError, match="Cannot read the control image"):
         tiny_pipeline("a", width=64, height=64, image=str(broken), controlnet=tiny_controlnets[0])
 
 

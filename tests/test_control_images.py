@@ -147,6 +147,14 @@ def test_truncated_png_is_refused(tmp_path):
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         load_depth(tmp_path / "nowhere.png")
+    with pytest.raises(InvalidArgumentError, match="is a folder"):
+        load_depth(tmp_path)
+
+
+@pytest.mark.parametrize("empty", [np.zeros((0, 0), np.float32), np.zeros((0, 5), np.float32)])
+def test_empty_depth_is_refused(empty):
+    with pytest.raises(InvalidArgumentError, match="expected depth as float"):
+        depth_to_control(empty)
 
 
 def test_depth_to_control_and_back():

@@ -99,3 +99,24 @@ def test_repo_id_is_converted_once_and_cached_in_float32(tmp_path, monkeypatch):
     assert downloads == ["someone/tiny-controlnet"]  # the second load came from the cache
     for cached, expected in zip(weights_of(again), direct):
         np.testing.assert_array_equal(cached, expected)  # not rounded through bfloat16
+
+
+def test_a_damaged_cache_entry_is_converted_again(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from kcv_sd import control
+
+    checkpoint = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file(numpy_state_dict(diffusers_controlnet(CONFIG, seed=3)), checkpoint)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: str(checkpoint))
+    direct = weights_of(control.load_controlnet("someone/tiny-controlnet", CONFIG))
+    cache = tmp_path / "keras" / "kcv_sd" / "controlnets"
+    (entry,) = cache.iterdir()  # written whole under its final name, no temp file left
+    entry.write_bytes(entry.read_bytes()[:1000])  # a disk that filled up, a killed copy
+    with pytest.warns(UserWarning, match="cannot be read.*converting it again"):
+        again = control.load_controlnet("someone/tiny-controlnet", CONFIG)
+    for rebuilt, expected in zip(weights_of(again), direct):
+        np.testing.assert_array_equal(rebuilt, expected)
+    assert [path.name for path in cache.iterdir()] == [entry.name]
+    weights_of(control.load_controlnet("someone/tiny-controlnet", CONFIG))  # the rewritten entry reads

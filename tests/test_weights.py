@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
+from kcv_sd.errors import CheckpointError
 from kcv_sd.weights import load_legacy_h5
 
 
@@ -40,3 +41,17 @@ def test_a_wrong_file_leaves_every_layer_as_it_was(saved):
         load_legacy_h5(target.layers, path)
     for now, then in zip(target.get_weights(), before):
         np.testing.assert_array_equal(now, then)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "not_hdf5", "no_layers"])
+def test_a_damaged_file_is_one_line_naming_it(saved, damage):
+    _, path = saved
+    data = path.read_bytes()
+    if damage == "no_layers":
+        with h5py.File(path, "w") as f:
+            f.create_group("something_else")
+    else:
+        path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "not_hdf5": b"<html>404</html>"}[damage])
+    target = dense_layers(4, 2, seed=1)
+    with pytest.raises(CheckpointError, match=f"{path}.*(not a readable Keras weights file|0 weighted layers)"):
+        load_legacy_h5(target.layers, path)
