@@ -32,7 +32,7 @@ from kcv_sd.precision import dtype_policy_scope, text_and_vae_precision
 from kcv_sd.text_encoder import SD15_TEXT, TINY_TEXT, build_text_encoder
 from kcv_sd.unet import UNet
 from kcv_sd.vae import SD15_VAE, TINY_VAE, build_decoder, build_encoder
-from kcv_sd.weights import kerascv_file, load_legacy_h5, weighted_layers
+from kcv_sd.weights import check_legacy_h5, kerascv_file, load_legacy_h5, weighted_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +204,8 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
             )
         # Resolve every file before building anything: a missing file fails fast.
         files = {name: kerascv_file(name, weights) for name in ("text_encoder", "unet", "decoder")}
+        for path in files.values():  # a damaged file, too, fails before any model is built
+            check_legacy_h5(path)
 
     text_encoder, unet, decoder = build_models(family, precision)
     parts = {

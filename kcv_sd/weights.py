@@ -121,6 +121,26 @@ def weighted_layers(model):
     return [layer for layer in model.layers if layer.weights]
 
 
+def _damaged(path, error):
+    return CheckpointError(
+        f"{path} is not a readable Keras weights file ({error}): it is damaged or truncated; "
+        "delete it and download it again.")
+
+
+def check_legacy_h5(path):
+    """`path`, once its layer list reads as a legacy Keras weights file (no
+    array is read): an empty, truncated or foreign file fails before any
+    model is built for it."""
+    try:
+        with h5py.File(path, "r") as f:
+            count = len(legacy_h5_datasets(f))
+    except (OSError, KeyError) as error:
+        raise _damaged(path, error) from None
+    if not count:
+        raise CheckpointError(f"{path} holds no layer weights: it is not a KerasCV weights file.")
+    return path
+
+
 def load_legacy_h5(layers, path):
     """Load a legacy Keras `.h5` weights file onto an ordered list of layers,
     reading one array at a time (no second copy of the model in memory)."""
@@ -128,7 +148,4 @@ def load_legacy_h5(layers, path):
         with h5py.File(path, "r") as f:
             assign_layer_weights(layers, legacy_h5_datasets(f), source=str(path))
     except (OSError, KeyError) as error:  # not HDF5, truncated, or not a Keras weights file
-        raise CheckpointError(
-            f"{path} is not a readable Keras weights file ({error}): it is damaged or truncated; "
-            "delete it and download it again."
-        ) from None
+        raise _damaged(path, error) from None

@@ -55,3 +55,13 @@ def test_a_damaged_file_is_one_line_naming_it(saved, damage):
     target = dense_layers(4, 2, seed=1)
     with pytest.raises(CheckpointError, match=f"{path}.*(not a readable Keras weights file|0 weighted layers)"):
         load_legacy_h5(target.layers, path)
+
+
+def test_damaged_kerascv_files_fail_before_any_model_is_built(tmp_path, monkeypatch):
+    import kcv_sd.components
+
+    monkeypatch.setattr(kcv_sd.components, "build_models", lambda *a: pytest.fail("models were built"))
+    for name in ("kcv_encoder.h5", "kcv_diffusion_model.h5", "kcv_decoder.h5"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="kcv_encoder.h5 is not a readable Keras weights file"):
+        kcv_sd.components.load_components("sd15", str(tmp_path))
