@@ -283,3 +283,26 @@ def test_an_unsafe_pickle_is_one_line_without_torchs_advice(tmp_path):
     with pytest.raises(CheckpointError, match="evil.pth cannot be read as a PyTorch checkpoint of tensors") as error:
         read_state_dict(path, allow_pickle=True)
     assert "weights_only=False" not in str(error.value)
+
+
+def test_every_image_mode_is_read_with_its_range():
+    from kcv_sd.image_inputs import load_image
+
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    expected = np.stack([gray] * 3, -1)
+    palette = Image.fromarray(gray, "P")
+    palette.putpalette([v for level in range(256) for v in (level, level, level)])
+    pictures = {
+        "L": Image.fromarray(gray),
+        "P": palette,
+        "LA": Image.fromarray(np.stack([gray, gray], -1), "LA"),
+        "RGBA": Image.fromarray(np.stack([gray] * 4, -1), "RGBA"),
+        "CMYK": Image.fromarray(expected).convert("CMYK"),
+        "I;16": Image.fromarray(gray.astype(np.uint16) * 257),
+        "uint16 array": gray.astype(np.uint16) * 257,
+        "float array": gray / 255.0,
+    }
+    for name, picture in pictures.items():
+        np.testing.assert_array_equal(np.asarray(load_image(picture, name)), expected, err_msg=name)
+    with pytest.raises(InvalidArgumentError, match="float values outside"):
+        load_image(gray * 1.0, "init image")  # 0..252 as floats: would clip to white
