@@ -306,3 +306,29 @@ def test_every_image_mode_is_read_with_its_range():
         np.testing.assert_array_equal(np.asarray(load_image(picture, name)), expected, err_msg=name)
     with pytest.raises(InvalidArgumentError, match="float values outside"):
         load_image(gray * 1.0, "init image")  # 0..252 as floats: would clip to white
+
+
+def test_load_depth_refuses_a_bomb(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="too large to read safely"):
+        load_depth(png_bomb(tmp_path / "bomb.png"))
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"guidance_scale": float("inf")}, "guidance_scale=inf"),
+    ({"controlnet_conditioning_scale": float("nan"), "image": np.zeros((64, 64, 3), np.uint8)},
+     "controlnet_conditioning_scale=nan"),
+    ({"latents": np.full((1, 8, 8, 4), np.nan, np.float32)}, "latents hold NaN"),
+    ({"seed": 2**63}, "seed=9223372036854775808"),
+    ({"num_inference_steps": 1001}, "num_inference_steps=1001"),
+])
+def test_every_entry_point_checks_the_same_way(tiny_pipeline, options, message):
+    import tensorflow as tf
+
+    from kcv_sd.distribute import DistributedPipeline
+
+    if "image" in options:
+        options = {**options, "controlnet": "someone/controlnet"}
+    distributed = DistributedPipeline(tf.distribute.get_strategy(), components=tiny_pipeline.components)
+    for run in (tiny_pipeline, distributed):
+        with pytest.raises(InvalidArgumentError, match=message):
+            run("a room", width=64, height=64, **options)
