@@ -144,4 +144,12 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
         click.echo(str(path))
 
 
+@main.command()
+def env():
+    """Print versions, devices, CPU features and the defaults chosen here (for bug reports)."""
+    from kcv_sd.devices import report
+
+    click.echo(report())
+
+
 main.add_command(study)

@@ -1,0 +1,40 @@
+"""Device-aware defaults: each device kind's choices, forced on this CPU."""
+
+import pytest
+from click.testing import CliRunner
+
+from kcv_sd import devices
+from kcv_sd.cli import main
+
+
+@pytest.mark.parametrize("device,flags,capability,expected", [
+    ("cpu", {"avx2", "avx512f", "avx512_bf16"}, None, ("bfloat16", False)),
+    ("cpu", {"avx2", "amx_tile", "amx_bf16"}, None, ("bfloat16", False)),
+    ("cpu", {"avx2", "avx512f"}, None, ("float32", False)),
+    ("cpu", set(), None, ("float32", False)),
+    ("gpu", set(), (7, 5), ("mixed_float16", True)),  # T4
+    ("gpu", set(), (7, 0), ("mixed_float16", True)),  # V100
+    ("gpu", set(), (6, 0), ("float32", True)),  # P100: no tensor cores
+    ("gpu", set(), None, ("float32", True)),
+    ("tpu", set(), None, ("mixed_bfloat16", True)),
+])
+def test_each_device_gets_its_recipe(device, flags, capability, expected):
+    chosen = devices.choose_defaults(device, flags, capability)
+    assert (chosen.precision, chosen.jit_compile) == expected and chosen.device == device
+    assert chosen.reason
+
+
+def test_auto_resolves_and_explicit_values_win():
+    gpu = devices.choose_defaults("gpu", (), (8, 0))
+    assert devices.resolve("auto", "auto", gpu) == ("mixed_float16", True)
+    assert devices.resolve("float32", "auto", gpu) == ("float32", True)
+    assert devices.resolve("auto", False, gpu) == ("mixed_float16", False)
+    assert devices.resolve("bfloat16", True) == ("bfloat16", True)
+
+
+def test_env_prints_devices_flags_and_defaults():
+    result = CliRunner().invoke(main, ["env"])
+    assert result.exit_code == 0, result.output
+    chosen = devices.detected_defaults()
+    assert "TensorFlow" in result.output and "devices: CPU" in result.output
+    assert f"precision={chosen.precision}, jit_compile={chosen.jit_compile} ({chosen.reason})" in result.output
