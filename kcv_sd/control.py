@@ -11,7 +11,6 @@ paid for).
 
 import dataclasses
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -25,12 +24,11 @@ from kcv_sd.cache import keras_home
 from kcv_sd.controlnet import ControlNet
 from kcv_sd.convert import convert_controlnet_file
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
+from kcv_sd.hub import hub_file, is_repo_id
 from kcv_sd.image_files import is_high_depth, read_image
 from kcv_sd.image_inputs import load_image
 from kcv_sd.precision import dtype_policy_scope
 
-# Repo ids look like "owner/name"; anything else is taken for a local path.
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 NO_CONTROL_IMAGE = "A ControlNet needs a control image: pass image=."
 
@@ -72,7 +70,7 @@ def scale_residuals(residuals, names, conditioning_scale=1.0, guess_mode=False):
 def check_controlnet_source(source):
     """`source` names a ControlNet `load_controlnet` can try: a model, a
     checkpoint file or a repo id (checked without loading anything)."""
-    if isinstance(source, ControlNet) or Path(str(source)).is_file() or _REPO_ID.match(str(source)):
+    if isinstance(source, ControlNet) or Path(str(source)).is_file() or is_repo_id(source):
         return source
     raise WeightsNotFoundError(
         f"ControlNet {source!r} is neither a checkpoint file nor a Hugging Face repo id "
@@ -114,7 +112,8 @@ def _load_controlnet(source, config, precision):
     # Cached in float32 whatever the precision asked: mixed policies store
     # large weights in 16 bits (`kcv_sd.unet_blocks.weights_policy`).
     with dtype_policy_scope("float32"):
-        model = convert_controlnet_file(_download_from_hub(str(source)), config)
+        path = hub_file(str(source), _DIFFUSERS_WEIGHTS, "a local .safetensors file")
+        model = convert_controlnet_file(path, config)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(f".{cached.name}.{os.getpid()}.weights.h5")
     try:
@@ -128,23 +127,6 @@ def _load_controlnet(source, config, precision):
         model = ControlNet(config, initializer="zeros")
         model.model().load_weights(cached)
     return model
-
-
-def _download_from_hub(repo_id):
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise WeightsNotFoundError(
-            f"Loading ControlNet {repo_id!r} by repo id needs huggingface_hub: "
-            "`pip install huggingface_hub`, or pass a local .safetensors file."
-        ) from None
-    try:
-        return hf_hub_download(repo_id, _DIFFUSERS_WEIGHTS)
-    except Exception as error:  # offline, unknown repo, or no such file
-        raise WeightsNotFoundError(
-            f"Could not download {_DIFFUSERS_WEIGHTS} of {repo_id!r} ({type(error).__name__}). "
-            "Check the repo id and your connection, or pass a local .safetensors file."
-        ) from None
 
 
 def load_control_image(image):
