@@ -23,6 +23,7 @@ from kcv_sd.convert.sd_folder import component_file, vae_folder_file
 from kcv_sd.convert.single_file import (
     fill_single_file,
     fill_vae,
+    floating_dtype,
     read_single_file,
     read_single_file_vae,
 )
@@ -32,7 +33,12 @@ from kcv_sd.precision import dtype_policy_scope, text_and_vae_precision
 from kcv_sd.text_encoder import SD15_TEXT, TINY_TEXT, build_text_encoder
 from kcv_sd.unet import UNet
 from kcv_sd.vae import SD15_VAE, TINY_VAE, build_decoder, build_encoder
-from kcv_sd.weights import check_legacy_h5, kerascv_file, load_legacy_h5, weighted_layers
+from kcv_sd.weights import (
+    check_legacy_h5,
+    kerascv_file,
+    load_legacy_h5,
+    weighted_layers,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,13 +263,15 @@ def load_single_file(model, family, path, precision, seed, vae=None, ema=False, 
     if not (cached and converted_cache.load_cached(folder, models)):
         parts = parts or read()
         fill_single_file(parts, text_encoder, unet, decoder)
+        dtype = floating_dtype(*parts.values())
         del parts
-        converted_cache.save_cached(folder, models)
+        converted_cache.save_cached(folder, models, dtype)
 
     def fill_image_encoder(encoder, decoder):
         if not converted_cache.load_cached(folder, {"image_encoder": encoder}):
-            fill_vae(read_single_file_vae(path, vae, allow_pickle), decoder, encoder)
-            converted_cache.save_cached(folder, {"image_encoder": encoder})
+            part = read_single_file_vae(path, vae, allow_pickle)
+            fill_vae(part, decoder, encoder)
+            converted_cache.save_cached(folder, {"image_encoder": encoder}, floating_dtype(part))
 
     return Components(family, text_encoder, unet, decoder, str(path), precision, seed,
                       fill_image_encoder=fill_image_encoder)

@@ -31,14 +31,18 @@ from references import (
     tiny_family_references,
     write_diffusers_folder,
 )
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 from test_convert_original import RESBLOCK, original_key
 
 from kcv_sd.components import load_components
 from kcv_sd.config import ControlNetConfig
 from kcv_sd.convert import CheckpointError, converted_cache
 from kcv_sd.convert.ldm_unet import ldm_unet_table
-from kcv_sd.convert.single_file import fill_single_file, read_single_file
+from kcv_sd.convert.single_file import (
+    fill_single_file,
+    floating_dtype,
+    read_single_file,
+)
 from kcv_sd.errors import KcvSdError
 from kcv_sd.text_encoder import TINY_TEXT, build_text_encoder
 from kcv_sd.unet import UNet
@@ -245,11 +249,20 @@ def conv_in(models):
 def fill(models, path, **options):
     parts = read_single_file(path, TINY_FAMILY_DIFFUSERS, TINY_TEXT.embed_dim, **options)
     fill_single_file(parts, **models)
+    return parts
 
 
 def test_float16_and_bfloat16_files(files, dicts, models, tmp_path, checkpoint):
-    fill(models, files["float16"])
+    parts = fill(models, files["float16"])
     np.testing.assert_array_equal(conv_in(models), dicts["unet"]["conv_in.weight"].astype(np.float16))
+    # The converted cache keeps a half-precision file's weights in half precision, losslessly.
+    decoder = {"decoder": models["decoder"]}
+    before = [np.asarray(v) for v in models["decoder"].weights]
+    converted_cache.save_cached(tmp_path, decoder, floating_dtype(*parts.values()))
+    assert {v.dtype for v in load_file(tmp_path / "decoder.safetensors").values()} == {np.dtype(np.float16)}
+    assert converted_cache.load_cached(tmp_path, decoder)
+    for variable, value in zip(models["decoder"].weights, before, strict=True):
+        np.testing.assert_array_equal(np.asarray(variable), value)
     import ml_dtypes
 
     fill(models, save(tmp_path / "bf16.safetensors", checkpoint, ml_dtypes.bfloat16))

@@ -1,18 +1,23 @@
 """Converted single-file checkpoints, kept under the Keras home by content hash.
 
 A single-file checkpoint is converted once: our models' weights are then
-saved with Keras (`save_weights`, one `.weights.h5` file per model) in a
-folder named after the sha256 of the checkpoint (and of a separate VAE),
-the EMA choice, the model family and the precision (the variables' dtypes).
+saved, in Keras' layout and the checkpoint's dtype, one safetensors file
+per model, in a folder named after the sha256 of the checkpoint (and of a
+separate VAE), the EMA choice, the model family and the precision.
 The same file under another name or path hits the same entry. A file's
 hash is remembered by path, size and modification time, so a second start
 reads neither the checkpoint nor its hash.
 """
 
+import functools
 import hashlib
 import json
 import os
 from pathlib import Path
+
+import keras
+import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from kcv_sd.cache import keras_home
 
@@ -48,7 +53,7 @@ def write_atomically(path, write):
     """`write(temporary_path)`, then the file renamed into place: a reader
     never sees half a file, even if the process is killed while writing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{os.getpid()}.tmp.{path.name}")  # keeps Keras' suffix
+    temporary = path.with_name(f".{os.getpid()}.tmp.{path.name}")
     write(temporary)
     os.replace(temporary, path)
 
@@ -65,24 +70,39 @@ def entry(checkpoint, vae, ema, model, precision):
 
 def has_entry(folder, names):
     """Whether `folder` holds a file for each model name."""
-    return all((folder / f"{name}.weights.h5").is_file() for name in names)
+    return all((folder / f"{name}.safetensors").is_file() for name in names)
 
 
 def load_cached(folder, models):
     """Load {name: Keras model} from `folder`. False unless every model has a
     file there that fits it (an entry written by another version of the
-    models is converted again)."""
+    models is converted again); a model whose file does not fit is left as is."""
     if not has_entry(folder, models):
         return False
-    try:
-        for name, model in models.items():
-            model.load_weights(folder / f"{name}.weights.h5")
-    except ValueError:
-        return False
+    for name, model in models.items():
+        tensors = load_file(folder / f"{name}.safetensors")
+        variables = model.weights
+        expected = {f"{i:04d}": tuple(variable.shape) for i, variable in enumerate(variables)}
+        if {key: value.shape for key, value in tensors.items()} != expected:
+            return False
+        for index, variable in enumerate(variables):
+            variable.assign(keras.ops.cast(tensors[f"{index:04d}"], variable.dtype))
     return True
 
 
-def save_cached(folder, models):
-    """Save {name: Keras model} into `folder`."""
+def save_cached(folder, models, source_dtype=None):
+    """Save {name: Keras model} into `folder`, one safetensors file per model,
+    weights by their index in `model.weights`. float32 weights are stored in
+    `source_dtype`, where it is float16 or bfloat16 (the checkpoint's dtype,
+    so nothing is lost and a half-precision file's entry is half its size)."""
     for name, model in models.items():
-        write_atomically(folder / f"{name}.weights.h5", model.save_weights)
+        tensors = {f"{i:04d}": stored(variable, source_dtype) for i, variable in enumerate(model.weights)}
+        write_atomically(folder / f"{name}.safetensors", functools.partial(save_file, tensors))
+        del tensors
+
+
+def stored(variable, source_dtype):
+    value = keras.ops.convert_to_numpy(variable)
+    if value.dtype == np.float32 and source_dtype is not None and np.dtype(source_dtype).itemsize == 2:
+        return value.astype(source_dtype)
+    return value

@@ -159,6 +159,14 @@ def read_single_file_vae(path, vae=None, allow_pickle=False):
     return vae_part(read_state_dict(path, allow_pickle, prefixes=(VAE_PREFIX,)), str(path))
 
 
+def floating_dtype(*parts):
+    """The one floating-point dtype of the parts' tensors (float16 for a
+    half-precision file), or None where they mix several."""
+    dtypes = {value.dtype for part in parts for value in part.tensors.values()
+              if value.dtype.kind == "f" or value.dtype.name == "bfloat16"}  # ml_dtypes' is kind "V"
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
 def fill_single_file(parts, text_encoder, unet, decoder, encoder=None):
     """Fill our models from `read_single_file`'s parts; each model is filled
     whole or not at all.
