@@ -9,24 +9,55 @@ Traced inside `static_routes(...)`, the layers read the size from here and
 choose in Python: the graph holds one kernel per layer, and traces whose
 routes (`routes`) agree are the same graph. Outside it they choose at run
 time with a `tf.cond` per layer: one graph for every size, larger and slower
-to trace. The thresholds were measured on CPUs (docs/latency_levers.md,
+to trace. The thresholds are per device kind (`RoutePolicy`, entered with
+`device_routes`); the CPU ones were measured on CPUs (docs/latency_levers.md,
 sections 6 and 8).
 """
 
 import contextlib
+import dataclasses
 import threading
 
-# A convolution runs as one matmul when its input has at most this many rows
-# (batch x height x width) per input channel: with few rows and many channels
-# oneDNN's convolution is bound by reading its weights.
-MATMUL_ROWS_PER_INPUT_CHANNEL = 1
 
-# Above this many attention scores (batch x heads x queries x keys) at once,
-# queries are processed in chunks: a 2048x2048 image's first-level
-# self-attention would otherwise hold 2 x 8 x 65536^2 scores (~275 GB).
-MAX_SCORES_AT_ONCE = 2**28  # 1 GiB of float32 scores
+@dataclasses.dataclass(frozen=True)
+class RoutePolicy:
+    """The size thresholds of the layers' choices on one kind of device."""
+
+    # A convolution runs as one matmul when its input has at most this many
+    # rows (batch x height x width) per input channel; 1x1 convolutions
+    # always do.
+    matmul_rows_per_input_channel: int
+    # Above this many attention scores (batch x heads x queries x keys) at
+    # once, queries are processed in chunks: a 2048x2048 image's first-level
+    # self-attention would otherwise hold 2 x 8 x 65536^2 scores (~275 GB).
+    max_scores_at_once: int = 2**28  # 1 GiB of float32 scores
+
+
+# Measured on CPUs: with few rows and many channels oneDNN's convolution is
+# bound by reading its weights, and a matmul is faster.
+CPU_ROUTES = RoutePolicy(matmul_rows_per_input_channel=1)
+# GPUs and TPUs keep their libraries' convolutions (cuDNN, XLA's) until a
+# measurement there says otherwise.
+ACCELERATOR_ROUTES = RoutePolicy(matmul_rows_per_input_channel=0)
+ROUTES_BY_DEVICE = {"cpu": CPU_ROUTES, "gpu": ACCELERATOR_ROUTES, "tpu": ACCELERATOR_ROUTES}
 
 _traced = threading.local()
+
+
+@contextlib.contextmanager
+def device_routes(policy):
+    """Layers traced (or routed) in this context follow `policy`; outside
+    any, `CPU_ROUTES`."""
+    previous = getattr(_traced, "policy", None)
+    _traced.policy = policy
+    try:
+        yield
+    finally:
+        _traced.policy = previous
+
+
+def current_policy():
+    return getattr(_traced, "policy", None) or CPU_ROUTES
 
 
 @contextlib.contextmanager
@@ -62,12 +93,12 @@ def conv_takes_matmul(kernel_size, strides, input_channels, rows):
     tensor at run time) runs as a matmul."""
     if kernel_size == 1 and strides == 1:
         return True
-    return rows <= MATMUL_ROWS_PER_INPUT_CHANNEL * input_channels
+    return rows <= current_policy().matmul_rows_per_input_channel * input_channels
 
 
 def attention_is_chunked(batch, num_heads, queries, keys):
     """Whether attention of this shape (Python ints, or tensors at run time) runs in query chunks."""
-    return batch * num_heads * queries * keys > MAX_SCORES_AT_ONCE
+    return batch * num_heads * queries * keys > current_policy().max_scores_at_once
 
 
 def routes(layers, batch, height, width, context_length):

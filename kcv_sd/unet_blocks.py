@@ -197,9 +197,9 @@ def _attend_in_chunks(q, k, v, scale, max_scores):
 
 def attention(q, k, v, scale, max_scores=None):
     """Scaled dot-product attention, in query chunks when there would be
-    more than `max_scores` (default `MAX_SCORES_AT_ONCE`) scores at once
-    (decided at run time)."""
-    max_scores = routing.MAX_SCORES_AT_ONCE if max_scores is None else max_scores
+    more than `max_scores` (default: the device's `RoutePolicy`) scores at
+    once (decided at run time)."""
+    max_scores = routing.current_policy().max_scores_at_once if max_scores is None else max_scores
     q_shape, k_shape = tf.shape(q), tf.shape(k)
     # int64: 2 x 8 x 65536^2 overflows int32.
     scores = tf.reduce_prod(tf.cast(tf.concat([q_shape[:3], k_shape[2:3]], 0), tf.int64))
@@ -256,7 +256,7 @@ class Attention(keras.layers.Layer):
         if size is None:
             attended = attention(q, k, v, scale)
         elif self.route(size) == "chunked":
-            attended = _attend_in_chunks(q, k, v, scale, routing.MAX_SCORES_AT_ONCE)
+            attended = _attend_in_chunks(q, k, v, scale, routing.current_policy().max_scores_at_once)
         else:
             attended = _attend(q, k, v, scale)
         attended = ops.transpose(attended, (0, 2, 1, 3))

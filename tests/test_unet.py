@@ -153,14 +153,17 @@ def test_chunked_attention_equals_attention_at_once(queries, keys, max_scores):
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(at_once), rtol=1e-6, atol=1e-6)
 
 
+SMALL_SCORE_BUDGET = routing.RoutePolicy(routing.CPU_ROUTES.matmul_rows_per_input_channel, max_scores_at_once=1000)
+
+
 def test_unet_attends_in_chunks_above_the_score_budget(tiny_unet, monkeypatch):
     inputs = unet_inputs(tiny_unet.config, 1, 16, 24)
     expected = np.asarray(tiny_unet.model()(inputs))
     chunks = []
     original = unet_blocks._attend_in_chunks
     monkeypatch.setattr(unet_blocks, "_attend_in_chunks", lambda *args: chunks.append(1) or original(*args))
-    monkeypatch.setattr(routing, "MAX_SCORES_AT_ONCE", 1000)
-    np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), expected, rtol=1e-5, atol=1e-5)
+    with routing.device_routes(SMALL_SCORE_BUDGET):
+        np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), expected, rtol=1e-5, atol=1e-5)
     assert chunks  # the budget really forced chunking
 
 
@@ -171,7 +174,6 @@ def test_padded_conv_as_matmul_equals_the_convolution(kernel, strides, padding, 
                                                       spatial_shape_known, monkeypatch):
     """Both routes (0: convolution except 1x1; 10**6: matmul) give the
     convolution's result, also traced for any height and width."""
-    monkeypatch.setattr(routing, "MATMUL_ROWS_PER_INPUT_CHANNEL", rows_per_channel)
     layer = unet_blocks.PaddedConv2D(5, kernel, padding=padding, strides=strides)
     x = np.random.default_rng(kernel + strides).standard_normal((2, 7, 9, 6)).astype("float32")
     layer.build(x.shape)
@@ -179,7 +181,8 @@ def test_padded_conv_as_matmul_equals_the_convolution(kernel, strides, padding, 
     expected = np.asarray(layer.conv2d(layer.padding2d(x)))
     call = layer if spatial_shape_known else tf.function(
         layer, input_signature=[tf.TensorSpec((None, None, None, 6), tf.float32)])
-    np.testing.assert_allclose(np.asarray(call(x)), expected, rtol=1e-5, atol=1e-5)
+    with routing.device_routes(routing.RoutePolicy(rows_per_channel)):
+        np.testing.assert_allclose(np.asarray(call(x)), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("height,width,route", [(2, 2, "matmul"), (4, 4, "convolution")])
@@ -196,18 +199,16 @@ def test_padded_conv_takes_the_matmul_for_few_rows_per_channel(height, width, ro
 
 def test_unet_with_every_convolution_as_a_matmul_matches(tiny_unet, monkeypatch):
     inputs = unet_inputs(tiny_unet.config, 2, 16, 24)
-    monkeypatch.setattr(routing, "MATMUL_ROWS_PER_INPUT_CHANNEL", 0)
-    as_convolutions = np.asarray(tiny_unet.model()(inputs))
-    monkeypatch.setattr(routing, "MATMUL_ROWS_PER_INPUT_CHANNEL", 10**6)
-    np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), as_convolutions, rtol=1e-5, atol=1e-5)
+    with routing.device_routes(routing.ACCELERATOR_ROUTES):
+        as_convolutions = np.asarray(tiny_unet.model()(inputs))
+    with routing.device_routes(routing.RoutePolicy(10**6)):
+        np.testing.assert_allclose(np.asarray(tiny_unet.model()(inputs)), as_convolutions, rtol=1e-5, atol=1e-5)
 
 
 def test_static_routes_take_the_run_time_routes(tiny_unet, monkeypatch):
     """Under `static_routes` the layers choose in Python what they would
     choose at run time, with the same results. A small score budget makes the
     top level's attention chunk, so both routes of both layer kinds occur."""
-    monkeypatch.setattr(routing, "MAX_SCORES_AT_ONCE", 1000)
-    assert {"matmul", "convolution", "chunked", "whole"} <= set(tiny_unet.routes(2, 8, 16, 77))
     taken = []
     as_matmul, in_chunks = unet_blocks.PaddedConv2D._as_matmul, unet_blocks._attend_in_chunks
     monkeypatch.setattr(unet_blocks.PaddedConv2D, "_as_matmul",
@@ -215,13 +216,28 @@ def test_static_routes_take_the_run_time_routes(tiny_unet, monkeypatch):
     monkeypatch.setattr(unet_blocks, "_attend_in_chunks",
                         lambda *args: taken.append("chunked") or in_chunks(*args))
     model, inputs = tiny_unet.model(), unet_inputs(tiny_unet.config, 2, 8, 16)
-    at_run_time = np.asarray(model(inputs))
-    run_time_routes, taken[:] = list(taken), []
-    assert {"matmul", "chunked"} <= set(run_time_routes)
-    with routing.static_routes(2, 8, 16, 77):
-        static = np.asarray(model(inputs))
+    with routing.device_routes(SMALL_SCORE_BUDGET):
+        assert {"matmul", "convolution", "chunked", "whole"} <= set(tiny_unet.routes(2, 8, 16, 77))
+        at_run_time = np.asarray(model(inputs))
+        run_time_routes, taken[:] = list(taken), []
+        assert {"matmul", "chunked"} <= set(run_time_routes)
+        with routing.static_routes(2, 8, 16, 77):
+            static = np.asarray(model(inputs))
     assert taken == run_time_routes
     np.testing.assert_allclose(static, at_run_time, rtol=1e-6, atol=1e-6)
+
+
+def test_accelerators_keep_their_convolutions(tiny_unet):
+    """On a GPU or TPU only 1x1 convolutions are matmuls (the CPU's patch
+    matmuls stay on CPUs); attention chunks by the same budget."""
+    convolutions = [layer for top in tiny_unet.model().layers for layer in top._flatten_layers(include_self=True)
+                    if isinstance(layer, unet_blocks.PaddedConv2D)]
+    size = (1, 8, 8, 77)
+    assert "matmul" in {conv.route(size) for conv in convolutions if conv.kernel_size == 3}  # on the CPU
+    for device in ("gpu", "tpu"):
+        with routing.device_routes(routing.ROUTES_BY_DEVICE[device]):
+            assert [conv.route(size) for conv in convolutions] == [
+                "matmul" if conv.kernel_size == 1 else "convolution" for conv in convolutions]
 
 
 @pytest.mark.parametrize("traced", [False, True])

@@ -7,7 +7,7 @@ convolution (`layer.conv2d` on the padded input) and its matmul route
 times after a warm-up; the table gives the medians, the matmul/convolution
 ratio, the route the layer picks for that shape and each route's GFLOP/s.
 A "picked" route that is the slower one by a wide margin means
-`MATMUL_ROWS_PER_INPUT_CHANNEL` does not suit this machine.
+`CPU_ROUTES.matmul_rows_per_input_channel` does not suit this machine.
 
     python tools/measure_conv_routes.py --reps 5
 """
