@@ -18,7 +18,7 @@ from kcv_sd.arguments import check_integer, check_number, check_seed, check_text
 from kcv_sd.control import check_controlnets, native_sizing, plan_control
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.image_inputs import load_init_inputs
-from kcv_sd.samplers import SAMPLERS
+from kcv_sd.samplers import SAMPLERS, resolve
 from kcv_sd.sizes import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, check_size
 from kcv_sd.vae import PIXELS_PER_LATENT
 
@@ -51,9 +51,8 @@ def prompt_lists(prompt, negative_prompt):
 
 
 def check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type):
-    """The scalar generation arguments, checked with messages that say the fix."""
-    if sampler not in SAMPLERS:
-        raise InvalidArgumentError(f"sampler={sampler!r}: use one of {', '.join(SAMPLERS)}.")
+    """The scalar generation arguments, checked with messages that say the
+    fix; `sampler` is a canonical name (`kcv_sd.samplers.resolve`)."""
     most = SAMPLERS[sampler].num_train_timesteps
     check_integer("num_inference_steps", num_inference_steps, 1, most,
                   f"use an integer from 1 to {most}, the steps the model was trained with")
@@ -163,8 +162,10 @@ def check_call(family, prompt, negative_prompt=None, width=None, height=None, nu
     height = DEFAULT_SIZE if height is None else height
     check_size("width", width)
     check_size("height", height)
+    sampler = resolve(sampler)
     check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sampler, output_type)
-    steps_run = num_inference_steps - steps_skipped(num_inference_steps, strength)
+    # PNDM's first step takes two UNet calls: the steps that run are its schedule's rows.
+    steps_run = len(SAMPLERS[sampler].schedule(num_inference_steps, steps_skipped(num_inference_steps, strength)))
     guided_count = guided_steps(steps_run, cfg_cutoff_step_ratio)
 
     batch = len(prompts) * num_images_per_prompt

@@ -5,13 +5,16 @@
 A step predicts the noise with the UNet (and the ControlNets, their scaled
 residuals summed), combines the two classifier-free-guidance halves, applies
 the sampler's update and, when inpainting, re-imposes the init latents
-outside the mask. `advance` runs step `i` of a whole run: it picks the step's
-variant (guided or not after a guidance cutoff, ControlNets inside their
-window or not) in Python when the run's flags are numpy arrays, and with
-`tf.cond` when they are tensors.
+outside the mask. A stochastic sampler's fresh noise is drawn inside the
+step from per-image keys and the step index (`fresh_noise`), so the
+compiled loop and the step-by-step loop draw the same. `advance` runs step
+`i` of a whole run: it picks the step's variant (guided or not after a
+guidance cutoff, ControlNets inside their window or not) in Python when the
+run's flags are numpy arrays, and with `tf.cond` when they are tensors.
 """
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -38,6 +41,7 @@ class StepSpec:
     # choose at run time; sizes whose routes agree share a trace.
     routes: tuple = None
     size: tuple = dataclasses.field(default=None, compare=False)  # (batch, height, width)
+    context_length: int = dataclasses.field(default=MAX_PROMPT_LENGTH, compare=False)  # text tokens, with `size`
 
     def variant(self, guided, controlled):
         """The single step a run of this spec takes where guidance is `guided`
@@ -60,6 +64,7 @@ class StepInputs(NamedTuple):
     control_images: tuple = ()  # with ControlNets: one (B, H, W, 3) each
     control_scales: tf.Tensor = ()  # with ControlNets: (ControlNets, residuals)
     blend: tuple = ()  # inpainting: (init_latent, noise, mask (B, h, w, 1), level (2,))
+    fresh: tuple = ()  # stochastic samplers: (noise keys (B, 2) int32, step index () int32)
 
 
 class LoopInputs(NamedTuple):
@@ -80,6 +85,7 @@ class LoopInputs(NamedTuple):
     guided_at: tf.Tensor = ()  # with a cutoff: bool (steps,)
     blend: tuple = ()  # inpainting: (init_latent, noise, mask)
     noise_levels: tf.Tensor = ()  # inpainting: (steps + 1, 2)
+    noise_keys: tf.Tensor = ()  # stochastic samplers: int32 (B, 2), `noise_keys`
 
     def at(self, spec, i, latent, state, guided, controlled):
         """Step `i`'s `StepInputs` in the variant (`guided`, `controlled`) of a run of `spec`."""
@@ -89,7 +95,8 @@ class LoopInputs(NamedTuple):
             self.guidance_scale, self.coefficients[i],
             self.control_images if controlled else (),
             self.control_scales[i] if controlled else (),
-            (*self.blend, self.noise_levels[i + 1]) if spec.inpaint else ())
+            (*self.blend, self.noise_levels[i + 1]) if spec.inpaint else (),
+            (self.noise_keys, i) if SAMPLERS[spec.sampler].stochastic else ())
 
 
 def guide(noise_uncond, noise_cond, guidance_scale):
@@ -103,6 +110,34 @@ def keep_unmasked(latent, init_latent, noise, mask, level):
     return mask * latent + (1 - mask) * add_noise(init_latent, noise, level)
 
 
+def noise_keys(noise):
+    """The keys of a run's fresh noise, int32 (B, 2): the bits of each
+    image's first two initial noise values. The same start draws the same
+    noise, and an image's draws don't depend on the batch it is in (so
+    `kcv_sd.distribute`'s replicas draw what one device would)."""
+    return tf.bitcast(tf.reshape(noise, [tf.shape(noise)[0], -1])[:, :2], tf.int32)
+
+
+def fresh_noise(keys, step, shape):
+    """Unit noise for `step`, float32 (B, *shape): each image's drawn from
+    its key (`noise_keys`) folded with the step index. Philox bits are the
+    same in eager, graph and XLA code, but TensorFlow's and XLA's float
+    conversions differ, so the normal draw is done here (Box-Muller on the
+    bits' top 23 as floats in [0, 1)): bitwise the same but for XLA's
+    rounding of log, cos and sqrt."""
+    size = tf.reduce_prod(shape)
+
+    def one(key):
+        seed = tf.random.experimental.stateless_fold_in(key, tf.cast(step, tf.int32), alg="philox")
+        bits = tf.random.stateless_uniform([2, size], seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox")
+        mantissas = tf.bitwise.bitwise_or(tf.bitwise.right_shift(bits, 9), tf.constant(0x3F800000, tf.uint32))
+        uniform = tf.bitcast(mantissas, tf.float32) - 1
+        normal = tf.sqrt(-2 * tf.math.log(1 - uniform[0])) * tf.cos(2 * math.pi * uniform[1])
+        return tf.reshape(normal, shape)
+
+    return tf.map_fn(one, keys, fn_output_signature=tf.float32)
+
+
 def step_body(spec, predict, inputs):
     """One step of `spec` on `StepInputs`, with `predict` from `noise_predictor`;
     returns (latent, state)."""
@@ -112,7 +147,8 @@ def step_body(spec, predict, inputs):
     if spec.guided:
         batch = tf.shape(inputs.latent)[0]
         noise = guide(noise[:batch], noise[batch:], inputs.guidance_scale)
-    latent, state = sampler.step(inputs.latent, noise, inputs.coefficients, inputs.state)
+    fresh = (fresh_noise(*inputs.fresh, tf.shape(inputs.latent)[1:]),) if sampler.stochastic else ()
+    latent, state = sampler.step(inputs.latent, noise, inputs.coefficients, inputs.state, *fresh)
     if spec.inpaint:
         latent = keep_unmasked(latent, *inputs.blend)
     return latent, state
@@ -156,7 +192,7 @@ def noise_predictor(spec, unet):
         batch, height, width = spec.size
 
         def call(inputs):
-            with static_routes(copies * batch, height, width, MAX_PROMPT_LENGTH):
+            with static_routes(copies * batch, height, width, spec.context_length):
                 return model(inputs)
 
         return call
@@ -188,6 +224,9 @@ def noise_predictor(spec, unet):
     return predict
 
 
+NOISE_KEYS = tf.TensorSpec((None, 2), tf.int32)  # `noise_keys`
+
+
 def _state_spec(spec, latent_spec, latent_channels):
     size = len(SAMPLERS[spec.sampler].initial_state(tf.zeros((1, 8, 8, latent_channels))))
     return tuple([latent_spec] * size)
@@ -207,7 +246,8 @@ def step_signature(spec, config):
         tuple(tf.TensorSpec((None, None, None, 3), tf.float32) for _ in spec.controlnets),
         tf.TensorSpec((count, config.num_skip_connections + 1), tf.float32) if count else (),
         (latent, latent, tf.TensorSpec((None, None, None, 1), tf.float32), tf.TensorSpec((2,), tf.float32))
-        if spec.inpaint else ())
+        if spec.inpaint else (),
+        (NOISE_KEYS, tf.TensorSpec((), tf.int32)) if SAMPLERS[spec.sampler].stochastic else ())
 
 
 def loop_signature(spec, config):
@@ -226,4 +266,5 @@ def loop_signature(spec, config):
         one.context if spec.cutoff else (),
         flags if spec.cutoff else (),
         one.blend[:3] if spec.inpaint else (),
-        tf.TensorSpec((None, 2), tf.float32) if spec.inpaint else ())
+        tf.TensorSpec((None, 2), tf.float32) if spec.inpaint else (),
+        one.fresh[0] if one.fresh else ())
