@@ -29,6 +29,7 @@ from kcv_sd.convert.single_file import (
 )
 from kcv_sd.convert.state_dict import PICKLE_SUFFIXES, check_readable
 from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.hub import diffusers_snapshot, is_repo_id
 from kcv_sd.precision import dtype_policy_scope, text_and_vae_precision
 from kcv_sd.text_encoder import SD15_TEXT, TINY_TEXT, build_text_encoder
 from kcv_sd.unet import UNet
@@ -174,7 +175,9 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
         weights: "kerascv" (KerasCV's files, downloaded once into the Keras
             cache), a folder holding those files, a diffusers SD1.5 folder
             (unet/, vae/, text_encoder/ with safetensors, e.g. runwayml's or
-            a community fine-tune; converted with diffusers' numerics), a
+            a community fine-tune; converted with diffusers' numerics) or the
+            Hub repo id of one ("owner/name", downloaded once into the Hub
+            cache: `kcv_sd.hub.diffusers_snapshot`), a
             single-file SD 1.x checkpoint in the original CompVis/LDM layout
             (`model.safetensors`; `.ckpt`/`.pth` with allow_pickle; converted
             once, then loaded from a cache under the Keras home,
@@ -198,6 +201,8 @@ def load_components(model="sd15", weights="kerascv", precision="float32", seed=0
         return load_single_file(model, family, weights, precision, seed, vae, ema, allow_pickle)
     if vae is not None:
         raise InvalidArgumentError("vae= applies to single-file checkpoints (weights='....safetensors').")
+    if is_repo_id(weights):  # a local path of the same name wins
+        weights = diffusers_snapshot(weights)
     if is_diffusers_folder(weights):
         return _load_diffusers_folder(family, weights, precision, seed)
     files = {}
