@@ -354,6 +354,10 @@ def test_broken_files_are_named(checkpoint, files, tmp_path, keras_home):
     stranger = "model.diffusion_model.output_blocks.99.0.in_layers.2.weight"
     refused(tmp_path / "stranger.safetensors", {**checkpoint, stranger: np.ones(1, np.float32)},
             rf"UNet keys the configuration has no layer for: {re.escape(stranger)}\.")
+    refused(tmp_path / "no-text.safetensors", {k: v for k, v in checkpoint.items() if not k.startswith("cond_")},
+            r"has no text encoder \(cond_stage_model.transformer.\* keys\)")
+    vae_only = {k.removeprefix("first_stage_model."): v for k, v in checkpoint.items() if k.startswith("first_")}
+    refused(tmp_path / "vae-only.safetensors", vae_only, "is a VAE, not a Stable Diffusion checkpoint: pass it as vae=")
     refused(tmp_path / "lora.safetensors", {**checkpoint, "lora_unet_down.weight": np.ones(1, np.float32)},
             "keys that are no part of an SD 1.x checkpoint: lora_unet_down.weight")
 

@@ -127,13 +127,17 @@ def read_single_file(path, unet_config, text_width, vae=None, ema=False, allow_p
         ema: use the UNet's EMA weights where the file has them.
     Raises:
         CheckpointError: another family (SDXL, SD 2.x, inpainting), a file
-            without a VAE and no `vae`, or keys no part of SD 1.x.
+            without a text encoder, or without a VAE and no `vae`, or keys
+            no part of SD 1.x.
     """
     source = str(path)
     state_dict = read_state_dict(path, allow_pickle)
     check_sd1_checkpoint(state_dict, unet_config, text_width, source)
     tensors, ema_tensors = split_checkpoint(state_dict, source)
     del state_dict
+    if not tensors["text_encoder"]:
+        raise CheckpointError(f"{source} has no text encoder ({TEXT_PREFIX}* keys): it is no "
+                              "complete SD 1.x checkpoint.")
     if vae is not None:
         vae_weights = read_vae(vae, allow_pickle)
     elif tensors["vae"]:
