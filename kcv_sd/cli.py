@@ -28,6 +28,17 @@ def check_outputs(paths, overwrite):
         check_destination(path, overwrite)
 
 
+def list_samplers(context, parameter, value):
+    """--sampler list: print each sampler's name and its A1111 names, and exit."""
+    if value != "list":
+        return value
+    from kcv_sd.samplers import ALIASES
+
+    for name, aliases in ALIASES.items():
+        click.echo(f"{name}: {', '.join(aliases)}")
+    context.exit(0)
+
+
 @click.group()
 @click.version_option(package_name="kcv-sd")
 def main():
@@ -69,7 +80,9 @@ def console_main():
                    "(e.g. vae-ft-mse-840000-ema-pruned.safetensors).")
 @click.option("--compiled-loop/--step-loop", default=False, show_default=True,
               help="Run all denoising steps in one compiled function (no progress bar).")
-@click.option("--sampler", default="ddim", show_default=True, help="ddim (KerasCV's), dpmpp_2m or euler.")
+@click.option("--sampler", default="ddim", show_default=True, is_eager=True, callback=list_samplers,
+              help="A sampler's name or its AUTOMATIC1111 name (e.g. dpmpp_2m_karras, \"Euler a\", PLMS); "
+                   "'list' lists them.")
 @click.option("--control", "controls", multiple=True, help="Control image (e.g. a depth map); repeat for several.")
 @click.option("--controlnet", "controlnets", multiple=True,
               help="ControlNet checkpoint (.safetensors) or Hugging Face repo id; one per --control.")
@@ -99,6 +112,9 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
              control_scales, guess_mode, control_start, control_end, control_sizing,
              init_image, strength, mask_image, tiled_decode, upscale, refine_strength, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
+    from kcv_sd.samplers import resolve
+
+    sampler = resolve(sampler)  # the PNG records the canonical name
     if len(controls) != len(controlnets):
         raise InvalidArgumentError(
             f"{len(controls)} --control images for {len(controlnets)} --controlnet models: give one each."

@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import torch
+from click.testing import CliRunner
 from helpers import assert_close, compiled_run, eager_run, fake_unet
 from keras_cv.src.models.stable_diffusion.stable_diffusion import StableDiffusionBase
 from references import MORE_REFERENCE_SCHEDULERS, reference_scheduler
 from references import REFERENCE_SCHEDULERS as REFERENCES
 
+from kcv_sd.cli import main
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.samplers import (
     ALIASES,
@@ -269,3 +271,16 @@ def test_pipeline_ancestral_inpainting_is_reproducible(tiny_pipeline):
     assert np.isfinite(first).all()
     np.testing.assert_array_equal(tiny_pipeline("a cat", sampler="euler_a", seed=3, **args), first)
     assert np.abs(tiny_pipeline("a cat", sampler="euler_a", seed=4, **args) - first).mean() > 0.1
+
+
+def test_cli_lists_and_takes_a1111_names(tmp_path):
+    """`--sampler list` prints each name with its A1111 names; an A1111 name
+    passes the checks (the steps above the training steps are what fails)."""
+    listed = CliRunner().invoke(main, ["generate", "--sampler", "list"])
+    assert listed.exit_code == 0
+    assert listed.output.splitlines() == [f"{name}: {', '.join(names)}" for name, names in ALIASES.items()]
+    args = ["generate", "a", "--model", "tiny", "--weights", "random", "-o", str(tmp_path / "x.png")]
+    result = CliRunner().invoke(main, [*args, "--sampler", "Euler a", "--steps", "1001"])
+    assert result.exit_code == 2 and "num_inference_steps=1001" in result.output
+    result = CliRunner().invoke(main, [*args, "--sampler", "k_euler"])
+    assert result.exit_code == 2 and "sampler='k_euler': use one of ddim (DDIM)" in result.output
