@@ -19,6 +19,7 @@ from kcv_sd.weight_cache import cache_weights_for_inference  # noqa: E402
 _LAZY = {
     "DistributedPipeline": "kcv_sd.distribute",
     "Pipeline": "kcv_sd.pipeline",
+    "StableDiffusion": "kcv_sd.kerascv_api",
     "generate": "kcv_sd.generation",
     "get_pipeline": "kcv_sd.generation",
 }
