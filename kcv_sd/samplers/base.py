@@ -3,7 +3,8 @@
 A sampler is a frozen config with four methods:
 
 - `schedule(num_steps, skip=0) -> Schedule`: timesteps, per-step
-  coefficient rows and noise levels, without the first `skip` steps (img2img);
+  coefficient rows and noise levels, without the first `skip` steps
+  (img2img); one row per UNet call (PNDM's n steps take n + 1);
 - `initial_state(sample) -> tuple`: the tensors a multistep method carries;
 - `model_input(sample, coefficients)`: what the UNet sees (e.g. sigma scaling);
 - `step(sample, noise_pred, coefficients, state) -> (sample, state)`; a
@@ -18,9 +19,10 @@ into the coefficient rows, so the whole loop can run as one compiled
 `tf.while_loop` as well as step by step.
 
 Every sampler's latents at a step are `signal * x0 + noise * eps` for its own
-pair of scales (variance preserving for DDIM and DPM-Solver, x0 + sigma eps
-for Euler); `Schedule.noise_levels` lists those pairs, so one `add_noise`
-serves img2img's start and inpainting's per-step blend for all samplers.
+pair of scales (variance preserving for all but Euler and Euler ancestral,
+x0 + sigma eps for those); `Schedule.noise_levels` lists those pairs, so one
+`add_noise` serves img2img's start and inpainting's per-step blend for all
+samplers.
 """
 
 import dataclasses
@@ -37,7 +39,8 @@ class Schedule:
     timesteps: np.ndarray  # float32 (steps,), what the timestep embedding gets
     coefficients: np.ndarray  # float32 (steps, K), the step math's constants
     # float32 (steps + 1, 2): (signal, noise) scales of the latents each step
-    # receives, then of the final latents, which are clean: (1, 0).
+    # receives, then of the final latents, which are clean: (1, 0) (PNDM's
+    # land on alpha_cumprod[0]; inpainting blends clean latents in, as diffusers).
     noise_levels: np.ndarray
     init_noise_sigma: float = 1.0  # initial latents are unit noise times this
 
