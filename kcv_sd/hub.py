@@ -30,12 +30,14 @@ class HubOfflineError(WeightsNotFoundError):
     """A file neither in the Hub cache nor downloadable now."""
 
 
-def hub_file(repo_id, filename, fallback, required=True):
+def hub_file(repo_id, filename, fallback, required=True, local_only=False):
     """Local path of `filename` in the Hub repo `repo_id`, downloaded once
-    into the Hub cache (offline, a cached copy is used).
+    into the Hub cache (offline, a cached copy is used; `local_only`: the
+    cache alone is looked at).
 
     Raises `WeightsNotFoundError` whose message ends with `fallback` (what
-    to pass instead); a file the repo lacks gives None unless `required`.
+    to pass instead), `HubOfflineError` for a file neither cached nor
+    downloadable; a file the repo lacks gives None unless `required`.
     """
     try:
         import huggingface_hub
@@ -46,7 +48,8 @@ def hub_file(repo_id, filename, fallback, required=True):
             f"or pass {fallback}."
         ) from None
     try:
-        return Path(huggingface_hub.hf_hub_download(repo_id, filename))
+        local = {"local_files_only": True} if local_only else {}
+        return Path(huggingface_hub.hf_hub_download(repo_id, filename, **local))
     except errors.LocalEntryNotFoundError:  # before its base class EntryNotFoundError
         raise HubOfflineError(
             f"{filename} of {repo_id!r} is not in the Hugging Face cache and the Hub cannot be reached. "
@@ -72,7 +75,19 @@ def diffusers_snapshot(repo_id):
     """The local folder (a Hub cache snapshot) of a diffusers SD1.x repo, with
     the files `kcv_sd.convert.sd_folder` reads: each component's weights
     (the full .safetensors, else its .fp16 variant) and config.json.
-    Offline, a cached fp16 variant serves where the full file is not cached."""
+
+    A repo whose weights are all cached makes no network call. Once the Hub
+    cannot be reached, the remaining files come from the cache alone (each
+    unreachable file costs huggingface_hub's retries), and a cached fp16
+    variant serves where the full file is not cached.
+    """
+    try:
+        return _snapshot(repo_id, local_only=True)
+    except WeightsNotFoundError:
+        return _snapshot(repo_id, local_only=False)
+
+
+def _snapshot(repo_id, local_only):
     fallback = "a local diffusers folder, a single-file checkpoint, 'kerascv' or 'random'"
     paths = []
     for name, stem in COMPONENTS.items():
@@ -80,9 +95,9 @@ def diffusers_snapshot(repo_id):
         found = offline = None
         for filename in candidates:
             try:
-                found = hub_file(repo_id, filename, fallback, required=False)
+                found = hub_file(repo_id, filename, fallback, required=False, local_only=local_only)
             except HubOfflineError as error:
-                offline = offline or error
+                offline, local_only = offline or error, True
             if found is not None:
                 break
         if found is None and offline is not None:
@@ -94,7 +109,8 @@ def diffusers_snapshot(repo_id):
             )
         paths.append(found)
         try:  # kept with the weights, for diffusers; kcv-sd's models are fixed for SD1.x
-            paths.append(hub_file(repo_id, f"{name}/config.json", fallback, required=False))
+            paths.append(hub_file(repo_id, f"{name}/config.json", fallback, required=False,
+                                  local_only=local_only))
         except HubOfflineError:
             pass
     roots = {path.parents[1] for path in paths if path is not None}

@@ -26,15 +26,17 @@ from kcv_sd.text_encoder import TINY_TEXT
 REPO = "someone/tiny-sd"
 
 
+WEIGHTS = ("text_encoder/model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+           "vae/diffusion_pytorch_model.safetensors")
+
+
 @pytest.fixture(scope="module")
 def hub_folder(tmp_path_factory):
-    """A diffusers repo's file names (whose UNet is only there as its fp16
+    """A diffusers repo's file names (its UNet only there as the fp16
     variant), empty: loading a diffusers folder is tested on its own
     (tests/test_convert_sd_folder.py, tests/test_sizes.py)."""
     folder = tmp_path_factory.mktemp("hub")
-    for name in ("text_encoder/model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
-                 "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "unet/config.json",
-                 "vae/config.json"):
+    for name in (*WEIGHTS, "text_encoder/config.json", "unet/config.json", "vae/config.json"):
         (folder / name).parent.mkdir(exist_ok=True)
         (folder / name).touch()
     return folder
@@ -47,16 +49,19 @@ def repo_not_found():
     return error
 
 
-def fake_hub(monkeypatch, folder, offline=(), requests=None):
-    """`hf_hub_download` serving `folder` as the repo REPO; files in `offline`
-    fail as an uncached file does without a connection."""
-    def download(repo_id, filename):
-        if requests is not None:
+def fake_hub(monkeypatch, folder, cached=(), unreachable=False, requests=None):
+    """`hf_hub_download` serving `folder` as the repo REPO, with the files
+    `cached` in the Hub cache; `unreachable`: the Hub cannot be reached.
+    `requests` gets the files asked of the Hub (not of the cache alone)."""
+    def download(repo_id, filename, local_files_only=False):
+        if not local_files_only and requests is not None:
             requests.append(filename)
+        if filename in cached:
+            return str(folder / filename)
+        if local_files_only or unreachable:
+            raise errors.LocalEntryNotFoundError("cannot find the requested files in the local cache")
         if repo_id != REPO:
             raise repo_not_found()
-        if filename in offline:
-            raise errors.LocalEntryNotFoundError("cannot find the requested files in the local cache")
         if not (folder / filename).is_file():
             raise errors.EntryNotFoundError(f"404 {filename}")
         return str(folder / filename)
@@ -75,22 +80,24 @@ def test_repo_id_downloads_only_what_a_diffusers_folder_needs_and_loads_it(hub_f
                         "vae/diffusion_pytorch_model.safetensors", "vae/config.json"]
 
 
-def test_offline_a_cached_fp16_variant_serves(hub_folder, monkeypatch):
-    fake_hub(monkeypatch, hub_folder, offline={"unet/diffusion_pytorch_model.safetensors"})
-    assert diffusers_snapshot(REPO) == hub_folder
+def test_cached_weights_need_no_hub_and_a_cached_fp16_variant_serves(hub_folder, monkeypatch):
+    requests = []
+    fake_hub(monkeypatch, hub_folder, cached=WEIGHTS, unreachable=True, requests=requests)
+    assert diffusers_snapshot(REPO) == hub_folder and requests == []
 
 
-@pytest.mark.parametrize("repo,offline,message", [
-    (REPO, {"text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors"},
-     "text_encoder/model.safetensors of 'someone/tiny-sd' is not in the Hugging Face cache and the Hub "
-     "cannot be reached. Check your connection"),
-    ("nobody/no-such-model", (), "'nobody/no-such-model' is not a Hugging Face repo you can read"),
+@pytest.mark.parametrize("repo,unreachable,message", [
+    (REPO, True, "text_encoder/model.safetensors of 'someone/tiny-sd' is not in the Hugging Face cache and the "
+                 "Hub cannot be reached. Check your connection"),
+    ("nobody/no-such-model", False, "'nobody/no-such-model' is not a Hugging Face repo you can read"),
 ])
-def test_offline_or_unknown_repo_is_one_line(hub_folder, monkeypatch, repo, offline, message):
-    fake_hub(monkeypatch, hub_folder, offline)
+def test_offline_or_unknown_repo_is_one_line(hub_folder, monkeypatch, repo, unreachable, message):
+    requests = []
+    fake_hub(monkeypatch, hub_folder, unreachable=unreachable, requests=requests)
     with pytest.raises(WeightsNotFoundError, match="^" + message) as caught:
         components.load_components("tiny", repo)
     assert "\n" not in str(caught.value)
+    assert len(requests) == 1  # unreachable: the Hub's retries are paid once, the rest is the cache's
 
 
 def test_a_repo_without_diffusers_layout_is_named(tmp_path, monkeypatch):
@@ -108,8 +115,7 @@ def test_a_local_path_of_the_same_name_wins(tmp_path, monkeypatch):
 
 
 def test_cli_weights_repo_id_offline_is_one_line(hub_folder, monkeypatch, tmp_path):
-    fake_hub(monkeypatch, hub_folder, offline={"text_encoder/model.safetensors",
-                                                  "text_encoder/model.fp16.safetensors"})
+    fake_hub(monkeypatch, hub_folder, unreachable=True)
     result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--weights", REPO, "--width", "64",
                                        "--height", "64", "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2
