@@ -223,23 +223,26 @@ def test_loaded_models_match_diffusers_and_transformers(loaded, references):
 
 
 def test_second_load_comes_from_the_cache(files, loaded, keras_home, monkeypatch):
-    def no_conversion(*args, **kwargs):
-        raise AssertionError("converted again")
-
+    """Keyed by content (a copy under another name hits the same entry); a
+    second load neither converts nor hashes the file again."""
     loaded.image_encoder  # noqa: B018 (converted and cached on first use)
-    monkeypatch.setattr("kcv_sd.components.read_single_file", no_conversion)
-    monkeypatch.setattr("kcv_sd.components.read_single_file_vae", no_conversion)
+    (entry,) = [path for path in (keras_home / "kcv_sd" / "checkpoints").iterdir() if path.is_dir()]
+    renamed = files["float32"].with_name("renamed.safetensors")
+    renamed.write_bytes(files["float32"].read_bytes())
+    assert converted_cache.entry(renamed, None, False, "tiny", "float32") == entry
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("read again")
+
+    monkeypatch.setattr("kcv_sd.components.read_single_file", not_again)
+    monkeypatch.setattr("kcv_sd.components.read_single_file_vae", not_again)
+    monkeypatch.setattr("kcv_sd.convert.converted_cache.hashlib.file_digest", not_again)
     again = load_components("tiny", weights=files["float32"])
     for name in ("text_encoder", "decoder", "image_encoder"):
         for ours, cached in zip(getattr(loaded, name).weights, getattr(again, name).weights, strict=True):
             np.testing.assert_array_equal(np.asarray(cached), np.asarray(ours))
     for ours, cached in zip(loaded.unet.model().weights, again.unet.model().weights, strict=True):
         np.testing.assert_array_equal(np.asarray(cached), np.asarray(ours))
-    (entry,) = [path for path in (keras_home / "kcv_sd" / "checkpoints").iterdir() if path.is_dir()]
-    assert entry == converted_cache.entry(files["float32"], None, False, "tiny", "float32")
-    renamed = files["float32"].with_name("renamed.safetensors")
-    renamed.write_bytes(files["float32"].read_bytes())
-    assert converted_cache.entry(renamed, None, False, "tiny", "float32") == entry  # keyed by content
 
 
 def conv_in(models):
