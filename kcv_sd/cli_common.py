@@ -29,8 +29,9 @@ def pipeline_options(command):
         click.option("--model", default="sd15", show_default=True,
                      help="Model family: sd15, or tiny for smoke tests."),
         click.option("--weights", default="kerascv", show_default=True,
-                     help="'kerascv' (download once, cached), a folder of KerasCV .h5 files, a diffusers "
-                          "SD1.x folder, a single-file SD 1.x checkpoint (.safetensors), or 'random'."),
+                     help="'kerascv' (KerasCV's SD v1.4 files, downloaded once), a folder of KerasCV .h5 files, "
+                          "a diffusers SD1.x folder or its Hugging Face repo id (owner/name, downloaded once), "
+                          "a single-file SD 1.x checkpoint (.safetensors), or 'random'."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True),
         click.option("--xla/--no-xla", default=False, show_default=True, help="Compile with XLA."),
     ]

@@ -1,4 +1,4 @@
-"""UNet and ControlNet configurations: SD1.5 (KerasCV's weights) and tiny ones for fast tests.
+"""UNet and ControlNet configurations: SD1.x (KerasCV's weights are SD v1.4) and tiny ones for fast tests.
 
 The flags cover the numeric differences between weight families, so that a
 diffusers-converted checkpoint can be reproduced exactly by the same code.

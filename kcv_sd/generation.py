@@ -47,10 +47,11 @@ def check_generate(prompt, negative_prompt=None, *, model="sd15", precision="flo
 def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
              precision="float32", jit_compile=False, compiled_loop=False, upscale=None,
              refine_strength=DEFAULT_REFINE_STRENGTH, vae=None, **options):
-    """Generate images from text (and control images) with Stable Diffusion 1.5.
+    """Generate images from text (and control images) with Stable Diffusion 1.x.
 
     `model`, `weights`, `precision`, `jit_compile`, `compiled_loop` and `vae` select a
-    cached `Pipeline` (see its docstring); every other option (width, height,
+    cached `Pipeline` (see its docstring; `weights` may also be the Hub repo id
+    of a diffusers SD1.x repo, "owner/name"); every other option (width, height,
     num_inference_steps, guidance_scale, seed, num_images_per_prompt,
     output_type, sampler, image, controlnet, ...) is an argument of
     `Pipeline.__call__`. With `upscale` (a factor > 1), the image is generated

@@ -1,4 +1,4 @@
-"""KerasCV's published SD1.5 weights: where they are, and loading them by layer order.
+"""KerasCV's published weights (SD v1.4): where they are, and loading them by layer order.
 
 KerasCV's `.h5` files are Keras 2 legacy weight files: one group per weighted
 layer, in the model's layer order, each holding that layer's variables in
