@@ -22,12 +22,13 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kcv_sd.emphasis import emphasize
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.pipeline import COMPILED_FUNCTIONS_KEPT, Pipeline, to_uint8
 from kcv_sd.prepare import context_rows, prepare
+from kcv_sd.prompts import chunk_batch
 from kcv_sd.recent import RecentlyUsed
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
-
 
 # `Pipeline.__call__` arguments that need the single-device pipeline.
 SINGLE_DEVICE_ONLY = ("init_image", "strength", "mask_image", "tiled_decode", "cfg_cutoff_step_ratio")
@@ -117,11 +118,11 @@ class DistributedPipeline:
         call = prepare(self.components, prompt, negative_prompt, control_scope=self.strategy.scope, **options)
         # Every replica encodes the same token batch as Pipeline (row order
         # changes the encoder's rounding) and keeps its images' rows.
-        tokens = self.pipeline.tokenizer.pad_batch(call.texts)
+        tokens, weights = chunk_batch(call.texts, self.pipeline.tokenizer)
         rows = padded_rows(call.batch, self.num_replicas)
         generate = self._replicated_generate(call.num_inference_steps, float(call.guidance_scale), call.sampler,
                                              call.output_type != "latent", call.plan)
-        shards = generate(tf.constant(tokens), tf.constant(call.prompt_of_image()[rows]),
+        shards = generate(tf.constant(tokens), tf.constant(weights), tf.constant(call.prompt_of_image()[rows]),
                           tf.gather(call.noise, rows),
                           *(() if call.plan is None else map(tf.constant, call.plan.images)))
         output = np.concatenate([np.asarray(shard) for shard in shards])[:call.batch]
@@ -138,8 +139,9 @@ class DistributedPipeline:
 
         One per configuration, traced once for any batch and size. Its
         arguments reach every replica whole; each replica slices its rows.
-        Arguments: tokens (prompts[, negatives], 77), the prompt of each
-        padded image, the padded noise, one control image per ControlNet.
+        Arguments: token ids and weights (prompts[, negatives], chunks, 77)
+        (`kcv_sd.prompts.chunk_batch`), the prompt of each padded image, the
+        padded noise, one control image per ControlNet.
         """
         control_key = None if plan is None else (
             tuple(id(c) for c in plan.controlnets), tuple(plan.scales), plan.keep.tobytes(),
@@ -152,13 +154,17 @@ class DistributedPipeline:
         pipeline, num_replicas = self.pipeline, self.num_replicas
         guided = guidance_scale != 1
 
-        def on_replica(tokens, prompt_of_image, noise, *control_images):
+        def on_replica(tokens, weights, prompt_of_image, noise, *control_images):
             count = tf.shape(noise)[0] // num_replicas
             start = tf.distribute.get_replica_context().replica_id_in_sync_group * count
             noise = noise[start : start + count]
             mine = prompt_of_image[start : start + count]
-            positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(tokens))
-            encodings = pipeline.components.text_encoder({"tokens": tokens, "positions": positions})
+            rows = tf.reshape(tokens, (-1, MAX_PROMPT_LENGTH))
+            positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(rows))
+            encoded = tf.cast(pipeline.components.text_encoder({"tokens": rows, "positions": positions}), tf.float32)
+            width = encoded.shape[-1]
+            encoded = emphasize(tf.reshape(encoded, tf.concat([tf.shape(tokens), [width]], 0)), weights)
+            encodings = tf.reshape(encoded, (tf.shape(tokens)[0], -1, width))
             context = tf.gather(encodings, context_rows(mine, tf.shape(tokens)[0], guided))
             control = None if plan is None else dataclasses.replace(plan, images=control_images).for_batch(count)
             latent = pipeline.denoise(noise, context, num_steps, guidance_scale, guided, sampler,
@@ -166,7 +172,8 @@ class DistributedPipeline:
             return pipeline.decode(latent, tiled=False) if decode else latent
 
         latent_channels = pipeline.config.latent_channels
-        signature = [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32), tf.TensorSpec((None,), tf.int32),
+        signature = [tf.TensorSpec((None, None, MAX_PROMPT_LENGTH), tf.int32),
+                     tf.TensorSpec((None, None, MAX_PROMPT_LENGTH), tf.float32), tf.TensorSpec((None,), tf.int32),
                      tf.TensorSpec((None, None, None, latent_channels), tf.float32)]
         signature += [tf.TensorSpec((None, None, 3), tf.float32)] * (0 if plan is None else len(plan.controlnets))
 

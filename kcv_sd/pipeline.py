@@ -22,10 +22,12 @@ from PIL import Image
 
 from kcv_sd.components import load_components
 from kcv_sd.control import check_controlnets, plan_control
+from kcv_sd.emphasis import emphasize
 from kcv_sd.finite import check_finite
 from kcv_sd.image_inputs import latent_repaint_mask, repaint_mask, resized_pixels
 from kcv_sd.precision import check_precision
 from kcv_sd.prepare import context_rows, prepare, steps_skipped
+from kcv_sd.prompts import chunks
 from kcv_sd.recent import RecentlyUsed
 from kcv_sd.samplers import SAMPLERS, resolve
 from kcv_sd.samplers.base import add_noise
@@ -154,18 +156,36 @@ class Pipeline:
         return tf.cast(self.components.text_encoder({"tokens": tokens, "positions": positions}), tf.float32)
 
     def encode_prompts(self, prompts):
-        """Text encodings (N, 77, context_dim) of a list of prompts.
+        """Text encodings (N, 77 k, context_dim) of a list of prompts.
 
-        Each distinct prompt is encoded once. The empty prompt, the
-        unconditional half when there is no negative prompt, is a constant
-        of the text encoder's weights: it is encoded once per pipeline."""
-        if "" in prompts and self._empty_encoding is None:
-            self._empty_encoding = self._encode(tf.constant(self.tokenizer.pad_batch([""])))[0]
-        texts = [p for p in dict.fromkeys(prompts) if p]
-        encoded = {"": self._empty_encoding}
-        if texts:
-            encoded.update(zip(texts, tf.unstack(self._encode(tf.constant(self.tokenizer.pad_batch(texts))))))
-        return tf.stack([encoded[p] for p in prompts])
+        A prompt is read with A1111's emphasis syntax and encoded in k chunks
+        of 77 tokens (`kcv_sd.prompts`), weighted (`kcv_sd.emphasis`); every
+        prompt is padded to the most chunks among them with the empty
+        prompt's encoding, as A1111 (with its option "pad prompt/negative
+        prompt") and compel do. Each distinct prompt is encoded once. The
+        empty prompt, the unconditional half when there is no negative
+        prompt, is a constant of the text encoder's weights: it is encoded
+        once per pipeline."""
+        def empty():
+            if self._empty_encoding is None:
+                self._empty_encoding = self._encode(tf.constant(self.tokenizer.pad_batch([""])))[0]
+            return self._empty_encoding[None]
+
+        encoded = {"": empty()} if "" in prompts else {}
+        split = {text: chunks(text, self.tokenizer) for text in dict.fromkeys(prompts) if text}
+        if split:
+            rows = self._encode(tf.constant(np.concatenate([ids for ids, _ in split.values()])))
+            sizes = [len(ids) for ids, _ in split.values()]
+            for (text, (_, weights)), z in zip(split.items(), tf.split(rows, sizes)):
+                encoded[text] = emphasize(z, weights) if (weights != 1).any() else z
+        count = max(map(len, encoded.values()))
+
+        def padded(z):
+            if len(z) < count:
+                z = tf.concat([z, tf.repeat(empty(), count - len(z), axis=0)], 0)
+            return tf.reshape(z, (count * MAX_PROMPT_LENGTH, z.shape[-1]))
+
+        return tf.stack([padded(encoded[p]) for p in prompts])
 
     def encode_context(self, call):
         """The UNet's text context for a `kcv_sd.prepare.Call`: one row per
@@ -195,32 +215,34 @@ class Pipeline:
 
     # --- the denoising step ---
 
-    def _route_key(self, size, controlnets):
+    def _route_key(self, size, controlnets, context_length):
         """The routes the UNet's and ControlNets' layers take for latents of
-        `size` (batch, height, width), at the batch and the guided batch; None
-        for an unknown size (then the layers choose at run time)."""
+        `size` (batch, height, width) and a text context of `context_length`
+        tokens, at the batch and the guided batch; None for an unknown size
+        (then the layers choose at run time)."""
         if size is None:
             return None
         batch, height, width = size
 
         def routes():  # held with the ControlNets, so that their ids stay theirs
-            return controlnets, tuple(model.routes(rows, height, width, MAX_PROMPT_LENGTH)
+            return controlnets, tuple(model.routes(rows, height, width, context_length)
                                       for model in (self.components.unet, *controlnets)
                                       for rows in (batch, 2 * batch))
 
-        return self._routes.get((size, tuple(id(c) for c in controlnets)), routes)[1]
+        return self._routes.get((size, context_length, tuple(id(c) for c in controlnets)), routes)[1]
 
     def _routed(self, spec):
         """`spec` with the routes of its models at its size."""
-        return dataclasses.replace(spec, routes=self._route_key(spec.size, spec.controlnets))
+        return dataclasses.replace(spec, routes=self._route_key(spec.size, spec.controlnets, spec.context_length))
 
     def step_spec(self, sampler, guided, controlnets=(), guess_mode=False, cutoff=False, inpaint=False,
-                  size=None):
+                  size=None, context_length=MAX_PROMPT_LENGTH):
         """The `StepSpec` of a step or loop; given a latent `size` (batch,
-        height, width), traced with static routes for it (sizes whose
-        routes agree share the compiled function); None serves every size."""
+        height, width), traced with static routes for it and a text context
+        of `context_length` tokens (sizes and lengths whose routes agree
+        share the compiled function); None serves every size and length."""
         return self._routed(StepSpec(sampler, guided, tuple(controlnets), guess_mode, cutoff, inpaint,
-                                     size=size))
+                                     size=size, context_length=context_length))
 
     def step_function(self, spec):
         """The compiled single step of `spec` (no cutoff): `StepInputs` -> (latent, state)."""
@@ -405,11 +427,11 @@ class Pipeline:
         cutoff = guided and not guided_at.all()
         inpaint = start is not None and start.mask is not None
         # Unknown when traced inside another function (kcv_sd.distribute).
-        known = self.static_routes and noise.shape[:3].is_fully_defined()
+        context = tf.convert_to_tensor(context, tf.float32)
+        known = self.static_routes and noise.shape[:3].is_fully_defined() and context.shape[1] is not None
         spec = self.step_spec(sampler, guided, () if control is None else control.controlnets,
                               control is not None and control.guess_mode, cutoff, inpaint,
-                              tuple(noise.shape[:3]) if known else None)
-        context = tf.convert_to_tensor(context, tf.float32)
+                              tuple(noise.shape[:3]) if known else None, context.shape[1])
         num_residuals = self.config.num_skip_connections + 1
         inputs = LoopInputs(
             latent, SAMPLERS[sampler].initial_state(latent),

@@ -41,6 +41,7 @@ class StepSpec:
     # choose at run time; sizes whose routes agree share a trace.
     routes: tuple = None
     size: tuple = dataclasses.field(default=None, compare=False)  # (batch, height, width)
+    context_length: int = dataclasses.field(default=MAX_PROMPT_LENGTH, compare=False)  # text tokens, with `size`
 
     def variant(self, guided, controlled):
         """The single step a run of this spec takes where guidance is `guided`
@@ -191,7 +192,7 @@ def noise_predictor(spec, unet):
         batch, height, width = spec.size
 
         def call(inputs):
-            with static_routes(copies * batch, height, width, MAX_PROMPT_LENGTH):
+            with static_routes(copies * batch, height, width, spec.context_length):
                 return model(inputs)
 
         return call

@@ -14,10 +14,12 @@ The vocabulary ``bpe_simple_vocab_16e6.txt.gz`` is looked up in this order:
    the same merges text;
 4. a download with ``keras.utils.get_file`` (KerasCV's URL and hash).
 
-Prompt-length policy: a prompt longer than 77 tokens (start and end tokens
-included) raises ``PromptTooLongError``, as KerasCV does; nothing is silently
-truncated. An empty prompt is allowed here; the pipeline decides whether it
-makes sense.
+Prompt-length policy: nothing is truncated. The pipeline encodes a prompt in
+chunks of 75 tokens (`kcv_sd.prompts`), so prompts longer than the text
+encoder's 77 tokens work; only a prompt of more than `kcv_sd.prompts.MAX_CHUNKS`
+chunks raises ``PromptTooLongError``. `ClipTokenizer.pad` is KerasCV's
+one-chunk padding, for prompts of at most 77 tokens. An empty prompt is allowed
+here; the pipeline decides whether it makes sense.
 """
 
 import functools
@@ -55,19 +57,17 @@ _MERGE_LINE = re.compile(r"\S+ \S+")
 
 
 class PromptTooLongError(InvalidArgumentError):
-    """A prompt has more tokens than the CLIP text encoder accepts.
+    """A prompt needs more chunks of tokens than kcv-sd encodes.
 
     A ``ValueError`` (via ``InvalidArgumentError``) so the CLI reports it as a
     user error rather than a crash.
     """
 
-    def __init__(self, token_count):
+    def __init__(self, max_chunks, chunk_tokens):
         super().__init__(
-            f"The prompt is {token_count} tokens long, but the limit is "
-            f"{MAX_PROMPT_LENGTH} tokens including the start and end tokens. "
-            "Shorten the prompt."
+            f"The prompt is longer than {max_chunks} chunks of {chunk_tokens} tokens "
+            f"({max_chunks * chunk_tokens} tokens; BREAK starts a new chunk). Shorten the prompt."
         )
-        self.token_count = token_count
 
 
 def _instant_clip_tokenizer_extension():
@@ -166,16 +166,31 @@ class ClipTokenizer:
         vocabulary = find_vocabulary_file(bpe_path)
         self._bpe = SimpleTokenizer(bpe_path=str(vocabulary))
 
+    @property
+    def start(self):
+        return self._bpe.start_of_text
+
+    @property
+    def end(self):
+        """The end token, also the padding token (SD 1.x)."""
+        return self._bpe.end_of_text
+
+    @property
+    def comma(self):
+        return self._bpe.encoder[",</w>"]
+
     def encode(self, text):
         """Token ids of ``text``, start and end tokens included, unpadded."""
         return self._bpe.encode(text)
 
     def pad(self, text):
-        """Ids of ``text`` padded to 77 with the end token, as KerasCV does."""
+        """Ids of ``text`` padded to 77 with the end token, as KerasCV does;
+        for a prompt of at most 77 tokens (no emphasis syntax read)."""
         ids = self.encode(text)
         if len(ids) > MAX_PROMPT_LENGTH:
-            raise PromptTooLongError(len(ids))
-        padded = np.full(MAX_PROMPT_LENGTH, self._bpe.end_of_text, np.int32)
+            raise ValueError(f"pad() takes at most {MAX_PROMPT_LENGTH} tokens, not {len(ids)}: "
+                             "kcv_sd.prompts.chunks splits longer prompts.")
+        padded = np.full(MAX_PROMPT_LENGTH, self.end, np.int32)
         padded[: len(ids)] = ids
         return padded
 

@@ -32,8 +32,8 @@ def test_empty_prompt(tiny_pipeline, prompt):
 
 
 def test_prompt_too_long(tiny_pipeline):
-    with pytest.raises(PromptTooLongError, match="limit is 77 tokens.*Shorten"):
-        tiny_pipeline("word " * 80, width=64, height=64)
+    with pytest.raises(PromptTooLongError, match="longer than 20 chunks of 75 tokens.*Shorten"):
+        tiny_pipeline("word " * 1501, width=64, height=64)
 
 
 def test_unknown_precision():

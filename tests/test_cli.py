@@ -81,10 +81,10 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_long_prompt_is_one_line(tmp_path):
-    result = CliRunner().invoke(main, ["generate", "word " * 90, *TINY, "-o", str(tmp_path / "x.png")])
+def test_too_long_a_prompt_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["generate", "word " * 1501, *TINY, "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2
-    assert "limit is 77 tokens" in result.output
+    assert "longer than 20 chunks of 75 tokens" in result.output
 
 
 def test_img2img_and_inpainting_from_the_cli(tmp_path):

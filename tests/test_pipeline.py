@@ -270,6 +270,10 @@ def test_random_weights_are_reproducible():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+# A prompt of two 77-token chunks, with weights (kcv_sd.prompts): a 154-token context.
+TWO_CHUNKS = "a (cat:1.2) on a [mat], " + "a castle on a hill " * 16
+
+
 # KerasCV's DDIM, PNDM (n + 1 UNet calls, four latents of state) and Euler
 # ancestral (fresh noise each step, drawn alike in both loops); DPM-Solver's
 # compiled loops run in test_cfg_cutoff and test_control_generation.
@@ -277,9 +281,9 @@ def test_random_weights_are_reproducible():
 def test_compiled_loop_matches_step_by_step(tiny_components, tiny_pipeline, sampler):
     looped = Pipeline(components=tiny_components, compiled_loop=True)
     args = dict(width=128, height=64, num_inference_steps=3, seed=2, output_type="latent", sampler=sampler)
-    expected = tiny_pipeline("a cat", **args)
-    np.testing.assert_array_equal(tiny_pipeline("a cat", **args), expected)  # the same seed: the same latents
+    expected = tiny_pipeline(TWO_CHUNKS, **args)
+    np.testing.assert_array_equal(tiny_pipeline(TWO_CHUNKS, **args), expected)  # the same seed: the same latents
     # Same ops; graph-level rewrites inside the loop body change rounding only.
     scale = np.abs(expected).max()
-    np.testing.assert_allclose(looped("a cat", **args), expected, atol=1e-5 * scale, rtol=1e-4)
+    np.testing.assert_allclose(looped(TWO_CHUNKS, **args), expected, atol=1e-5 * scale, rtol=1e-4)
     assert looped.loop_function(looped.step_spec(sampler, True, size=(1, 8, 16))).experimental_get_tracing_count() == 1
