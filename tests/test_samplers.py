@@ -244,9 +244,14 @@ def test_fresh_noise_is_the_same_eager_in_graphs_and_under_xla():
     noise = tf.constant(np.random.default_rng(0).standard_normal((3, 4, 6, 4), dtype=np.float32))
     keys = noise_keys(noise)
     eager = np.stack([fresh_noise(keys, step, (4, 6, 4)) for step in range(3)])
+    def loop(keys):  # as the compiled loop draws them
+        def body(step, drawn):
+            return step + 1, drawn.write(step, fresh_noise(keys, step, (4, 6, 4)))
+
+        return tf.while_loop(lambda step, _: step < 3, body, (0, tf.TensorArray(tf.float32, 3)))[1].stack()
+
     for jit_compile in (False, True):
-        drawn = tf.function(lambda keys: tf.stack([fresh_noise(keys, tf.constant(step), (4, 6, 4))
-                                                   for step in range(3)]), jit_compile=jit_compile)(keys)
+        drawn = tf.function(loop, jit_compile=jit_compile)(keys)
         if jit_compile:  # XLA's log, cos and sqrt round differently
             np.testing.assert_allclose(drawn, eager, rtol=1e-5, atol=1e-5)
         else:
