@@ -133,7 +133,8 @@ def x0_schedule(timesteps, alphas_cumprod, columns, skip=0):
 
 
 def predict_x0(sample, noise_pred, coefficients):
-    """The clean latents an epsilon prediction implies, from an `x0_schedule` row."""
+    """The clean latents an epsilon prediction implies, from a row that
+    starts with sqrt(1 - a) and sqrt(a) (`x0_schedule`, DPM-Solver, UniPC)."""
     return (sample - coefficients[0] * noise_pred) / coefficients[1]
 
 

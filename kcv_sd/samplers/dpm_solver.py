@@ -34,6 +34,7 @@ from kcv_sd.samplers.base import (
     ScaledLinearSampler,
     Schedule,
     check_num_steps,
+    predict_x0,
     variance_preserving_levels,
 )
 
@@ -101,5 +102,5 @@ class DPMSolverPP2M(MultistepSigmas):
     def step(self, sample, noise_pred, coefficients, state):
         """One DPM-Solver++ update; numpy or tensors alike."""
         (x0_prev,) = state
-        x0 = (sample - coefficients[0] * noise_pred) / coefficients[1]
+        x0 = predict_x0(sample, noise_pred, coefficients)
         return coefficients[2] * sample + coefficients[3] * x0 + coefficients[4] * x0_prev, (x0,)

@@ -3,9 +3,11 @@ variant of order 2 with x0 predictions, the corrector on every step but
 the first, lower_order_final, and DPM-Solver++(2M)'s linspace timesteps and
 sigmas (final sigma zero).
 
-UniPC rather than DPM++ SDE for the third multistep family: it is
-deterministic, so its whole run is coefficient rows like the other ODE
-samplers, and it is diffusers' recommended fast sampler at 10-20 steps.
+UniPC rather than DPM++ SDE: it is deterministic, so its whole run is
+coefficient rows like the other ODE samplers. diffusers' DPM++ SDE draws
+its noise from torchsde's Brownian tree (noise correlated across a step's
+two stages and between steps), which neither a per-step noise input nor
+parity with diffusers would reproduce simply.
 
 Each call first corrects the latents it was given with the new x0
 prediction (UniC: the previous step redone from the previous corrected
@@ -21,7 +23,12 @@ import dataclasses
 
 import numpy as np
 
-from kcv_sd.samplers.base import Schedule, check_num_steps, variance_preserving_levels
+from kcv_sd.samplers.base import (
+    Schedule,
+    check_num_steps,
+    predict_x0,
+    variance_preserving_levels,
+)
 from kcv_sd.samplers.dpm_solver import MultistepSigmas
 
 
@@ -32,16 +39,13 @@ def _corrector(h, h_prev, alpha, ratio):
     if h == 0:
         return [1.0, 0.0, 0.0, 0.0]  # a zero-length step: the latents stay
     phi_1 = np.expm1(-h)  # bh2: B(h) = phi_1 as well
-    if not h_prev:
-        rho_prev, rho_new = 0.0, 0.5
-        r = 1.0
-    else:
-        r = h_prev / h
-        phi_k = phi_1 / -h - 1
-        b = [phi_k / phi_1, (phi_k / -h - 0.5) * 2 / phi_1]
-        rho_prev, rho_new = np.linalg.solve([[1.0, 1.0], [-r, 1.0]], b)
-        r = -r  # the older x0's log-SNR lies behind: r < 0 in diffusers' terms
     g = alpha * phi_1
+    if not h_prev:  # order 1: half the change of x0
+        return [ratio, -g + 0.5 * g, 0.0, -0.5 * g]
+    r = -h_prev / h  # where the older x0 lies, in steps of h
+    phi_k = phi_1 / -h - 1
+    b = [phi_k / phi_1, (phi_k / -h - 0.5) * 2 / phi_1]
+    rho_prev, rho_new = np.linalg.solve([[1.0, 1.0], [r, 1.0]], b)
     return [ratio, -g + g * rho_prev / r + g * rho_new, -g * rho_prev / r, -g * rho_new]
 
 
@@ -55,7 +59,7 @@ def _predictor(h, h_prev, alpha, ratio):
     phi_1 = np.expm1(-h)
     if not h_prev:
         return [ratio, -alpha * phi_1, 0.0]
-    g = alpha * phi_1 * 0.5 / (-h_prev / h)
+    g = 0.5 * alpha * phi_1 / (-h_prev / h)
     return [ratio, -alpha * phi_1 + g, -g]
 
 
@@ -102,6 +106,6 @@ class UniPC(MultistepSigmas):
         """Correct the given latents, then predict the next ones; numpy or tensors alike."""
         corrected, x0_prev, x0_prev2 = state
         c = coefficients
-        x0 = (sample - c[0] * noise_pred) / c[1]
+        x0 = predict_x0(sample, noise_pred, c)
         corrected = c[2] * sample + c[3] * corrected + c[4] * x0_prev + c[5] * x0_prev2 + c[6] * x0
         return c[7] * corrected + c[8] * x0 + c[9] * x0_prev, (corrected, x0, x0_prev)
