@@ -18,6 +18,7 @@ from kcv_sd.arguments import check_integer, check_number, check_seed, check_text
 from kcv_sd.control import check_controlnets, native_sizing, plan_control
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.image_inputs import load_init_inputs
+from kcv_sd.prompts import check_prompts
 from kcv_sd.samplers import SAMPLERS, resolve
 from kcv_sd.sizes import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, check_size
 from kcv_sd.vae import PIXELS_PER_LATENT
@@ -150,6 +151,7 @@ def check_call(family, prompt, negative_prompt=None, width=None, height=None, nu
     model: its control plan names ControlNets and does not load them."""
     config = family.unet
     prompts, negatives = prompt_lists(prompt, negative_prompt)
+    check_prompts(prompts + negatives)
     check_seed(seed)
     if tiled_decode not in (None, True, False):
         raise InvalidArgumentError(f"tiled_decode={tiled_decode!r}: use True, False or None (automatic).")

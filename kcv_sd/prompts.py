@@ -30,7 +30,7 @@ import re
 import numpy as np
 
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, PromptTooLongError
+from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, PromptTooLongError, get_tokenizer
 
 CHUNK_TOKENS = MAX_PROMPT_LENGTH - 2  # a chunk's prompt tokens, between start and end
 # Longest prompt: 20 chunks (1500 tokens, a context of 1540); beyond, one error line.
@@ -149,3 +149,10 @@ def chunk_batch(prompts, tokenizer):
     empty = chunks("", tokenizer)
     return tuple(np.stack([np.concatenate([arrays[part]] + [empty[part]] * (count - len(arrays[part])))
                            for arrays in each]) for part in (0, 1))
+
+
+def check_prompts(prompts):
+    """Raise the one-line errors `chunks` would (a weight that is no number,
+    too long a prompt) for these prompts, before any model is built."""
+    for prompt in dict.fromkeys(prompts):
+        chunks(prompt, get_tokenizer())

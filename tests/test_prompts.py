@@ -289,3 +289,12 @@ def test_long_and_weighted_prompts_generate(tiny_pipeline):
     assert all(np.isfinite(latent).all() for latent in latents.values())
     assert np.abs(latents[LONG + WEIGHTED] - latents[LONG]).max() > 1e-3  # the second chunk counts
     assert np.abs(latents[LONG + WEIGHTED] - latents[LONG + PLAIN]).max() > 1e-3  # and its weights
+
+
+def test_prompt_errors_come_before_any_model():
+    from kcv_sd.generation import check_generate
+
+    with pytest.raises(PromptTooLongError):
+        check_generate("word " * 1501, model="tiny")
+    with pytest.raises(InvalidArgumentError, match="weight ':1..2\\)' is not a number"):
+        check_generate("a cat", negative_prompt="(blurry:1..2)", model="tiny")
