@@ -88,7 +88,8 @@ def diffusers_snapshot(repo_id):
 
 
 def _snapshot(repo_id, local_only):
-    fallback = "a local diffusers folder, a single-file checkpoint, 'kerascv' or 'random'"
+    fallback = ("a local diffusers folder (none is named so here), a single-file checkpoint, "
+                "'kerascv' or 'random'")
     paths = []
     for name, stem in COMPONENTS.items():
         candidates = [f"{name}/{stem}{suffix}" for suffix in HUB_SUFFIXES]
