@@ -91,9 +91,10 @@ class Pipeline:
     """Text-to-image, img2img and inpainting; caches models and compiled functions.
 
     Args:
-        model: "sd15" (KerasCV's SD1.5 architecture) or "tiny" (for tests).
-        weights: "kerascv", a folder with KerasCV's weight files, a diffusers
-            SD1.x folder, a single-file SD 1.x checkpoint (CompVis/LDM
+        model: "sd15" (KerasCV's SD1.x architecture) or "tiny" (for tests).
+        weights: "kerascv" (KerasCV's SD v1.4 files), a folder with KerasCV's
+            weight files, a diffusers SD1.x folder or its Hub repo id
+            ("owner/name"), a single-file SD 1.x checkpoint (CompVis/LDM
             layout, `.safetensors`), or "random" (`load_components`).
         vae: for a single-file checkpoint, a VAE in place of its own
             (`load_components`).
