@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from kcv_sd.arguments import check_integer, check_number, check_seed, check_text
 from kcv_sd.errors import InvalidArgumentError
+from kcv_sd.generation import get_pipeline
 from kcv_sd.pipeline import to_uint8
 from kcv_sd.samplers import SAMPLERS
 from kcv_sd.sizes import SIZE_MULTIPLE, check_size
@@ -54,9 +55,7 @@ class StableDiffusion:
                  precision="float32", pipeline=None):
         self.img_height = _rounded(img_height, "img_height")
         self.img_width = _rounded(img_width, "img_width")
-        if pipeline is None:
-            from kcv_sd.generation import get_pipeline
-
+        if pipeline is None:  # shared with kcv_sd.generate() and other instances of these settings
             pipeline = get_pipeline(model, weights, precision, jit_compile)
         self.pipeline = pipeline
         self.jit_compile = pipeline.jit_compile
