@@ -1,4 +1,4 @@
-"""One benchmark: the machine probe, every planned run in a fresh worker, kcv-sd and diffusers interleaved, then (if
+"""One benchmark: the machine probe, every planned run in a fresh worker, kcv-sd and its peers interleaved, then (if
 asked) the ablation; and the software and hardware they ran on, recorded without importing the frameworks."""
 
 import contextlib
@@ -16,7 +16,7 @@ from bench.records import build_record, skipped_record
 
 MATMUL_SIZE = 2048
 SCHEMA_VERSION = 3  # 2: ControlNet axis, peak memory, ablation; 3: interleaved pairs
-PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy", "torch", "diffusers", "transformers")
+PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy", "torch", "diffusers", "transformers", "openvino")
 # Quoted in the project issue from the KerasCV Stable Diffusion benchmark (GPU, pretrained weights), shown beside ours
 # and labelled as such; never measured here.
 PUBLISHED = {"source": "published (quoted in the project issue), not measured here",

@@ -10,8 +10,8 @@ TITLES = {
     "cold": ("Cold start parts:", "### Cold start, part by part (seconds)"),
     "stages": ("Warm stages:", "### Warm stages (seconds, medians)"),
     "controlnet": ("ControlNet step cost:", "### ControlNet step cost (seconds, medians)"),
-    "interleaved": ("Interleaved with diffusers:", "### kcv-sd and diffusers, interleaved (seconds)"),
-    "targets": ("Targets:", "## Targets (issue 6), from this run's rows"),
+    "interleaved": ("Interleaved with peers:", "### kcv-sd and its peers, interleaved (seconds)"),
+    "targets": ("Targets:", "## Targets (issues 6 and 19), from this run's rows"),
     "ablation": ("Ablation:", "## Ablation: one lever at a time"),
     "published": ("Published (not measured here):", "## Published figures (not measured here)"),
 }
@@ -29,7 +29,7 @@ DEFINITIONS = """\
   separately synchronised stages add up to more than a whole image: read small values as zero.
 - **Step s**: one guided denoising step as the configuration runs it (with its ControlNet when ControlNet is on).
 - **ControlNet**: one random ControlNet of the SD1.5 depth ControlNet's architecture on every step, fed a
-  synthetic depth map; KerasCV has none. In the same stage passes the plain UNet step and the ControlNet alone (on
+  synthetic depth map; KerasCV and the OpenVINO peer have none. In the same stage passes the plain UNet step and the ControlNet alone (on
   the guided batch) are timed beside the ControlNet step; the step ratio is UNet+ControlNet step / UNet step, both
   medians from one process.
 - **UNet GFLOP/s**: an analytic count of the UNet's convolutions, dense layers and attention matmuls
@@ -44,21 +44,22 @@ DEFINITIONS = """\
   values; the images are noise.
 - kcv-sd's processes (rows, interleaved pairs, ablation) run as `kcv-sd generate` does, with oneDNN **weight
   caching** on (`kcv_sd.weight_cache`): faster on a CPU, for one more copy of the weights per compiled step
-  function, which the peak RSS includes. KerasCV and diffusers run stock."""
+  function, which the peak RSS includes. KerasCV and diffusers run stock; **OpenVINO** runs diffusers' parts
+  converted with `openvino.convert_model` at static shapes and compiled for the CPU (conversion counts as build)."""
 
 TARGETS_NOTE = """\
 kcv-sd's best configuration in each precision against the peer's best row in the same precision, all measured in this
-run on this machine; against diffusers, the interleaved medians where they exist. The equal-quality row extrapolates
+run on this machine; against diffusers and OpenVINO, the interleaved medians where they exist. The equal-quality row extrapolates
 whole images to 20 and 50 steps from each row's warm median and step median (the step's cost does not depend on the
 step count or the sampler's elementwise update); every other row is measured directly."""
 
 INTERLEAVED_NOTE = """\
-kcv-sd's fastest configuration in each precision (by the rows above) and diffusers, each built in its own fresh
-process, warmed up with one image, then asked for images in turn: {rounds} rounds, the order flipping every round, so
-that drift in the machine's load falls on both alike (the rows above ran minutes apart). The diffusers target uses
-these medians. Under the mixed precisions kcv-sd keeps its text encoder and VAE in float32, while diffusers, which has
-no mixed precision, runs its whole pipeline in 16 bits; the 16-bit precisions (`bfloat16`, `float16`) compare like
-with like."""
+kcv-sd's fastest configuration in each precision (by the rows above) and each peer (diffusers, OpenVINO), each built
+in its own fresh process, warmed up with one image, then asked for images in turn: {rounds} rounds, the order flipping
+every round, so that drift in the machine's load falls on both alike (the rows above ran minutes apart). The
+whole-image targets against these peers use these medians. Under the mixed precisions kcv-sd (and the OpenVINO peer)
+keep the text encoder and VAE in float32, while diffusers, which has no mixed precision, runs its whole pipeline in
+16 bits; the 16-bit precisions (`bfloat16`, `float16`) compare like with like."""
 
 ABLATION_NOTE = """\
 kcv-sd's levers one at a time, in one fresh process with one set of models (xla off, precision {precision}, the

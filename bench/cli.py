@@ -9,7 +9,7 @@ import click
 
 from bench.benchmark import run_benchmark
 from bench.benchmarks_md import as_text, render
-from bench.configs import PRESETS, parse_configs, parse_peers, plan_runs
+from bench.configs import PEERS, PRESETS, parse_configs, parse_peers, plan_runs
 from bench.outputs import CSV_NAME, JSON_NAME, PNG_NAME, write_files
 from kcv_sd.sizes import check_size
 
@@ -47,7 +47,7 @@ def checked_size(ctx, param, value):
 @click.option("--repeats", type=click.IntRange(min=1), help="Warm runs after the excluded warm-up, and stage passes.")
 @click.option("--configs", help='Configuration grid(s), e.g. "xla=off,on;precision=float32,mixed_bfloat16;'
                                 'controlnet=off,on"; join grids with "+"; "all" is every combination.')
-@click.option("--peers", help='Comma list of kerascv, diffusers, or "none".')
+@click.option("--peers", help=f'Comma list of {", ".join(PEERS)}, or "none" (openvino: the openvino extra).')
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
               show_default=True, help="Folder for results.json, results.csv, cold_warm.png, workers.log.")
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True,
@@ -57,12 +57,12 @@ def checked_size(ctx, param, value):
 @click.option("--write-benchmarks-md", is_flag=True, help="Also write BENCHMARKS.md in the current folder.")
 def main(preset, width, height, steps, batch, repeats, configs, peers, output, timeout, ablation,
          write_benchmarks_md):
-    """Benchmark kcv-sd beside stock KerasCV and diffusers, all with random weights.
+    """Benchmark kcv-sd beside stock KerasCV, diffusers and OpenVINO, all with random weights.
 
     Every configuration (jit_compile x precision x ControlNet) and every peer runs in its own fresh Python process:
     the cold start is measured from spawning it to the first image, then warm images and per-stage times in that
-    process. kcv-sd's fastest configuration per precision then takes turns with diffusers, image by image, each in
-    its own process.
+    process. kcv-sd's fastest configuration per precision then takes turns with diffusers and OpenVINO, image by
+    image, each in its own process.
     """
     given = {"width": width, "height": height, "steps": steps, "batch": batch, "repeats": repeats}
     workload = dataclasses.replace(PRESETS[preset].workload, **{k: v for k, v in given.items() if v is not None})

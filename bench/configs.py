@@ -15,8 +15,10 @@ import numpy as np
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SWITCH = {"off": False, "on": True}
 XLA_TEXT = {True: "on", False: "off", None: "n/a"}  # None: the system has no such switch
-PEER_MODULES = {"kerascv": ("keras_cv",), "diffusers": ("torch", "diffusers", "transformers")}
-PEER_XLA = {"kerascv": True, "diffusers": None}  # KerasCV as its tutorial runs it; diffusers has no switch
+PEER_MODULES = {"kerascv": ("keras_cv",), "diffusers": ("torch", "diffusers", "transformers"),
+                "openvino": ("openvino", "torch", "diffusers", "transformers")}  # converts diffusers' torch parts
+PEER_XLA = {"kerascv": True, "diffusers": None, "openvino": None}  # KerasCV as its tutorial runs it; no switch else
+NO_CONTROLNET = {"kerascv": "KerasCV has no ControlNet", "openvino": "the OpenVINO peer converts no ControlNet"}
 PEERS = tuple(PEER_XLA)
 
 
@@ -103,8 +105,8 @@ def parse_peers(spec):
 
 
 def peer_skip_reason(peer, workload, controlnet=False):
-    if peer == "kerascv" and controlnet:
-        return "KerasCV has no ControlNet"
+    if controlnet and peer in NO_CONTROLNET:
+        return NO_CONTROLNET[peer]
     missing = [name for name in PEER_MODULES[peer] if importlib.util.find_spec(name) is None]
     if missing:
         return f"not installed ({', '.join(missing)})"

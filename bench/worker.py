@@ -20,7 +20,8 @@ import traceback
 from bench.measure import timed, timed_into
 
 PROGRESS, REPLY = "[bench] ", "[bench-reply] "
-SYSTEMS = {"kcv-sd": "bench.system_kcv_sd", "kerascv": "bench.peer_kerascv", "diffusers": "bench.peer_diffusers"}
+SYSTEMS = {"kcv-sd": "bench.system_kcv_sd", "kerascv": "bench.peer_kerascv", "diffusers": "bench.peer_diffusers",
+           "openvino": "bench.peer_openvino"}
 JOBS = {"served": "bench.interleaved", "ablation": "bench.ablation", "probe": "bench.probe"}  # each has `job`
 
 

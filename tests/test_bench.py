@@ -390,6 +390,22 @@ def test_targets_against_diffusers_use_the_interleaved_pair():
                                             "1.00 (1.00-1.10)", "0.90x", "0.80-1.00x", "ok"]]
 
 
+def test_targets_against_openvino_in_float32_and_bfloat16_only():
+    records = [_row("kcv-sd", precision, warm=1.0, step=0.3, cold=30.0)
+               for precision in ("float32", "mixed_bfloat16", "bfloat16")]
+    records += [_row("openvino", precision, warm=1.25, step=0.25, cold=20.0)
+                for precision in ("float32", "mixed_bfloat16", "bfloat16")]
+    pair = {"precision": "bfloat16", "status": "ok", "rounds": 2,
+            "systems": [{"system": "kcv-sd", "config": {"xla": False}}, {"system": "openvino", "config": {}}],
+            "warm": [{"median_s": 1.1}, {"median_s": 1.0}], "round_ratios": [1.1, 1.1], "ratio": 1.1}
+    _, rows = target_rows(records, workload_steps=2, interleaved=[pair])
+    assert [row[:4] + row[5:] for row in rows if "openvino" in row[0]] == [
+        ["warm image vs openvino, equal steps (float32; s)", "1.00", "1.25", "0.80x", "met"],
+        ["guided UNet step vs openvino (float32; s)", "0.30", "0.25", "1.20x", "missed"],
+        ["warm image vs openvino, equal steps, interleaved (bfloat16; s)", "1.10", "1.00", "1.10x", "missed"],
+        ["guided UNet step vs openvino (bfloat16; s)", "0.30", "0.25", "1.20x", "missed"]]
+
+
 def test_interleaved_pairs_take_the_fastest_plain_kcv_sd_row_per_precision():
     runs = [Run("kcv-sd", False, "float32"), Run("kcv-sd", True, "float32"),
             Run("kcv-sd", False, "float32", controlnet=True), Run("kcv-sd", False, "bfloat16"),
@@ -398,6 +414,8 @@ def test_interleaved_pairs_take_the_fastest_plain_kcv_sd_row_per_precision():
     warm = [2.0, 1.5, 1.0, None, 3.0, 3.0, 3.0, 3.0]  # the ControlNet row is fastest but not plain
     records = [{"status": "ok" if w else "failed", "warm": {"median_s": w} if w else None} for w in warm]
     assert interleaved_pairs(runs, records) == [(runs[1], runs[4])]  # no ok bfloat16 row of kcv-sd
+    openvino = [Run("openvino", None, "float32"), Run("openvino", None, "bfloat16", skip_reason="not installed")]
+    assert interleaved_pairs(runs + openvino, records + records[-2:]) == [(runs[1], runs[4]), (runs[1], openvino[0])]
 
 
 def test_interleaved_rounds_flip_the_order_and_ratios_pair_rounds():
