@@ -26,8 +26,10 @@ import pytest
 pytestmark = pytest.mark.slow  # the distributed process traces for a minute or more
 REPLICAS = 3
 # (prompts, images per prompt, size): batches of 1, 3, 4 (2 prompts x 2) and
-# 5, the last at 104x72 pixels, a 13x9 latent, odd at every UNet level.
-BATCHES = ((["a red car"], 1, (64, 64)), (["a room", "a street", "a bust"], 1, (64, 64)),
+# 5, the last at 104x72 pixels, a 13x9 latent, odd at every UNet level. One
+# prompt is two 77-token chunks with weights: the others are padded to two.
+BATCHES = ((["a red car"], 1, (64, 64)),
+           (["a room", "a (street:1.2), " + "a castle on a hill " * 16, "a bust"], 1, (64, 64)),
            (["a cat", "a dog"], 2, (64, 64)), ([f"scene {i}" for i in range(5)], 1, (104, 72)))
 ARGUMENTS = {"num_inference_steps": 2, "seed": 11, "output_type": "latent"}
 REPO = Path(__file__).resolve().parents[1]
