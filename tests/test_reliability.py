@@ -136,7 +136,8 @@ def bad_cases():
         ("blank-prompt", ["--prompt-override", "   "], "Empty prompt"),
         ("invalid-utf8-prompt", ["--prompt-override", "a \udcff room"], "not valid UTF-8"),
         ("invalid-utf8-negative", ["--negative-prompt", "b\udcfe"], "not valid UTF-8"),
-        ("too-long-prompt", ["--prompt-override", "word " * 80], "77 tokens"),
+        ("too-long-prompt", ["--prompt-override", "word " * 1501], "20 chunks of 75 tokens"),
+        ("prompt-weight-nan", ["--prompt-override", "a (cat:1..2)"], "not a number"),
         ("sampler", ["--sampler", "dpm_fast"], "sampler"),
         ("precision", ["--precision", "fp8"], "precision"),
     ]
