@@ -90,7 +90,7 @@ class LoopInputs(NamedTuple):
     def at(self, spec, i, latent, state, guided, controlled):
         """Step `i`'s `StepInputs` in the variant (`guided`, `controlled`) of a run of `spec`."""
         return StepInputs(
-            latent, state, self.t_embeds[i : i + 1],
+            latent, state, self.t_embeds[i][None],  # not [i : i + 1]: a size XLA knows
             self.conditional_context if spec.cutoff and not guided else self.context,
             self.guidance_scale, self.coefficients[i],
             self.control_images if controlled else (),

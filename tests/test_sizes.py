@@ -77,14 +77,16 @@ def test_upsampling_crops_only_where_a_level_is_odd(tiny_components):
 
 
 def test_static_routes_xla_and_the_compiled_loop_agree(tiny_components, tiny_pipeline, tiny_xla_pipeline):
-    """At 72x104 (a 9x13 latent) every upsampling crops: 9 -> 5 -> 3 -> 2 and back."""
+    """At 72x104 (a 9x13 latent) every upsampling crops: 9 -> 5 -> 3 -> 2 and back.
+    The compiled loop runs under XLA here (it failed there before: a step's
+    timestep embedding was a slice of run-time size)."""
     height, width = ODD_SIZES[0]
     args = dict(width=width, height=height, output_type="latent", sampler="dpmpp_2m", **ARGS)
     expected = tiny_pipeline("a lighthouse", **args)  # layer routes chosen at run time
     assert expected.shape == (1, height // 8, width // 8, 4)
     scale = np.abs(expected).max()
-    for other in (Pipeline(components=tiny_components), Pipeline(components=tiny_components, compiled_loop=True),
-                  tiny_xla_pipeline):
+    xla_loop = Pipeline(components=tiny_components, compiled_loop=True, jit_compile=True)  # the whole run in XLA
+    for other in (Pipeline(components=tiny_components), xla_loop, tiny_xla_pipeline):
         np.testing.assert_allclose(other("a lighthouse", **args), expected, atol=1e-5 * scale, rtol=1e-4)
 
 
