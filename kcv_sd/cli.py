@@ -140,7 +140,8 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
                    refine_strength=refine_strength, **options)
     paths = output_paths(output, num_images)
     check_outputs(paths, overwrite)
-    pipeline = get_pipeline(model, weights, precision, xla, compiled_loop, vae)
+    pipeline = get_pipeline(model, weights, precision, "auto" if xla is None else xla, compiled_loop, vae)
+    precision, xla = pipeline.components.precision, pipeline.jit_compile  # what "auto" chose, for the PNG
     run = pipeline if upscale is None else functools.partial(
         generate_upscaled, pipeline, upscale=upscale, refine_strength=refine_strength)
     images = run(prompt, negative_prompt=negative_prompt, progress=progress, **options)

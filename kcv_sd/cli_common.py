@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from kcv_sd.devices import AUTO
 from kcv_sd.errors import KcvSdError
 from kcv_sd.precision import PRECISIONS
 
@@ -32,8 +33,11 @@ def pipeline_options(command):
                      help="'kerascv' (KerasCV's SD v1.4 files, downloaded once), a folder of KerasCV .h5 files, "
                           "a diffusers SD1.x folder or its Hugging Face repo id (owner/name, downloaded once), "
                           "a single-file SD 1.x checkpoint (.safetensors), or 'random'."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True),
-        click.option("--xla/--no-xla", default=False, show_default=True, help="Compile with XLA."),
+        click.option("--precision", type=click.Choice((AUTO, *PRECISIONS)), default=AUTO, show_default=True,
+                     help="auto: this device's (kcv-sd env prints it; bfloat16 on CPUs with native bfloat16, "
+                          "else float32; mixed_float16 on GPUs, mixed_bfloat16 on TPUs)."),
+        click.option("--xla/--no-xla", default=None,
+                     help="Compile with XLA [default: on a GPU or TPU, not on a CPU]."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -89,7 +89,8 @@ def aspect_ratio(control, estimate_depth, prompt, negative_prompt, ratios, contr
     # Read before the models load, so a bad file fails fast.
     control_depth = estimator(load_control_image(control)) if estimate_depth else load_depth(control)
     _make_folder(folder)
-    pipeline = get_pipeline(model, weights, precision, xla)
+    pipeline = get_pipeline(model, weights, precision, "auto" if xla is None else xla)
+    precision, xla = pipeline.components.precision, pipeline.jit_compile  # what "auto" chose
     records = studies.aspect_ratio_study(
         pipeline, control_depth, prompt, ratios, controlnet_source,
         seed=seed, steps=steps, pixel_budget=pixel_budget, sizing=sizing, negative_prompt=negative_prompt,

@@ -2,6 +2,7 @@
 
 import functools
 
+from kcv_sd import devices
 from kcv_sd.arguments import check_integer
 from kcv_sd.components import family_by_name
 from kcv_sd.pipeline import Pipeline
@@ -10,9 +11,12 @@ from kcv_sd.prepare import check_call
 from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, check_upscale, generate_upscaled, upscaled_size
 
 
-def get_pipeline(model="sd15", weights="kerascv", precision="float32", jit_compile=False,
+def get_pipeline(model="sd15", weights="kerascv", precision=devices.AUTO, jit_compile=devices.AUTO,
                  compiled_loop=False, vae=None):
-    """A shared `Pipeline` per configuration: models load and compile once."""
+    """A shared `Pipeline` per configuration: models load and compile once.
+    "auto" is resolved first (`kcv_sd.devices`), so it shares the pipeline
+    of the values it stands for."""
+    precision, jit_compile = devices.resolve(precision, jit_compile)
     configuration = (model, str(weights), precision, bool(jit_compile), bool(compiled_loop))
     return _cached_pipeline(*configuration) if vae is None else _cached_pipeline(*configuration, str(vae))
 
@@ -25,13 +29,14 @@ def _cached_pipeline(model, weights, precision, jit_compile, compiled_loop, vae=
                     compiled_loop=compiled_loop, vae=vae)
 
 
-def check_generate(prompt, negative_prompt=None, *, model="sd15", precision="float32", upscale=None,
+def check_generate(prompt, negative_prompt=None, *, model="sd15", precision=devices.AUTO, upscale=None,
                    refine_strength=DEFAULT_REFINE_STRENGTH, **options):
     """Everything about a `generate()` call that can be checked without a
     model, checked: a bad argument fails here in milliseconds, before any
     model is built or loaded. Raises `kcv_sd.errors.InvalidArgumentError`."""
     family = family_by_name(model)
-    check_precision(precision)
+    if precision != devices.AUTO:
+        check_precision(precision)
     options = {name: value for name, value in options.items() if name not in ("progress", "weights",
                                                                               "jit_compile", "compiled_loop")}
     if upscale is not None:
@@ -45,12 +50,13 @@ def check_generate(prompt, negative_prompt=None, *, model="sd15", precision="flo
 
 
 def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
-             precision="float32", jit_compile=False, compiled_loop=False, upscale=None,
+             precision=devices.AUTO, jit_compile=devices.AUTO, compiled_loop=False, upscale=None,
              refine_strength=DEFAULT_REFINE_STRENGTH, vae=None, **options):
     """Generate images from text (and control images) with Stable Diffusion 1.x.
 
     `model`, `weights`, `precision`, `jit_compile`, `compiled_loop` and `vae` select a
-    cached `Pipeline` (see its docstring; `weights` may also be the Hub repo id
+    cached `Pipeline` (see its docstring; "auto" precision and jit_compile are
+    this device's, `kcv_sd.devices`; `weights` may also be the Hub repo id
     of a diffusers SD1.x repo, "owner/name"); every other option (width, height,
     num_inference_steps, guidance_scale, seed, num_images_per_prompt,
     output_type, sampler, image, controlnet, ...) is an argument of

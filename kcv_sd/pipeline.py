@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kcv_sd import devices
 from kcv_sd.components import load_components
 from kcv_sd.control import check_controlnets, plan_control
 from kcv_sd.emphasis import emphasize
@@ -29,6 +30,7 @@ from kcv_sd.precision import check_precision
 from kcv_sd.prepare import context_rows, prepare, steps_skipped
 from kcv_sd.prompts import chunks
 from kcv_sd.recent import RecentlyUsed
+from kcv_sd.routing import ROUTES_BY_DEVICE, device_routes
 from kcv_sd.samplers import SAMPLERS, resolve
 from kcv_sd.samplers.base import add_noise
 from kcv_sd.step import (
@@ -98,12 +100,17 @@ class Pipeline:
             layout, `.safetensors`), or "random" (`load_components`).
         vae: for a single-file checkpoint, a VAE in place of its own
             (`load_components`).
-        precision: "float32"; "mixed_float16" or "mixed_bfloat16" for the
-            UNet alone; "float16" or "bfloat16" for every model, text
-            encoder and VAE too (faster, images differ slightly;
-            `kcv_sd.precision`). GroupNorm statistics, the UNet's softmax
-            and the sampler stay float32.
-        jit_compile: compile the denoising step and decoder with XLA.
+        precision: "auto" (the default: this device's, `kcv_sd.devices`);
+            "float32"; "mixed_float16" or "mixed_bfloat16" for the UNet
+            alone; "float16" or "bfloat16" for every model, text encoder and
+            VAE too (faster, images differ slightly; `kcv_sd.precision`).
+            GroupNorm statistics, the UNet's softmax and the sampler stay
+            float32.
+        jit_compile: compile the denoising step and decoder with XLA;
+            "auto" (the default): on a GPU or TPU, not on a CPU.
+        device: "cpu", "gpu" or "tpu": whose defaults and kernel routes
+            (`kcv_sd.routing.RoutePolicy`) apply; None: the device
+            TensorFlow runs on.
         compiled_loop: run all denoising steps in one compiled function
             (a tf.while_loop) instead of one call per step from Python.
         components: already-built `Components` to share (then `model`,
@@ -120,12 +127,18 @@ class Pipeline:
             (better when many sizes are generated in one process).
     """
 
-    def __init__(self, model="sd15", weights="kerascv", precision="float32",
-                 jit_compile=False, components=None, compiled_loop=False, static_routes=True,
-                 xla_decoder=None, vae=None):
+    def __init__(self, model="sd15", weights="kerascv", precision=devices.AUTO,
+                 jit_compile=devices.AUTO, components=None, compiled_loop=False, static_routes=True,
+                 xla_decoder=None, vae=None, device=None):
+        defaults = devices.detected_defaults()
+        if device is not None and device != defaults.device:  # forced: that device kind's recipe
+            defaults = devices.choose_defaults(device)
+        precision, jit_compile = devices.resolve(precision, jit_compile, defaults)
         if components is None:
             components = load_components(model, weights, check_precision(precision), vae=vae)
         self.components = components
+        self.device = defaults.device
+        self.route_policy = ROUTES_BY_DEVICE[self.device]
         self.jit_compile = bool(jit_compile)
         self.compiled_loop = bool(compiled_loop)
         self.static_routes = bool(static_routes)
@@ -148,7 +161,13 @@ class Pipeline:
         # tf.cond / tf.while_loop, and converting it slows every first trace
         # (docs/latency_levers.md, tools/measure_first_call.py).
         jit_compile = self.jit_compile if jit_compile is None else jit_compile
-        return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=False)
+        policy = self.route_policy
+
+        def on_this_device(*args):  # traced with this device's kernel routes
+            with device_routes(policy):
+                return fn(*args)
+
+        return tf.function(on_this_device, input_signature=signature, jit_compile=jit_compile, autograph=False)
 
     # --- prompt -> encodings ---
 
@@ -226,9 +245,10 @@ class Pipeline:
         batch, height, width = size
 
         def routes():  # held with the ControlNets, so that their ids stay theirs
-            return controlnets, tuple(model.routes(rows, height, width, context_length)
-                                      for model in (self.components.unet, *controlnets)
-                                      for rows in (batch, 2 * batch))
+            with device_routes(self.route_policy):
+                return controlnets, tuple(model.routes(rows, height, width, context_length)
+                                          for model in (self.components.unet, *controlnets)
+                                          for rows in (batch, 2 * batch))
 
         return self._routes.get((size, context_length, tuple(id(c) for c in controlnets)), routes)[1]
 

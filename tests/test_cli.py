@@ -8,7 +8,7 @@ from kcv_sd.cli import main
 from kcv_sd.png import read_parameters
 
 pytestmark = pytest.mark.usefixtures("generate_on_tiny_pipeline")
-TINY = ["--model", "tiny", "--weights", "random", "--width", "64", "--height", "64",
+TINY = ["--model", "tiny", "--precision", "float32", "--weights", "random", "--width", "64", "--height", "64",
         "--steps", "2", "--no-progress"]
 
 
@@ -97,7 +97,7 @@ def test_img2img_and_inpainting_from_the_cli(tmp_path):
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "inpainted.png"
     result = run(["generate", "a", "-o", str(out), "--init-image", str(init), "--mask",
-                  str(tmp_path / "mask.png"), "--model", "tiny", "--weights", "random",
+                  str(tmp_path / "mask.png"), "--model", "tiny", "--precision", "float32", "--weights", "random",
                   "--steps", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
     pixels = np.asarray(Image.open(out))

@@ -82,7 +82,7 @@ def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth, generate_on_ti
     Image.fromarray(depth_to_control(wide_depth)).save(control)
     out = tmp_path / "out.png"
     result = CliRunner().invoke(main, [
-        "generate", "a room", "--model", "tiny", "--weights", "random", "--steps", "2",
+        "generate", "a room", "--model", "tiny", "--precision", "float32", "--weights", "random", "--steps", "2",
         "--no-progress", "--control", str(control), "--controlnet", str(checkpoint),
         "--control-sizing", "native", "--control-scale", "0.8", "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -93,7 +93,7 @@ def test_controlnet_checkpoint_file_and_cli(tmp_path, wide_depth, generate_on_ti
 
 
 def test_cli_control_count_mismatch_is_one_line(tmp_path, generate_on_tiny_pipeline):
-    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--weights", "random",
+    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--precision", "float32", "--weights", "random",
                                        "--control", "a.png", "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2
     assert "1 --control images for 0 --controlnet" in result.output

@@ -104,7 +104,7 @@ def test_pipeline_runs_on_a_diffusers_folder(folder, references):
     """weights=<diffusers folder> converts every component, the VAE encoder on first use."""
     from kcv_sd.pipeline import Pipeline
 
-    pipeline = Pipeline(model="tiny", weights=str(folder))
+    pipeline = Pipeline(model="tiny", precision="float32", weights=str(folder))
     assert pipeline.config == TINY_FAMILY_DIFFUSERS
     np.testing.assert_array_equal(
         np.asarray(pipeline.components.unet.conv_in.conv2d.kernel),

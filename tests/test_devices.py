@@ -38,3 +38,27 @@ def test_env_prints_devices_flags_and_defaults():
     chosen = devices.detected_defaults()
     assert "TensorFlow" in result.output and "devices: CPU" in result.output
     assert f"precision={chosen.precision}, jit_compile={chosen.jit_compile} ({chosen.reason})" in result.output
+
+
+def test_a_pipeline_takes_its_devices_defaults_and_routes(tiny_components):
+    from kcv_sd.pipeline import Pipeline
+    from kcv_sd.routing import ACCELERATOR_ROUTES, CPU_ROUTES
+
+    here = Pipeline(components=tiny_components, device="cpu")
+    assert here.route_policy == CPU_ROUTES and here.jit_compile is False  # "auto" on a CPU
+    gpu = Pipeline(components=tiny_components, device="gpu")
+    assert gpu.jit_compile is True and gpu.route_policy == ACCELERATOR_ROUTES
+    assert Pipeline(components=tiny_components, device="gpu", jit_compile=False).jit_compile is False
+    size = (1, 8, 8)
+    assert "matmul" in {r for routes in here._route_key(size, (), 77) for r in routes}
+    assert here._route_key(size, (), 77) != gpu._route_key(size, (), 77)
+
+
+def test_generate_resolves_auto_before_caching(monkeypatch):
+    from kcv_sd import generation
+
+    built = []
+    monkeypatch.setattr(generation, "_cached_pipeline", lambda *configuration: built.append(configuration))
+    generation.get_pipeline("tiny", "random")
+    generation.get_pipeline("tiny", "random", devices.detected_defaults().precision, False)
+    assert built[0] == built[1] == ("tiny", "random", devices.detected_defaults().precision, False, False)

@@ -44,7 +44,7 @@ def run_distributed():
     from kcv_sd.distribute import DistributedPipeline
 
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
-    pipeline = DistributedPipeline(strategy, model="tiny", weights="random")
+    pipeline = DistributedPipeline(strategy, model="tiny", precision="float32", weights="random")
     return {"replicas": pipeline.num_replicas,
             "latents": [pipeline(prompts, num_images_per_prompt=n, width=width, height=height, **ARGUMENTS).tolist()
                         for prompts, n, (width, height) in BATCHES]}

@@ -116,7 +116,7 @@ def test_a_local_path_of_the_same_name_wins(tmp_path, monkeypatch):
 
 def test_cli_weights_repo_id_offline_is_one_line(hub_folder, monkeypatch, tmp_path):
     fake_hub(monkeypatch, hub_folder, unreachable=True)
-    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--weights", REPO, "--width", "64",
+    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--precision", "float32", "--weights", REPO, "--width", "64",
                                        "--height", "64", "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()

@@ -95,7 +95,7 @@ def kerascv(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ours(kerascv):
-    return Pipeline(model="sd15", weights=str(kerascv[0]))
+    return Pipeline(model="sd15", weights=str(kerascv[0]), precision="float32")  # KerasCV computes in float32
 
 
 def test_unet_matches_kerascv_diffusion_model(kerascv, ours):

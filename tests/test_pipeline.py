@@ -256,9 +256,9 @@ def test_guidance_scale_one_skips_the_unconditional_branch(tiny_pipeline):
 
 
 def test_generate_caches_its_pipeline():
-    a = kcv_sd.generate("a", width=64, height=64, model="tiny", weights="random", output_type="np", **FAST)
+    a = kcv_sd.generate("a", width=64, height=64, model="tiny", precision="float32", weights="random", output_type="np", **FAST)
     pipeline = kcv_sd.get_pipeline("tiny", "random", "float32", False)
-    b = kcv_sd.generate("a", width=64, height=64, model="tiny", weights="random", output_type="np", **FAST)
+    b = kcv_sd.generate("a", width=64, height=64, model="tiny", precision="float32", weights="random", output_type="np", **FAST)
     assert kcv_sd.get_pipeline("tiny", "random", "float32", False) is pipeline
     np.testing.assert_array_equal(a, b)
 

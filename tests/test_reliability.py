@@ -30,7 +30,7 @@ from kcv_sd.errors import (
 )
 from kcv_sd.png import save_png
 
-TINY = ["--model", "tiny", "--weights", "random", "--steps", "2", "--no-progress"]
+TINY = ["--model", "tiny", "--precision", "float32", "--weights", "random", "--steps", "2", "--no-progress"]
 
 
 def png_bomb(path, side=100_000):
@@ -245,13 +245,13 @@ def test_bad_input_fails_before_any_model_is_built(tmp_path, monkeypatch):
 
     monkeypatch.setattr(kcv_sd.generation, "get_pipeline", no_models)
     monkeypatch.setattr(kcv_sd.generation, "_cached_pipeline", no_models)
-    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--width", "100", "-o",
+    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--precision", "float32", "--width", "100", "-o",
                                        str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "width=100" in result.output
     with pytest.raises(InvalidArgumentError, match="guidance_scale=nan"):
-        kcv_sd.generation.generate("a", model="tiny", weights="random", guidance_scale=float("nan"))
+        kcv_sd.generation.generate("a", model="tiny", precision="float32", weights="random", guidance_scale=float("nan"))
     with pytest.raises(InvalidArgumentError, match="The prompt is a bytes"):
-        kcv_sd.generation.generate(b"a room", model="tiny", weights="random")
+        kcv_sd.generation.generate(b"a room", model="tiny", precision="float32", weights="random")
 
 
 def test_a_file_that_appears_meanwhile_is_kept(tmp_path):

@@ -284,7 +284,7 @@ def test_cli_lists_and_takes_a1111_names(tmp_path):
     listed = CliRunner().invoke(main, ["generate", "--sampler", "list"])
     assert listed.exit_code == 0
     assert listed.output.splitlines() == [f"{name}: {', '.join(names)}" for name, names in ALIASES.items()]
-    args = ["generate", "a", "--model", "tiny", "--weights", "random", "-o", str(tmp_path / "x.png")]
+    args = ["generate", "a", "--model", "tiny", "--precision", "float32", "--weights", "random", "-o", str(tmp_path / "x.png")]
     result = CliRunner().invoke(main, [*args, "--sampler", "Euler a", "--steps", "1001"])
     assert result.exit_code == 2 and "num_inference_steps=1001" in result.output
     result = CliRunner().invoke(main, [*args, "--sampler", "k_euler"])

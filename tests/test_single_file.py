@@ -388,6 +388,6 @@ def test_cli_passes_weights_and_vae(files, tmp_path, monkeypatch):
         raise InvalidArgumentError(f"pipeline {configuration}")
 
     monkeypatch.setattr("kcv_sd.generation.get_pipeline", stop)
-    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--weights", str(files["float32"]),
+    result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--precision", "float32", "--weights", str(files["float32"]),
                                        "--vae", "vae.safetensors", "-o", str(tmp_path / "x.png")])
     assert f"'{files['float32']}', 'float32', False, False, 'vae.safetensors')" in result.output

@@ -42,7 +42,7 @@ def models(tmp_path_factory):
     (static routes at these sizes: test_static_routes_xla_and_the_compiled_loop_agree)."""
     references = tiny_family_references(seed=11)
     folder = write_diffusers_folder(tmp_path_factory.mktemp("tiny"), state_dicts(references))
-    return references["unet"], Pipeline(model="tiny", weights=str(folder), static_routes=False)
+    return references["unet"], Pipeline(model="tiny", precision="float32", weights=str(folder), static_routes=False)
 
 
 @pytest.mark.parametrize("height,width", ODD_SIZES)

@@ -127,7 +127,7 @@ def test_json_has_no_infinities(records, tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["records"][0]["chamfer_px"] is None
 
 
-CLI = ["aspect-ratio", "--model", "tiny", "--weights", "random", "--steps", "1",
+CLI = ["aspect-ratio", "--model", "tiny", "--precision", "float32", "--weights", "random", "--steps", "1",
        "--pixel-budget", str(SMALL_BUDGET), "--ratios", "1:1,1:2"]
 
 

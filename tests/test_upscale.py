@@ -60,13 +60,13 @@ def test_bad_arguments(tiny_pipeline, options, message):
 
 
 def test_generate_upscales(generate_on_tiny_pipeline):
-    images = kcv_sd.generate("a", model="tiny", weights="random", width=64, height=64, upscale=2, **ARGS)
+    images = kcv_sd.generate("a", model="tiny", precision="float32", weights="random", width=64, height=64, upscale=2, **ARGS)
     assert images[0].size == (128, 128)
 
 
 def test_cli(tmp_path, generate_on_tiny_pipeline):
     out = tmp_path / "big.png"
-    tiny = ["--model", "tiny", "--weights", "random", "--width", "64", "--height", "64", "--steps", "2",
+    tiny = ["--model", "tiny", "--precision", "float32", "--weights", "random", "--width", "64", "--height", "64", "--steps", "2",
             "--no-progress", "--seed", "3"]
     result = CliRunner().invoke(main, ["generate", "a", "-o", str(out), "--upscale", "2", "--refine-strength", "0.5",
                                        *tiny], catch_exceptions=False)
