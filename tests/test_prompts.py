@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcv_sd import routing
 from kcv_sd.emphasis import emphasize
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.pipeline import Pipeline
@@ -275,9 +274,9 @@ def test_static_routes_see_the_context_length(tiny_components):
     def spec(length):
         return pipeline.step_spec("ddim", True, size=(1, 8, 8), context_length=length)
 
-    policy = dataclasses.replace(routing.CPU_ROUTES, max_scores_at_once=2 * heads * 8 * 8 * 100)
-    with routing.device_routes(policy):  # chunked above 100 tokens
-        assert spec(77) == spec(100) != spec(154)
+    # Attention chunked above 100 tokens of context.
+    pipeline.route_policy = dataclasses.replace(pipeline.route_policy, max_scores_at_once=2 * heads * 8 * 8 * 100)
+    assert spec(77) == spec(100) != spec(154)
 
 
 def test_long_and_weighted_prompts_generate(tiny_pipeline):
