@@ -105,12 +105,15 @@ def console_main():
                    "and refine with img2img.")
 @click.option("--refine-strength", default=DEFAULT_REFINE_STRENGTH, show_default=True,
               help="img2img strength of the --upscale refine pass, 0..1.")
+@click.option("--deep-cache", type=int, default=None,
+              help="DeepCache: the full UNet every N steps, a shallow pass in between (faster, changes the image; "
+                   "3 is usual) [default: full UNet every step].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff, seed, num_images,
              output, overwrite, model, weights, precision, xla, vae, compiled_loop, sampler, controls, controlnets,
              control_scales, guess_mode, control_start, control_end, control_sizing,
-             init_image, strength, mask_image, tiled_decode, upscale, refine_strength, progress):
+             init_image, strength, mask_image, tiled_decode, upscale, refine_strength, deep_cache, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
     from kcv_sd.samplers import resolve
 
@@ -129,7 +132,8 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
     seed = random.randrange(2**31) if seed is None else seed
     options = dict(width=width, height=height, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                    num_images_per_prompt=num_images, sampler=sampler, init_image=init_image, strength=strength,
-                   mask_image=mask_image, tiled_decode=tiled_decode, cfg_cutoff_step_ratio=cfg_cutoff, **control)
+                   mask_image=mask_image, tiled_decode=tiled_decode, cfg_cutoff_step_ratio=cfg_cutoff,
+                   **({"deep_cache": deep_cache} if deep_cache is not None else {}), **control)
 
     from kcv_sd import __version__
     from kcv_sd.generation import check_generate, get_pipeline
@@ -152,7 +156,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
                       model=model, weights=weights, **({"vae": vae} if vae else {}), precision=precision, xla=xla,
                       compiled_loop=compiled_loop, init_image=init_image, strength=strength,
                       mask_image=mask_image, tiled_decode=tiled_decode, upscale=upscale,
-                      refine_strength=None if upscale is None else refine_strength,
+                      refine_strength=None if upscale is None else refine_strength, deep_cache=deep_cache,
                       sampler=sampler, kcv_sd_version=__version__,
                       **{k: v for k, v in control.items() if k not in ("image", "controlnet")},
                       control_images=[str(c) for c in controls], controlnets=list(controlnets))

@@ -257,13 +257,13 @@ class Pipeline:
         return dataclasses.replace(spec, routes=self._route_key(spec.size, spec.controlnets, spec.context_length))
 
     def step_spec(self, sampler, guided, controlnets=(), guess_mode=False, cutoff=False, inpaint=False,
-                  size=None, context_length=MAX_PROMPT_LENGTH):
+                  size=None, context_length=MAX_PROMPT_LENGTH, deep_cache=False):
         """The `StepSpec` of a step or loop; given a latent `size` (batch,
         height, width), traced with static routes for it and a text context
         of `context_length` tokens (sizes and lengths whose routes agree
         share the compiled function); None serves every size and length."""
         return self._routed(StepSpec(sampler, guided, tuple(controlnets), guess_mode, cutoff, inpaint,
-                                     size=size, context_length=context_length))
+                                     deep_cache=deep_cache, size=size, context_length=context_length))
 
     def step_function(self, spec):
         """The compiled single step of `spec` (no cutoff): `StepInputs` -> (latent, state)."""
@@ -279,8 +279,8 @@ class Pipeline:
         tf.while_loop, no host round trip per step): `LoopInputs` with
         tensor flags -> latent."""
         def build():
-            def step_for(guided, controlled):
-                variant = self._routed(spec.variant(guided, controlled))
+            def step_for(guided, controlled, shallow):
+                variant = self._routed(spec.variant(guided, controlled, shallow))
                 return functools.partial(step_body, variant, noise_predictor(variant, self.components.unet))
 
             def loop(inputs):
@@ -303,7 +303,7 @@ class Pipeline:
                  image=None, controlnet=None, controlnet_conditioning_scale=1.0, guess_mode=False,
                  control_guidance_start=0.0, control_guidance_end=1.0, control_sizing="resize",
                  progress=False, init_image=None, strength=None, mask_image=None, tiled_decode=None,
-                 cfg_cutoff_step_ratio=None):
+                 cfg_cutoff_step_ratio=None, deep_cache=None):
         """Generate images.
 
         Args:
@@ -366,6 +366,14 @@ class Pipeline:
                 int(steps * ratio) are guided, later ones run the
                 conditional prompt alone (half the UNet work each). It
                 changes the images; None (the default) guides every step.
+            deep_cache: DeepCache (Ma et al. 2023, cache branch 0) every N
+                steps: the full UNet runs at the first step of each N and
+                keeps the features its last up block takes; the steps in
+                between run the input convolution and that block alone on
+                them (`kcv_sd.unet.UNet.shallow`). Much less work for a
+                small change to the images; None (the default) runs the
+                full UNet every step. Not with ControlNets or a guidance
+                cutoff.
         """
         call = prepare(
             self.components, prompt, negative_prompt, width=width, height=height,
@@ -375,7 +383,8 @@ class Pipeline:
             controlnet_conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode,
             control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
             control_sizing=control_sizing, init_image=init_image, strength=strength,
-            mask_image=mask_image, cfg_cutoff_step_ratio=cfg_cutoff_step_ratio, tiled_decode=tiled_decode)
+            mask_image=mask_image, cfg_cutoff_step_ratio=cfg_cutoff_step_ratio, tiled_decode=tiled_decode,
+            deep_cache=deep_cache)
         context = self.encode_context(call)
         start = pixel_mask = None
         if call.init is not None:
@@ -386,7 +395,7 @@ class Pipeline:
                                None if pixel_mask is None else tf.constant(latent_repaint_mask(pixel_mask)))
         control = None if call.plan is None else call.plan.for_batch(call.batch)
         latent = self.denoise(call.noise, context, call.num_inference_steps, call.guidance_scale, call.guided,
-                              call.sampler, progress, control, start, call.guided_steps)
+                              call.sampler, progress, control, start, call.guided_steps, call.deep_cache)
         self.check_finite(latent, "latents", call.plan)
         if output_type == "latent":
             return latent.numpy()
@@ -423,7 +432,7 @@ class Pipeline:
         return plan.for_batch(batch)
 
     def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim",
-                progress=False, control=None, start=None, guided_steps=None):
+                progress=False, control=None, start=None, guided_steps=None, deep_cache=None):
         """Run `sampler` over `num_steps` steps from unit `noise`, or from
         `noise` and an img2img or inpainting `start` (an `ImageStart`).
 
@@ -434,7 +443,9 @@ class Pipeline:
         the first `guided_steps` of the steps that run use guidance (None:
         all); later ones run the conditional half of `context` alone. With
         `compiled_loop` the steps run inside one compiled function and
-        `progress` is not shown.
+        `progress` is not shown. With `deep_cache` N (DeepCache), the full
+        UNet runs every N-th step from the first and its shallow pass in
+        between (`kcv_sd.unet.UNet.shallow`).
         """
         sampler = resolve(sampler)
         schedule = SAMPLERS[sampler].schedule(num_steps, 0 if start is None else
@@ -452,10 +463,15 @@ class Pipeline:
         known = self.static_routes and noise.shape[:3].is_fully_defined() and context.shape[1] is not None
         spec = self.step_spec(sampler, guided, () if control is None else control.controlnets,
                               control is not None and control.guess_mode, cutoff, inpaint,
-                              tuple(noise.shape[:3]) if known else None, context.shape[1])
+                              tuple(noise.shape[:3]) if known else None, context.shape[1], bool(deep_cache))
+        state = SAMPLERS[sampler].initial_state(latent)
+        if deep_cache:  # the features the first (full) step keeps; zeros until then
+            shape = tf.concat([tf.shape(latent)[:1] * (2 if guided else 1), tf.shape(latent)[1:3],
+                               [self.components.unet.feature_channels]], 0)
+            state = (*state, tf.zeros(shape))
         num_residuals = self.config.num_skip_connections + 1
         inputs = LoopInputs(
-            latent, SAMPLERS[sampler].initial_state(latent),
+            latent, state,
             timestep_embedding(schedule.timesteps, self.config.timestep_dim), context,
             tf.constant(guidance_scale, tf.float32), tf.constant(schedule.coefficients),
             control_images=() if control is None else tuple(control.images),
@@ -466,17 +482,19 @@ class Pipeline:
             guided_at=guided_at if cutoff else (),
             blend=(start.latent, noise, start.mask) if inpaint else (),
             noise_levels=tf.constant(schedule.noise_levels) if inpaint else (),
-            noise_keys=noise_keys(noise) if SAMPLERS[sampler].stochastic else ())
+            noise_keys=noise_keys(noise) if SAMPLERS[sampler].stochastic else (),
+            shallow_at=np.arange(count) % deep_cache != 0 if deep_cache else ())
 
         if self.compiled_loop:
             flags = {name: tf.constant(getattr(inputs, name))
-                     for name in ("control_scales", "control_keep", "guided_at") if len(getattr(inputs, name))}
+                     for name in ("control_scales", "control_keep", "guided_at", "shallow_at")
+                     if len(getattr(inputs, name))}
             return self.loop_function(spec)(inputs._replace(**flags))
 
-        variant = functools.cache(lambda guided_now, controlled: self._routed(spec.variant(guided_now, controlled)))
+        variant = functools.cache(lambda *flags: self._routed(spec.variant(*flags)))
 
-        def step_for(guided_now, controlled):
-            return self.step_function(variant(guided_now, controlled))
+        def step_for(guided_now, controlled, shallow):
+            return self.step_function(variant(guided_now, controlled, shallow))
 
         steps = range(count)
         if progress:

@@ -63,6 +63,19 @@ def check_options(num_inference_steps, guidance_scale, num_images_per_prompt, sa
         raise InvalidArgumentError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
 
 
+def check_deep_cache(deep_cache, controlnet, cutoff):
+    """DeepCache's interval: None, or an integer from 1 (every step full) up.
+    Its kept features hold the guided batch and no ControlNet residuals, so
+    it runs without ControlNets and without a guidance cutoff."""
+    if deep_cache is None:
+        return
+    check_integer("deep_cache", deep_cache, 1, 1000, "use an integer N >= 1 (the full UNet every N steps; 3 is usual)")
+    if controlnet is not None:
+        raise InvalidArgumentError("deep_cache does not run with ControlNets yet: leave one of them out.")
+    if cutoff:
+        raise InvalidArgumentError("deep_cache does not run with cfg_cutoff_step_ratio yet: leave one of them out.")
+
+
 def guided_steps(steps_run, cfg_cutoff_step_ratio):
     """How many of the steps that run keep guidance: diffusers'
     `SDCFGCutoffCallback` turns it off after step int(steps * ratio)."""
@@ -121,6 +134,7 @@ class Call:
     init: object = None  # img2img / inpainting start, a PIL image
     mask: object = None  # inpainting mask, a PIL image
     strength: float = 1.0
+    deep_cache: int = None  # DeepCache's interval; None: the full UNet every step
 
     @property
     def batch(self):
@@ -145,7 +159,7 @@ def check_call(family, prompt, negative_prompt=None, width=None, height=None, nu
                sampler="ddim", image=None, controlnet=None, controlnet_conditioning_scale=1.0,
                guess_mode=False, control_guidance_start=0.0, control_guidance_end=1.0,
                control_sizing="resize", init_image=None, strength=None, mask_image=None,
-               cfg_cutoff_step_ratio=None, tiled_decode=None):
+               cfg_cutoff_step_ratio=None, tiled_decode=None, deep_cache=None):
     """`Pipeline.__call__`'s arguments checked and resolved for a model
     `family` (`kcv_sd.components.ModelFamily`) into a `Call`, without any
     model: its control plan names ControlNets and does not load them."""
@@ -169,6 +183,7 @@ def check_call(family, prompt, negative_prompt=None, width=None, height=None, nu
     # PNDM's first step takes two UNet calls: the steps that run are its schedule's rows.
     steps_run = len(SAMPLERS[sampler].schedule(num_inference_steps, steps_skipped(num_inference_steps, strength)))
     guided_count = guided_steps(steps_run, cfg_cutoff_step_ratio)
+    check_deep_cache(deep_cache, controlnet, guided_count is not None and guided_count < steps_run)
 
     batch = len(prompts) * num_images_per_prompt
     shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, config.latent_channels)
@@ -187,7 +202,7 @@ def check_call(family, prompt, negative_prompt=None, width=None, height=None, nu
         raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
     return Call(prompts, negatives, width, height, num_images_per_prompt,
                 tf.convert_to_tensor(latents, tf.float32), num_inference_steps, guidance_scale, sampler,
-                output_type, guided_count, plan, init, mask, strength)
+                output_type, guided_count, plan, init, mask, strength, deep_cache)
 
 
 def prepare(components, prompt, negative_prompt=None, control_scope=contextlib.nullcontext, **options):

@@ -23,7 +23,7 @@ from kcv_sd.routing import static_routes
 from kcv_sd.samplers import SAMPLERS
 from kcv_sd.samplers.base import add_noise
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
-from kcv_sd.unet import control_input_names
+from kcv_sd.unet import control_input_names, deep_cache_channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,19 +37,23 @@ class StepSpec:
     guess_mode: bool = False  # ControlNets see the conditional half only
     cutoff: bool = False  # loops only: guided steps, then conditional-only ones
     inpaint: bool = False  # keep the init latents outside the mask
+    # DeepCache: full UNet steps keep features (the state's last tensor) that
+    # the shallow steps between them reuse; which steps are which is an input.
+    deep_cache: bool = False
+    shallow: bool = False  # single steps only: this is a shallow DeepCache step
     # The layers' kernel routes (`kcv_sd.routing.routes`) at `size`, or None to
     # choose at run time; sizes whose routes agree share a trace.
     routes: tuple = None
     size: tuple = dataclasses.field(default=None, compare=False)  # (batch, height, width)
     context_length: int = dataclasses.field(default=MAX_PROMPT_LENGTH, compare=False)  # text tokens, with `size`
 
-    def variant(self, guided, controlled):
-        """The single step a run of this spec takes where guidance is `guided`
-        and the ControlNets are `controlled`; its `routes` are still to be set
-        for its models."""
+    def variant(self, guided, controlled, shallow=False):
+        """The single step a run of this spec takes where guidance is `guided`,
+        the ControlNets are `controlled` and DeepCache's pass is `shallow`;
+        its `routes` are still to be set for its models."""
         return dataclasses.replace(
             self, guided=guided, cutoff=False, controlnets=self.controlnets if controlled else (),
-            guess_mode=self.guess_mode and controlled, routes=None)
+            guess_mode=self.guess_mode and controlled, routes=None, shallow=shallow)
 
 
 class StepInputs(NamedTuple):
@@ -86,6 +90,7 @@ class LoopInputs(NamedTuple):
     blend: tuple = ()  # inpainting: (init_latent, noise, mask)
     noise_levels: tf.Tensor = ()  # inpainting: (steps + 1, 2)
     noise_keys: tf.Tensor = ()  # stochastic samplers: int32 (B, 2), `noise_keys`
+    shallow_at: tf.Tensor = ()  # with DeepCache: bool (steps,), the steps that reuse features
 
     def at(self, spec, i, latent, state, guided, controlled):
         """Step `i`'s `StepInputs` in the variant (`guided`, `controlled`) of a run of `spec`."""
@@ -143,15 +148,19 @@ def step_body(spec, predict, inputs):
     returns (latent, state)."""
     sampler = SAMPLERS[spec.sampler]
     model_input = sampler.model_input(inputs.latent, inputs.coefficients)
-    noise = predict(model_input, inputs.t_embed, inputs.context, inputs.control_images, inputs.control_scales)
+    state, kept = (inputs.state[:-1], inputs.state[-1]) if spec.deep_cache else (inputs.state, None)
+    noise = predict(model_input, inputs.t_embed, inputs.context, inputs.control_images, inputs.control_scales,
+                    kept)
+    if spec.deep_cache:
+        noise, kept = noise
     if spec.guided:
         batch = tf.shape(inputs.latent)[0]
         noise = guide(noise[:batch], noise[batch:], inputs.guidance_scale)
     fresh = (fresh_noise(*inputs.fresh, tf.shape(inputs.latent)[1:]),) if sampler.stochastic else ()
-    latent, state = sampler.step(inputs.latent, noise, inputs.coefficients, inputs.state, *fresh)
+    latent, state = sampler.step(inputs.latent, noise, inputs.coefficients, state, *fresh)
     if spec.inpaint:
         latent = keep_unmasked(latent, *inputs.blend)
-    return latent, state
+    return latent, (*state, kept) if spec.deep_cache else state
 
 
 def choose(flag, run):
@@ -166,12 +175,13 @@ def advance(spec, step_for, inputs, i, latent, state):
 
     `step_for(guided, controlled)` gives the function that runs that variant
     of the step on `StepInputs` (compiled, or `step_body` inside a loop)."""
-    def run(guided, controlled):
-        return step_for(guided, controlled)(inputs.at(spec, i, latent, state, guided, controlled))
+    def run(guided, controlled, shallow):
+        return step_for(guided, controlled, shallow)(inputs.at(spec, i, latent, state, guided, controlled))
 
     guided = inputs.guided_at[i] if spec.cutoff else spec.guided
     controlled = inputs.control_keep[i] if spec.controlnets else False
-    return choose(guided, lambda g: choose(controlled, lambda c: run(g, c)))
+    shallow = inputs.shallow_at[i] if spec.deep_cache else False
+    return choose(guided, lambda g: choose(controlled, lambda c: choose(shallow, lambda d: run(g, c, d))))
 
 
 def noise_predictor(spec, unet):
@@ -197,11 +207,17 @@ def noise_predictor(spec, unet):
 
         return call
 
-    def predict(latent, t_embed, context, control_images=(), control_scales=()):
+    def predict(latent, t_embed, context, control_images=(), control_scales=(), features=None):
         batch = tf.shape(latent)[0]
         doubled = tf.concat([latent] * copies, axis=0)
         t_doubled = tf.repeat(t_embed, copies * batch, axis=0)
         inputs = {"latent": doubled, "timestep_embedding": t_doubled, "context": context}
+        if spec.shallow:  # DeepCache: (noise, the kept features unchanged)
+            shallow = routed(unet.model(deep_cache="shallow"), copies)({**inputs, "features": features})
+            return tf.cast(shallow, tf.float32), features
+        if spec.deep_cache:  # a full DeepCache step: (noise, features to keep)
+            noise, kept = routed(unet.model(deep_cache="full"), copies)(inputs)
+            return tf.cast(noise, tf.float32), tf.cast(kept, tf.float32)
         if not spec.controlnets:
             return tf.cast(routed(unet.model(), copies)(inputs), tf.float32)
         residuals = None
@@ -227,9 +243,10 @@ def noise_predictor(spec, unet):
 NOISE_KEYS = tf.TensorSpec((None, 2), tf.int32)  # `noise_keys`
 
 
-def _state_spec(spec, latent_spec, latent_channels):
-    size = len(SAMPLERS[spec.sampler].initial_state(tf.zeros((1, 8, 8, latent_channels))))
-    return tuple([latent_spec] * size)
+def _state_spec(spec, latent_spec, config):
+    size = len(SAMPLERS[spec.sampler].initial_state(tf.zeros((1, 8, 8, config.latent_channels))))
+    kept = (tf.TensorSpec((None, None, None, deep_cache_channels(config)), tf.float32),) if spec.deep_cache else ()
+    return tuple([latent_spec] * size) + kept
 
 
 def step_signature(spec, config):
@@ -238,7 +255,7 @@ def step_signature(spec, config):
     rows = SAMPLERS[spec.sampler].schedule(2).coefficients.shape[1]
     count = len(spec.controlnets)
     return StepInputs(
-        latent, _state_spec(spec, latent, config.latent_channels),
+        latent, _state_spec(spec, latent, config),
         tf.TensorSpec((1, config.timestep_dim), tf.float32),
         tf.TensorSpec((None, None, config.context_dim), tf.float32),
         tf.TensorSpec((), tf.float32),
@@ -267,4 +284,5 @@ def loop_signature(spec, config):
         flags if spec.cutoff else (),
         one.blend[:3] if spec.inpaint else (),
         tf.TensorSpec((None, 2), tf.float32) if spec.inpaint else (),
-        one.fresh[0] if one.fresh else ())
+        one.fresh[0] if one.fresh else (),
+        flags if spec.deep_cache else ())

@@ -28,6 +28,12 @@ def timestep_embedding(timesteps, dim, max_period=10000):
     return ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)
 
 
+def deep_cache_channels(config):
+    """Channels of the features DeepCache keeps (`UNet.shallow`): the top
+    level's, as its last up block follows another of that level."""
+    return config.block_channels[0]
+
+
 def control_input_names(config):
     """Names of the residual inputs: one per skip connection, then the middle."""
     skips = [f"control_{i}" for i in range(config.num_skip_connections)]
@@ -163,8 +169,11 @@ class UNet(UNetEncoder):
             ordered += [upsample] if upsample is not None else []
         return ordered + [self.norm_out, self.conv_out]
 
-    def __call__(self, latent, t_embed, context, control=None):
-        """Wires the layers on (symbolic) tensors; `control` is a list of residuals."""
+    def __call__(self, latent, t_embed, context, control=None, with_features=False):
+        """Wires the layers on (symbolic) tensors; `control` is a list of
+        residuals. With `with_features`, returns (noise, the features the
+        last up block takes with the first skip), the part DeepCache reuses
+        (`shallow`)."""
         emb = self.embed_time(t_embed)
         skips, x = self.encode(self.conv_in(latent), emb, context)
 
@@ -174,38 +183,70 @@ class UNet(UNetEncoder):
             skips = [skip + residual for skip, residual in zip(skips, control[:-1])]
             x = x + control[-1]
 
+        last = self.up_levels[-1][0][-1]
         for blocks, upsample in self.up_levels:
-            for resblock, transformer in blocks:
-                x = ops.concatenate([x, skips.pop()], axis=-1)
-                x = resblock([x, emb])
-                if transformer is not None:
-                    x = transformer([x, context])
+            for pair in blocks:
+                if pair is last:
+                    features = x
+                x = self._up_block(pair, x, skips.pop(), emb, context)
             if upsample is not None:
                 x = upsample([x, skips[-1]])
+        noise = self._out(x)
+        return (noise, features) if with_features else noise
 
+    def shallow(self, latent, t_embed, context, features):
+        """DeepCache's cheap step (cache branch 0, Ma et al. 2023): the input
+        convolution and the last up block alone, on `features` from the last
+        full step (`__call__(..., with_features=True)`); everything deeper is
+        taken as unchanged since then."""
+        emb = self.embed_time(t_embed)
+        x = self._up_block(self.up_levels[-1][0][-1], features, self.conv_in(latent), emb, context)
+        return self._out(x)
+
+    @staticmethod
+    def _up_block(pair, x, skip, emb, context):
+        resblock, transformer = pair
+        x = resblock([ops.concatenate([x, skip], axis=-1), emb])
+        return x if transformer is None else transformer([x, context])
+
+    def _out(self, x):
         return self.conv_out(ops.silu(self.norm_out(x)))
 
-    def model(self, with_control=False):
+    @property
+    def feature_channels(self):
+        return deep_cache_channels(self.config)
+
+    def model(self, with_control=False, deep_cache=None):
         """A functional model with named inputs; cached per wiring.
 
         Inputs: `latent` (B, H, W, 4), `timestep_embedding` (B, timestep_dim),
         `context` (B, T, context_dim), and with `with_control` the residuals
         named by `control_input_names`. Output: predicted noise, float32.
+        `deep_cache`="full" also outputs the features DeepCache keeps;
+        "shallow" takes them as input `features` (see `shallow`).
         """
-        if with_control not in self._models:
+        key = (with_control, deep_cache)
+        if key not in self._models:
             c = self.config
             inputs = {
                 "latent": keras.Input((None, None, c.latent_channels), name="latent"),
                 "timestep_embedding": keras.Input((c.timestep_dim,), name="timestep_embedding"),
                 "context": keras.Input((None, c.context_dim), name="context"),
             }
+            if deep_cache == "shallow":
+                inputs["features"] = keras.Input((None, None, self.feature_channels), name="features")
+                output = self.shallow(inputs["latent"], inputs["timestep_embedding"], inputs["context"],
+                                      inputs["features"])
+                self._models[key] = keras.Model(inputs, output, name="unet_shallow")
+                return self._models[key]
             control = None
             if with_control:
                 channels = self.skip_channels + (c.block_channels[-1],)
                 for name, ch in zip(control_input_names(c), channels):
                     inputs[name] = keras.Input((None, None, ch), name=name)
                 control = [inputs[name] for name in control_input_names(c)]
-            output = self(inputs["latent"], inputs["timestep_embedding"], inputs["context"], control)
+            output = self(inputs["latent"], inputs["timestep_embedding"], inputs["context"], control,
+                          with_features=deep_cache == "full")
             name = "unet_controlled" if with_control else "unet"
-            self._models[with_control] = keras.Model(inputs, output, name=name)
-        return self._models[with_control]
+            self._models[key] = keras.Model(inputs, output, name=name + ("_cached" if deep_cache else ""))
+        return self._models[key]

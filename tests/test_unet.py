@@ -263,3 +263,18 @@ def test_attention_matches_float64(dtype):
     assert attended.dtype == dtype
     tolerance = {"float32": 2e-6, "bfloat16": 0.03, "float16": 0.003}[dtype]
     np.testing.assert_allclose(np.asarray(tf.cast(attended, tf.float32)), expected, atol=tolerance)
+
+
+def test_deep_cache_shallow_step_on_fresh_features_is_the_full_step(tiny_unet):
+    """DeepCache's shallow pass recomputes only the input convolution and the
+    last up block: fed the features a full pass kept for the same inputs, it
+    gives the full pass's noise."""
+    inputs = unet_inputs(tiny_unet.config, 2, 8, 16)
+    plain = np.asarray(tiny_unet.model()(inputs))
+    noise, features = tiny_unet.model(deep_cache="full")(inputs)
+    np.testing.assert_array_equal(np.asarray(noise), plain)
+    assert features.shape[-1] == tiny_unet.feature_channels
+    shallow = tiny_unet.model(deep_cache="shallow")({**inputs, "features": np.asarray(features)})
+    np.testing.assert_allclose(np.asarray(shallow), plain, rtol=1e-5, atol=1e-5)
+    stale = tiny_unet.model(deep_cache="shallow")({**inputs, "features": np.asarray(features) * 0.5})
+    assert not np.allclose(np.asarray(stale), plain, atol=1e-3)  # the features do matter
