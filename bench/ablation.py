@@ -27,6 +27,8 @@ LEVERS = (
     Lever("compiled loop", "same maths: all steps in one tf.while_loop", {}, compiled_loop=True),
     Lever("CFG cutoff 0", "changes the image: unguided (conditional-only) after the first step",
           {"cfg_cutoff_step_ratio": 0.0}),
+    Lever("DeepCache, interval 3", "changes the image: the full UNet every 3rd step, its shallow pass between",
+          {"deep_cache": 3}),
     Lever("ControlNet, every step", "adds the ControlNet", {}, controlnet=True),
     Lever("ControlNet window end 0.5", "changes the image: no ControlNet in the second half",
           {"control_guidance_end": 0.5}, controlnet=True, baseline="ControlNet, every step"),
