@@ -73,14 +73,18 @@ def sd15_checkpoint_shapes():
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                             down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4)
-        text = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu", max_position_embeddings=77))
+        text = CLIPTextModel(CLIPTextConfig(  # OpenAI's CLIP ViT-L/14 text tower
+            hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+            hidden_act="quick_gelu", max_position_embeddings=77))
     unet_names, vae_names = ldm_unet_table(SD15_DIFFUSERS), ldm_vae_table(VAE_PREFIX)
     shapes = {unet_names.file_key(k): tuple(v.shape) for k, v in unet.state_dict().items()}
     for key, value in vae.state_dict().items():
         # ldm's VAE attention projections are 1x1 convolutions.
         shape = tuple(value.shape) + ((1, 1) if ".attentions." in key and value.ndim == 2 else ())
         shapes[vae_names.file_key(key)] = shape
-    shapes.update({TEXT_PREFIX + k: tuple(v.shape) for k, v in text.state_dict().items()})
+    # transformers < 5 (which saved SD1.x's files) names the keys "text_model.*".
+    shapes.update({TEXT_PREFIX + "text_model." + k.removeprefix("text_model."): tuple(v.shape)
+                   for k, v in text.state_dict().items()})
     return shapes
 
 

@@ -10,11 +10,13 @@ from kcv_sd.convert.checks import SDXL_MARKERS, TEXT_WIDTH_FAMILIES, describe
 from kcv_sd.convert.errors import CheckpointError
 from kcv_sd.convert.ldm_layout import TEXT_PREFIX, UNET_PREFIX
 from kcv_sd.convert.ldm_vae import LDM_MARKER
+from kcv_sd.convert.text_encoder_diffusers import PREFIXES as CLIP_PREFIXES
+from kcv_sd.convert.text_encoder_diffusers import TOKEN_EMBEDDING
 
 SDXL_PREFIX = "conditioner.embedders."
 OPENCLIP_PREFIX = "cond_stage_model.model."  # SD 2.x's OpenCLIP ViT-H text encoder
 INPUT_CONV = UNET_PREFIX + "input_blocks.0.0.weight"
-TOKEN_EMBEDDING = TEXT_PREFIX + "text_model.embeddings.token_embedding.weight"
+TOKEN_EMBEDDINGS = tuple(TEXT_PREFIX + prefix + TOKEN_EMBEDDING for prefix in CLIP_PREFIXES)
 INPAINTING_CHANNELS = 9  # latent, mask, masked image's latent
 
 
@@ -66,8 +68,9 @@ def check_sd1_checkpoint(state_dict, unet_config, text_width, source):
         if width != unet_config.context_dim:
             refuse(source, f"{family_of_width(width)} (its UNet cross-attends to "
                            f"{width}-wide text encodings)", *args)
-    if TOKEN_EMBEDDING in state_dict:
-        width = state_dict[TOKEN_EMBEDDING].shape[1]
+    token_embedding = next((key for key in TOKEN_EMBEDDINGS if key in state_dict), None)
+    if token_embedding is not None:
+        width = state_dict[token_embedding].shape[1]
         if width != text_width:
             refuse(source, f"{family_of_width(width)} (its text encoder is {width} wide)",
                    *args)
