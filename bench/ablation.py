@@ -29,6 +29,8 @@ LEVERS = (
           {"cfg_cutoff_step_ratio": 0.0}),
     Lever("DeepCache, interval 3", "changes the image: the full UNet every 3rd step, its shallow pass between",
           {"deep_cache": 3}),
+    Lever("token merging 0.5", "changes the image: half the first level's tokens merged before self-attention",
+          {"token_merging": 0.5}),
     Lever("ControlNet, every step", "adds the ControlNet", {}, controlnet=True),
     Lever("ControlNet window end 0.5", "changes the image: no ControlNet in the second half",
           {"control_guidance_end": 0.5}, controlnet=True, baseline="ControlNet, every step"),

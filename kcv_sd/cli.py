@@ -108,12 +108,15 @@ def console_main():
 @click.option("--deep-cache", type=int, default=None,
               help="DeepCache: the full UNet every N steps, a shallow pass in between (faster, changes the image; "
                    "3 is usual) [default: full UNet every step].")
+@click.option("--token-merging", type=float, default=None,
+              help="ToMe SD: merge this share of the tokens before the first level's self-attention "
+                   "(0 to 1, 0.5 is usual; faster, changes the image) [default: none].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff, seed, num_images,
              output, overwrite, model, weights, precision, xla, vae, compiled_loop, sampler, controls, controlnets,
              control_scales, guess_mode, control_start, control_end, control_sizing,
-             init_image, strength, mask_image, tiled_decode, upscale, refine_strength, deep_cache, progress):
+             init_image, strength, mask_image, tiled_decode, upscale, refine_strength, deep_cache, token_merging, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
     from kcv_sd.samplers import resolve
 
@@ -133,7 +136,8 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
     options = dict(width=width, height=height, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                    num_images_per_prompt=num_images, sampler=sampler, init_image=init_image, strength=strength,
                    mask_image=mask_image, tiled_decode=tiled_decode, cfg_cutoff_step_ratio=cfg_cutoff,
-                   **({"deep_cache": deep_cache} if deep_cache is not None else {}), **control)
+                   **{name: value for name, value in (("deep_cache", deep_cache), ("token_merging", token_merging))
+                      if value is not None}, **control)
 
     from kcv_sd import __version__
     from kcv_sd.generation import check_generate, get_pipeline
@@ -157,6 +161,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
                       compiled_loop=compiled_loop, init_image=init_image, strength=strength,
                       mask_image=mask_image, tiled_decode=tiled_decode, upscale=upscale,
                       refine_strength=None if upscale is None else refine_strength, deep_cache=deep_cache,
+                      token_merging=token_merging,
                       sampler=sampler, kcv_sd_version=__version__,
                       **{k: v for k, v in control.items() if k not in ("image", "controlnet")},
                       control_images=[str(c) for c in controls], controlnets=list(controlnets))

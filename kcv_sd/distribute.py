@@ -31,7 +31,8 @@ from kcv_sd.recent import RecentlyUsed
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
 
 # `Pipeline.__call__` arguments that need the single-device pipeline.
-SINGLE_DEVICE_ONLY = ("init_image", "strength", "mask_image", "tiled_decode", "cfg_cutoff_step_ratio", "deep_cache")
+SINGLE_DEVICE_ONLY = ("init_image", "strength", "mask_image", "tiled_decode", "cfg_cutoff_step_ratio", "deep_cache",
+                      "token_merging")
 
 
 def _tpu_cluster_resolver():

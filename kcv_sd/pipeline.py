@@ -161,13 +161,7 @@ class Pipeline:
         # tf.cond / tf.while_loop, and converting it slows every first trace
         # (docs/latency_levers.md, tools/measure_first_call.py).
         jit_compile = self.jit_compile if jit_compile is None else jit_compile
-        policy = self.route_policy
-
-        def on_this_device(*args):  # traced with this device's kernel routes
-            with device_routes(policy):
-                return fn(*args)
-
-        return tf.function(on_this_device, input_signature=signature, jit_compile=jit_compile, autograph=False)
+        return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=False)
 
     # --- prompt -> encodings ---
 
@@ -257,18 +251,19 @@ class Pipeline:
         return dataclasses.replace(spec, routes=self._route_key(spec.size, spec.controlnets, spec.context_length))
 
     def step_spec(self, sampler, guided, controlnets=(), guess_mode=False, cutoff=False, inpaint=False,
-                  size=None, context_length=MAX_PROMPT_LENGTH, deep_cache=False):
+                  size=None, context_length=MAX_PROMPT_LENGTH, deep_cache=False, token_merging=0.0):
         """The `StepSpec` of a step or loop; given a latent `size` (batch,
         height, width), traced with static routes for it and a text context
         of `context_length` tokens (sizes and lengths whose routes agree
         share the compiled function); None serves every size and length."""
         return self._routed(StepSpec(sampler, guided, tuple(controlnets), guess_mode, cutoff, inpaint,
-                                     deep_cache=deep_cache, size=size, context_length=context_length))
+                                     deep_cache=deep_cache, token_merging=float(token_merging or 0.0), size=size,
+                                     context_length=context_length))
 
     def step_function(self, spec):
         """The compiled single step of `spec` (no cutoff): `StepInputs` -> (latent, state)."""
         def build():
-            predict = noise_predictor(spec, self.components.unet)
+            predict = noise_predictor(spec, self.components.unet, self.route_policy)
             return self._compile(functools.partial(step_body, spec, predict),
                                  [step_signature(spec, self.config)])
 
@@ -281,7 +276,7 @@ class Pipeline:
         def build():
             def step_for(guided, controlled, shallow):
                 variant = self._routed(spec.variant(guided, controlled, shallow))
-                return functools.partial(step_body, variant, noise_predictor(variant, self.components.unet))
+                return functools.partial(step_body, variant, noise_predictor(variant, self.components.unet, self.route_policy))
 
             def loop(inputs):
                 def body(i, latent, state):
@@ -303,7 +298,7 @@ class Pipeline:
                  image=None, controlnet=None, controlnet_conditioning_scale=1.0, guess_mode=False,
                  control_guidance_start=0.0, control_guidance_end=1.0, control_sizing="resize",
                  progress=False, init_image=None, strength=None, mask_image=None, tiled_decode=None,
-                 cfg_cutoff_step_ratio=None, deep_cache=None):
+                 cfg_cutoff_step_ratio=None, deep_cache=None, token_merging=None):
         """Generate images.
 
         Args:
@@ -384,7 +379,7 @@ class Pipeline:
             control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
             control_sizing=control_sizing, init_image=init_image, strength=strength,
             mask_image=mask_image, cfg_cutoff_step_ratio=cfg_cutoff_step_ratio, tiled_decode=tiled_decode,
-            deep_cache=deep_cache)
+            deep_cache=deep_cache, token_merging=token_merging)
         context = self.encode_context(call)
         start = pixel_mask = None
         if call.init is not None:
@@ -395,7 +390,8 @@ class Pipeline:
                                None if pixel_mask is None else tf.constant(latent_repaint_mask(pixel_mask)))
         control = None if call.plan is None else call.plan.for_batch(call.batch)
         latent = self.denoise(call.noise, context, call.num_inference_steps, call.guidance_scale, call.guided,
-                              call.sampler, progress, control, start, call.guided_steps, call.deep_cache)
+                              call.sampler, progress, control, start, call.guided_steps, call.deep_cache,
+                              call.token_merging)
         self.check_finite(latent, "latents", call.plan)
         if output_type == "latent":
             return latent.numpy()
@@ -407,6 +403,12 @@ class Pipeline:
         if output_type == "np":
             return pixels
         return [Image.fromarray(image) for image in pixels]
+            token_merging: ToMe SD's ratio (0 to 1; 0.5 is tomesd's
+                default): before the self-attention at the latent's
+                resolution that share of the tokens is merged into similar
+                ones, and the result copied back (`kcv_sd.token_merging`).
+                Less attention work, a small change to the images; None
+                (the default) merges nothing.
 
     def check_finite(self, values, stage, plan=None):
         """Raise `kcv_sd.errors.NonFiniteError` naming the likely cause if the
@@ -432,7 +434,8 @@ class Pipeline:
         return plan.for_batch(batch)
 
     def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim",
-                progress=False, control=None, start=None, guided_steps=None, deep_cache=None):
+                progress=False, control=None, start=None, guided_steps=None, deep_cache=None,
+                token_merging=None):
         """Run `sampler` over `num_steps` steps from unit `noise`, or from
         `noise` and an img2img or inpainting `start` (an `ImageStart`).
 
@@ -445,7 +448,9 @@ class Pipeline:
         `compiled_loop` the steps run inside one compiled function and
         `progress` is not shown. With `deep_cache` N (DeepCache), the full
         UNet runs every N-th step from the first and its shallow pass in
-        between (`kcv_sd.unet.UNet.shallow`).
+        between (`kcv_sd.unet.UNet.shallow`). With `token_merging` r, the
+        first level's self-attention runs on tokens merged by ratio r
+        (`kcv_sd.token_merging`).
         """
         sampler = resolve(sampler)
         schedule = SAMPLERS[sampler].schedule(num_steps, 0 if start is None else
@@ -463,7 +468,8 @@ class Pipeline:
         known = self.static_routes and noise.shape[:3].is_fully_defined() and context.shape[1] is not None
         spec = self.step_spec(sampler, guided, () if control is None else control.controlnets,
                               control is not None and control.guess_mode, cutoff, inpaint,
-                              tuple(noise.shape[:3]) if known else None, context.shape[1], bool(deep_cache))
+                              tuple(noise.shape[:3]) if known else None, context.shape[1], bool(deep_cache),
+                              token_merging)
         state = SAMPLERS[sampler].initial_state(latent)
         if deep_cache:  # the features the first (full) step keeps; zeros until then
             shape = tf.concat([tf.shape(latent)[:1] * (2 if guided else 1), tf.shape(latent)[1:3],

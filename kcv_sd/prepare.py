@@ -135,6 +135,7 @@ class Call:
     mask: object = None  # inpainting mask, a PIL image
     strength: float = 1.0
     deep_cache: int = None  # DeepCache's interval; None: the full UNet every step
+    token_merging: float = None  # ToMe SD's ratio; None: no merging
 
     @property
     def batch(self):
@@ -159,7 +160,7 @@ def check_call(family, prompt, negative_prompt=None, width=None, height=None, nu
                sampler="ddim", image=None, controlnet=None, controlnet_conditioning_scale=1.0,
                guess_mode=False, control_guidance_start=0.0, control_guidance_end=1.0,
                control_sizing="resize", init_image=None, strength=None, mask_image=None,
-               cfg_cutoff_step_ratio=None, tiled_decode=None, deep_cache=None):
+               cfg_cutoff_step_ratio=None, tiled_decode=None, deep_cache=None, token_merging=None):
     """`Pipeline.__call__`'s arguments checked and resolved for a model
     `family` (`kcv_sd.components.ModelFamily`) into a `Call`, without any
     model: its control plan names ControlNets and does not load them."""
@@ -184,6 +185,10 @@ def check_call(family, prompt, negative_prompt=None, width=None, height=None, nu
     steps_run = len(SAMPLERS[sampler].schedule(num_inference_steps, steps_skipped(num_inference_steps, strength)))
     guided_count = guided_steps(steps_run, cfg_cutoff_step_ratio)
     check_deep_cache(deep_cache, controlnet, guided_count is not None and guided_count < steps_run)
+    if token_merging is not None:
+        check_number("token_merging", token_merging, 0, 1, "use a ratio from 0 to 1, below 1 (0.5 is usual)")
+        if token_merging >= 1:
+            raise InvalidArgumentError(f"token_merging={token_merging!r}: use a ratio below 1 (0.5 is usual).")
 
     batch = len(prompts) * num_images_per_prompt
     shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, config.latent_channels)
@@ -202,7 +207,7 @@ def check_call(family, prompt, negative_prompt=None, width=None, height=None, nu
         raise InvalidArgumentError("image= is a control image: pass controlnet= too.")
     return Call(prompts, negatives, width, height, num_images_per_prompt,
                 tf.convert_to_tensor(latents, tf.float32), num_inference_steps, guidance_scale, sampler,
-                output_type, guided_count, plan, init, mask, strength, deep_cache)
+                output_type, guided_count, plan, init, mask, strength, deep_cache, token_merging)
 
 
 def prepare(components, prompt, negative_prompt=None, control_scope=contextlib.nullcontext, **options):

@@ -19,9 +19,10 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from kcv_sd.routing import static_routes
+from kcv_sd.routing import CPU_ROUTES, device_routes, static_routes
 from kcv_sd.samplers import SAMPLERS
 from kcv_sd.samplers.base import add_noise
+from kcv_sd.token_merging import merging
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
 from kcv_sd.unet import control_input_names, deep_cache_channels
 
@@ -41,6 +42,7 @@ class StepSpec:
     # the shallow steps between them reuse; which steps are which is an input.
     deep_cache: bool = False
     shallow: bool = False  # single steps only: this is a shallow DeepCache step
+    token_merging: float = 0.0  # ToMe SD's ratio at the first level (`kcv_sd.token_merging`)
     # The layers' kernel routes (`kcv_sd.routing.routes`) at `size`, or None to
     # choose at run time; sizes whose routes agree share a trace.
     routes: tuple = None
@@ -184,14 +186,15 @@ def advance(spec, step_for, inputs, i, latent, state):
     return choose(guided, lambda g: choose(controlled, lambda c: choose(shallow, lambda d: run(g, c, d))))
 
 
-def noise_predictor(spec, unet):
+def noise_predictor(spec, unet, route_policy=CPU_ROUTES):
     """`predict(latent, t_embed, context, control_images, control_scales)`:
     the UNet's noise prediction for the (doubled, if guided) batch, float32.
 
     With ControlNets, their scaled residuals are summed and fed to the UNet;
     in guess mode with guidance they see only the conditional half and the
     unconditional half gets zero residuals. With `spec.size`, the models are
-    traced with static routes."""
+    traced with static routes; always with `route_policy`'s (the device's)
+    and the spec's token merging."""
     copies = 2 if spec.guided else 1
     conditional_only = spec.guess_mode and spec.guided
 
@@ -207,7 +210,12 @@ def noise_predictor(spec, unet):
 
         return call
 
-    def predict(latent, t_embed, context, control_images=(), control_scales=(), features=None):
+    def predict(*args):
+        # Read by the layers as they are traced: kernel routes, token merging.
+        with device_routes(route_policy), merging(spec.token_merging):
+            return predict_noise(*args)
+
+    def predict_noise(latent, t_embed, context, control_images=(), control_scales=(), features=None):
         batch = tf.shape(latent)[0]
         doubled = tf.concat([latent] * copies, axis=0)
         t_doubled = tf.repeat(t_embed, copies * batch, axis=0)

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from kcv_sd import routing
+from kcv_sd import routing, token_merging
 from kcv_sd.group_norm import GroupNorm
 
 # Sigmoid-free tanh approximation of GELU used by KerasCV's GEGLU.
@@ -290,10 +290,15 @@ class GEGLU(keras.layers.Layer):
 
 
 class TransformerBlock(keras.layers.Layer):
-    """Self-attention, cross-attention on the text, GEGLU feed-forward."""
+    """Self-attention, cross-attention on the text, GEGLU feed-forward.
+
+    At the first level, when traced under `kcv_sd.token_merging.merging`,
+    the self-attention runs on merged tokens (ToMe SD); `grid` is then the
+    tokens' (height, width)."""
 
     def __init__(self, num_heads, head_size, gelu_approximate, initializer, level=0, **kwargs):
         super().__init__(**kwargs)
+        self.level = level
         policy = self.dtype_policy
         width = num_heads * head_size
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
@@ -316,9 +321,14 @@ class TransformerBlock(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape[0]
 
-    def call(self, inputs):
+    def call(self, inputs, grid=None):
         x, context = inputs
-        x = self.attn1(self.norm1(x)) + x
+        ratio = token_merging.current_ratio()
+        if ratio and self.level == 0 and grid is not None:  # tomesd's max_downsample=1
+            merge, unmerge = token_merging.bipartite_matching(x, *grid, ratio)
+            x = unmerge(self.attn1(merge(self.norm1(x)))) + x
+        else:
+            x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context=context) + x
         return self.dense(self.geglu(self.norm3(x))) + x
 
@@ -353,7 +363,7 @@ class SpatialTransformer(keras.layers.Layer):
         channels = x.shape[-1]
         h = self.proj_in(self.norm(x))
         h = ops.reshape(h, (batch, height * width, channels))
-        h = self.transformer_block([h, context])
+        h = self.transformer_block([h, context], grid=(height, width))
         h = ops.reshape(h, (batch, height, width, channels))
         return self.proj_out(h) + x
 
