@@ -111,12 +111,15 @@ def console_main():
 @click.option("--token-merging", type=float, default=None,
               help="ToMe SD: merge this share of the tokens before the first level's self-attention "
                    "(0 to 1, 0.5 is usual; faster, changes the image) [default: none].")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="A LoRA or LoCon file (kohya/A1111 or diffusers, SD1.x) fused into the weights at SCALE "
+                   "[default: 1]; repeat for several.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff, seed, num_images,
              output, overwrite, model, weights, precision, xla, vae, compiled_loop, sampler, controls, controlnets,
              control_scales, guess_mode, control_start, control_end, control_sizing,
-             init_image, strength, mask_image, tiled_decode, upscale, refine_strength, deep_cache, token_merging, progress):
+             init_image, strength, mask_image, tiled_decode, upscale, refine_strength, deep_cache, token_merging, loras, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
     from kcv_sd.samplers import resolve
 
@@ -145,10 +148,11 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
 
     # Everything is checked before any model is built.
     check_generate(prompt, negative_prompt, model=model, precision=precision, upscale=upscale,
-                   refine_strength=refine_strength, **options)
+                   refine_strength=refine_strength, loras=loras, **options)
     paths = output_paths(output, num_images)
     check_outputs(paths, overwrite)
     pipeline = get_pipeline(model, weights, precision, "auto" if xla is None else xla, compiled_loop, vae)
+    pipeline.set_loras(loras)
     precision, xla = pipeline.components.precision, pipeline.jit_compile  # what "auto" chose, for the PNG
     run = pipeline if upscale is None else functools.partial(
         generate_upscaled, pipeline, upscale=upscale, refine_strength=refine_strength)
@@ -162,6 +166,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
                       mask_image=mask_image, tiled_decode=tiled_decode, upscale=upscale,
                       refine_strength=None if upscale is None else refine_strength, deep_cache=deep_cache,
                       token_merging=token_merging,
+                      **({"loras": [f"{lora.path}:{lora.scale:g}" for lora in pipeline.loras]} if loras else {}),
                       sampler=sampler, kcv_sd_version=__version__,
                       **{k: v for k, v in control.items() if k not in ("image", "controlnet")},
                       control_images=[str(c) for c in controls], controlnets=list(controlnets))

@@ -79,6 +79,8 @@ class Components:
     # fill_image_encoder(encoder, decoder) fills the VAE encoder built on first
     # use, where the weights come from a single-file checkpoint.
     fill_image_encoder: object = dataclasses.field(default=None, repr=False)
+    # The LoRAs fused into the UNet and text encoder (`kcv_sd.lora.FusedLoras`), made on first use.
+    loras: object = dataclasses.field(default=None, repr=False)
 
     @property
     def image_encoder(self):

@@ -5,6 +5,8 @@ import functools
 from kcv_sd import devices
 from kcv_sd.arguments import check_integer
 from kcv_sd.components import family_by_name
+from kcv_sd.convert.lora_file import check_lora_file
+from kcv_sd.lora import as_loras
 from kcv_sd.pipeline import Pipeline
 from kcv_sd.precision import check_precision
 from kcv_sd.prepare import check_call
@@ -30,11 +32,13 @@ def _cached_pipeline(model, weights, precision, jit_compile, compiled_loop, vae=
 
 
 def check_generate(prompt, negative_prompt=None, *, model="sd15", precision=devices.AUTO, upscale=None,
-                   refine_strength=DEFAULT_REFINE_STRENGTH, **options):
+                   refine_strength=DEFAULT_REFINE_STRENGTH, loras=None, **options):
     """Everything about a `generate()` call that can be checked without a
     model, checked: a bad argument fails here in milliseconds, before any
     model is built or loaded. Raises `kcv_sd.errors.InvalidArgumentError`."""
     family = family_by_name(model)
+    for lora in as_loras(loras):
+        check_lora_file(lora.path)
     if precision != devices.AUTO:
         check_precision(precision)
     options = {name: value for name, value in options.items() if name not in ("progress", "weights",
@@ -51,7 +55,7 @@ def check_generate(prompt, negative_prompt=None, *, model="sd15", precision=devi
 
 def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
              precision=devices.AUTO, jit_compile=devices.AUTO, compiled_loop=False, upscale=None,
-             refine_strength=DEFAULT_REFINE_STRENGTH, vae=None, **options):
+             refine_strength=DEFAULT_REFINE_STRENGTH, vae=None, loras=None, **options):
     """Generate images from text (and control images) with Stable Diffusion 1.x.
 
     `model`, `weights`, `precision`, `jit_compile`, `compiled_loop` and `vae` select a
@@ -60,15 +64,19 @@ def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
     of a diffusers SD1.x repo, "owner/name"); every other option (width, height,
     num_inference_steps, guidance_scale, seed, num_images_per_prompt,
     output_type, sampler, image, controlnet, ...) is an argument of
-    `Pipeline.__call__`. With `upscale` (a factor > 1), the image is generated
+    `Pipeline.__call__`. `loras`: LoRA files fused into the weights, a list
+    of files, "file:scale" strings or (file, scale) pairs (`Pipeline.set_loras`);
+    the cached pipeline keeps exactly these, so a call without them runs
+    without LoRAs. With `upscale` (a factor > 1), the image is generated
     at that size, enlarged and refined with img2img at `refine_strength`
     (`kcv_sd.upscale.generate_upscaled`, which also takes `refine_steps`).
     Returns a list of PIL images by default. Arguments are checked before
     any model is built (`check_generate`).
     """
     check_generate(prompt, negative_prompt, model=model, precision=precision, upscale=upscale,
-                   refine_strength=refine_strength, **options)
+                   refine_strength=refine_strength, loras=loras, **options)
     pipeline = get_pipeline(model, weights, precision, jit_compile, compiled_loop, vae)
+    pipeline.set_loras(as_loras(loras))
     if upscale is not None:
         return generate_upscaled(pipeline, prompt, negative_prompt, upscale=upscale,
                                  refine_strength=refine_strength, **options)

@@ -26,6 +26,12 @@ from kcv_sd.control import check_controlnets, plan_control
 from kcv_sd.emphasis import emphasize
 from kcv_sd.finite import check_finite
 from kcv_sd.image_inputs import latent_repaint_mask, repaint_mask, resized_pixels
+from kcv_sd.lora import (
+    as_lora,
+    check_weights_changeable,
+    fused_loras,
+    text_weights_version,
+)
 from kcv_sd.precision import check_precision
 from kcv_sd.prepare import context_rows, prepare, steps_skipped
 from kcv_sd.prompts import chunks
@@ -181,9 +187,10 @@ class Pipeline:
         prompt, is a constant of the text encoder's weights: it is encoded
         once per pipeline."""
         def empty():
-            if self._empty_encoding is None:
-                self._empty_encoding = self._encode(tf.constant(self.tokenizer.pad_batch([""])))[0]
-            return self._empty_encoding[None]
+            version = text_weights_version(self.components)  # LoRAs change the encoding
+            if self._empty_encoding is None or self._empty_encoding[0] != version:
+                self._empty_encoding = (version, self._encode(tf.constant(self.tokenizer.pad_batch([""])))[0])
+            return self._empty_encoding[1][None]
 
         encoded = {"": empty()} if "" in prompts else {}
         split = {text: chunks(text, self.tokenizer) for text in dict.fromkeys(prompts) if text}
@@ -206,6 +213,34 @@ class Pipeline:
         image, both guidance halves (unconditional first) when guided."""
         encodings = self.encode_prompts(call.texts)
         return tf.gather(encodings, context_rows(call.prompt_of_image(), len(call.texts), call.guided))
+
+    # --- LoRAs ---
+
+    @property
+    def loras(self):
+        """The `kcv_sd.lora.Lora`s (file, scale) fused into the weights now."""
+        return fused_loras(self.components).active
+
+    def set_loras(self, loras, allow_pickle=False):
+        """Fuse exactly `loras` into the UNet and text encoder: a list of
+        files, "file:scale" strings or (file, scale) pairs; [] removes all.
+        Kohya/A1111 (LoRA and LoCon) and diffusers/PEFT files of SD1.x.
+        The weights change in place (`kcv_sd.lora`): the models and compiled
+        steps stay, and removing LoRAs gives back the exact weights. Shared
+        `Components` share their LoRAs."""
+        fused = fused_loras(self.components)
+        if fused.differs(loras):
+            check_weights_changeable(self._encode.experimental_get_tracing_count() > 0)
+            fused.set(loras, allow_pickle)
+
+    def load_lora(self, path, scale=1.0, allow_pickle=False):
+        """Add one LoRA file at `scale` to those fused (replacing the same file's scale)."""
+        lora = as_lora((path, scale))
+        self.set_loras([*(old for old in self.loras if old.path != lora.path), lora], allow_pickle)
+
+    def unload_loras(self):
+        """Remove every LoRA: the weights are the loaded ones again, bit for bit."""
+        self.set_loras(())
 
     # --- the VAE ---
 
