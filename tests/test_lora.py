@@ -89,6 +89,27 @@ def uniform_alpha(loras, alpha):
     return [{module: (down, up, np.float32(alpha)) for module, (down, up, _) in lora.items()} for lora in loras]
 
 
+def old_diffusers_file(path, unet_lora, text_lora):
+    """Older diffusers layouts: attention processors' to_q_lora, `.lora.down`,
+    CLIP's lora_linear_layer, and an `.alpha` key per module."""
+    processors = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora"}
+    tensors = {}
+    for prefix, lora in (("unet", unet_lora), ("text_encoder", text_lora)):
+        for module, (down, up, alpha) in lora.items():
+            parent, _, layer = module.rpartition(".")
+            if module.endswith(".to_out.0"):
+                parent, layer = module[: -len(".to_out.0")], "to_out.0"
+            if prefix == "unet" and layer in processors:
+                name, ending = f"unet.{parent}.processor.{processors[layer]}", ""
+            else:
+                name = f"{prefix}.{module}"
+                ending = ".lora_linear_layer" if prefix == "text_encoder" else ".lora"
+            tensors.update({f"{name}{ending}.down.weight": down, f"{name}{ending}.up.weight": up,
+                            f"{prefix}.{module}.alpha": np.asarray(alpha, np.float32)})
+    save_file(tensors, path)
+    return path
+
+
 def weight_shapes(module):
     import torch
 
@@ -176,6 +197,7 @@ def test_every_format_fuses_the_same_weights_and_unloading_restores_them(ours, l
         "kohya, CompVis names": kohya_file(tmp_path / "ldm.safetensors", *uniform,
                                            lambda m: replace_prefix(m + ".weight", inverse)[:-7]),
         "PEFT": peft_file(tmp_path / "peft.safetensors", *uniform, alpha=3),
+        "older diffusers": old_diffusers_file(tmp_path / "old.safetensors", *uniform),
     }
     original = snapshot(ours)
     fused = FusedLoras(ours)
