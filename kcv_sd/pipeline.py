@@ -49,6 +49,7 @@ from kcv_sd.step import (
     step_body,
     step_signature,
 )
+from kcv_sd.textual_inversion import add_embedding
 from kcv_sd.tiled_vae import decode_tiled, encode_tiled
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 from kcv_sd.unet import timestep_embedding
@@ -241,6 +242,19 @@ class Pipeline:
     def unload_loras(self):
         """Remove every LoRA: the weights are the loaded ones again, bit for bit."""
         self.set_loras(())
+
+    def load_textual_inversion(self, path, token=None, allow_pickle=False):
+        """Add a textual inversion embedding (A1111 `.pt`/`.safetensors` or
+        diffusers' `learned_embeds.safetensors`) as `token` (default: the
+        file's own name for it, else the file name's stem), usable in prompts
+        and negative prompts; a multi-vector one reads as all its vectors
+        (`kcv_sd.textual_inversion`). The rows go to the shared text
+        encoder, the token to this pipeline's tokenizer; the text encoder is
+        traced again after the first embedding only."""
+        self.tokenizer, first = add_embedding(self.components.text_encoder, self.tokenizer, path, token, allow_pickle)
+        if first or not getattr(self, "_encode_reads_embeddings", False):
+            self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
+            self._encode_reads_embeddings = True
 
     # --- the VAE ---
 

@@ -22,6 +22,7 @@ one-chunk padding, for prompts of at most 77 tokens. An empty prompt is allowed
 here; the pipeline decides whether it makes sense.
 """
 
+import copy
 import functools
 import gzip
 import importlib
@@ -162,6 +163,8 @@ def find_vocabulary_file(bpe_path=None):
 class ClipTokenizer:
     """Turns prompts into the fixed-length ids the text encoder takes."""
 
+    added = {}  # text: ids, of tokens added after the vocabulary (`with_added_tokens`)
+
     def __init__(self, bpe_path=None):
         vocabulary = find_vocabulary_file(bpe_path)
         self._bpe = SimpleTokenizer(bpe_path=str(vocabulary))
@@ -180,8 +183,24 @@ class ClipTokenizer:
         return self._bpe.encoder[",</w>"]
 
     def encode(self, text):
-        """Token ids of ``text``, start and end tokens included, unpadded."""
-        return self._bpe.encode(text)
+        """Token ids of ``text``, start and end tokens included, unpadded;
+        added tokens (`with_added_tokens`) are found first and the text
+        between them goes through the BPE."""
+        if not self.added:
+            return self._bpe.encode(text)
+        ids = [self.start]
+        pattern = "|".join(map(re.escape, sorted(self.added, key=len, reverse=True)))
+        for piece in re.split(f"({pattern})", text):
+            ids += self.added[piece] if piece in self.added else self._bpe.encode(piece)[1:-1]
+        return ids + [self.end]
+
+    def with_added_tokens(self, tokens):
+        """A copy that also reads each of `tokens` ({text: [ids]}) as its ids,
+        wherever the text appears (as transformers' added tokens); the BPE
+        vocabulary is shared."""
+        added = copy.copy(self)
+        added.added = {**self.added, **tokens}
+        return added
 
     def pad(self, text):
         """Ids of ``text`` padded to 77 with the end token, as KerasCV does;
