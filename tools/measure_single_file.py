@@ -18,6 +18,9 @@ Prints a Markdown table with each process's peak resident memory. Needs
 about 7 GB of memory and 6 GB of disk under --folder (removed afterwards).
 
     python tools/measure_single_file.py [--dtype float16|float32] [--folder DIR]
+
+With --folder, the folder is kept, and a checkpoint already there is reused
+(a new Keras home is made each time).
 """
 
 import argparse
@@ -99,7 +102,6 @@ def write_checkpoint(path, dtype):
         else:
             tensors[key] = (rng.random(shape, dtype=np.float32) * 0.02 - 0.01).astype(dtype)
     save_file(tensors, path)
-    return sum(v.nbytes for v in tensors.values()), len(tensors)
 
 
 def run(mode, path, home):
@@ -119,12 +121,14 @@ def main():
     scratch = Path(args.folder or tempfile.mkdtemp(prefix="kcv-sd-single-file-"))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        checkpoint = scratch / "sd15-random.safetensors"
-        size, count = write_checkpoint(checkpoint, np.dtype(args.dtype))
-        print(f"{checkpoint.name}: {count} tensors, {size / 2**30:.2f} GiB of {args.dtype}\n")
+        checkpoint = scratch / f"sd15-random-{args.dtype}.safetensors"
+        if not checkpoint.is_file():
+            write_checkpoint(checkpoint, np.dtype(args.dtype))
+        print(f"{checkpoint.name}: {checkpoint.stat().st_size / 2**30:.2f} GiB\n")
         print("| load | seconds | VAE encoder's first use, s | peak memory, GiB |")
         print("|---|---|---|---|")
         home = scratch / "keras_home"
+        shutil.rmtree(home, ignore_errors=True)
         for label, mode in (("build only", "build"), ("first", "load"), ("second", "load"),
                             ("no cache", "nocache")):
             if mode == "nocache":

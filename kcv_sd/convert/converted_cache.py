@@ -17,7 +17,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from kcv_sd.cache import keras_home
 
@@ -74,19 +75,20 @@ def has_entry(folder, names):
 
 
 def load_cached(folder, models):
-    """Load {name: Keras model} from `folder`. False unless every model has a
-    file there that fits it (an entry written by another version of the
-    models is converted again); a model whose file does not fit is left as is."""
+    """Load {name: Keras model} from `folder`, one tensor at a time. False
+    unless every model has a file there that fits it (an entry written by
+    another version of the models is converted again); a model whose file
+    does not fit is left as is."""
     if not has_entry(folder, models):
         return False
     for name, model in models.items():
-        tensors = load_file(folder / f"{name}.safetensors")
-        variables = model.weights
-        expected = {f"{i:04d}": tuple(variable.shape) for i, variable in enumerate(variables)}
-        if {key: value.shape for key, value in tensors.items()} != expected:
-            return False
-        for index, variable in enumerate(variables):
-            variable.assign(keras.ops.cast(tensors[f"{index:04d}"], variable.dtype))
+        with safe_open(folder / f"{name}.safetensors", framework="np") as f:
+            variables = model.weights
+            expected = {f"{i:04d}": tuple(variable.shape) for i, variable in enumerate(variables)}
+            if {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()} != expected:  # noqa: SIM118
+                return False
+            for key, variable in zip(expected, variables):
+                variable.assign(keras.ops.cast(f.get_tensor(key), variable.dtype))
     return True
 
 
