@@ -354,3 +354,18 @@ def test_frozen_weights_refuse_a_change_after_the_first_image(tiny_pipeline, tmp
     with pytest.raises(InvalidArgumentError, match="TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1"):
         tiny_pipeline.load_lora(path)
     assert tiny_pipeline.loras == ()
+
+
+@pytest.mark.full_size
+def test_sd15_modules_by_every_name():
+    """SD1.5's LoRA targets: every Linear and Conv2d weight of the UNet (282)
+    and CLIP text encoder (72), by diffusers' and CompVis' underscored names."""
+    from kcv_sd.components import build_models
+    from kcv_sd.convert.lora_delta import ModuleTables
+
+    text_encoder, unet, _ = build_models(with_diffusers_numerics(FAMILIES["sd15"]), "float32")
+    tables = ModuleTables(unet, text_encoder)
+    assert (len(tables.targets["unet"]), len(tables.targets["text_encoder"])) == (282, 72)
+    assert len(tables.kohya["unet"]) == 2 * 282
+    assert tables.kohya["unet"]["output_blocks_5_2_conv"] == "up_blocks.1.upsamplers.0.conv"
+    assert tables.kohya["unet"]["input_blocks_1_1_proj_in"] == "down_blocks.0.attentions.0.proj_in"
