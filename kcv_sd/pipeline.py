@@ -418,6 +418,12 @@ class Pipeline:
                 small change to the images; None (the default) runs the
                 full UNet every step. Not with ControlNets or a guidance
                 cutoff.
+            token_merging: ToMe SD's ratio (0 to 1; 0.5 is tomesd's
+                default): before the self-attention at the latent's
+                resolution that share of the tokens is merged into similar
+                ones, and the result copied back (`kcv_sd.token_merging`).
+                Less attention work, a small change to the images; None
+                (the default) merges nothing.
         """
         call = prepare(
             self.components, prompt, negative_prompt, width=width, height=height,
@@ -452,12 +458,6 @@ class Pipeline:
         if output_type == "np":
             return pixels
         return [Image.fromarray(image) for image in pixels]
-            token_merging: ToMe SD's ratio (0 to 1; 0.5 is tomesd's
-                default): before the self-attention at the latent's
-                resolution that share of the tokens is merged into similar
-                ones, and the result copied back (`kcv_sd.token_merging`).
-                Less attention work, a small change to the images; None
-                (the default) merges nothing.
 
     def check_finite(self, values, stage, plan=None):
         """Raise `kcv_sd.errors.NonFiniteError` naming the likely cause if the
