@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kcv_sd.convert.lora_delta import ModuleTables, lora_deltas
+from kcv_sd.convert.lora_delta import ModuleTables, lora_changes, module_delta
 from kcv_sd.convert.lora_file import read_lora
 from kcv_sd.convert.state_dict import check_readable
 from kcv_sd.errors import InvalidArgumentError
@@ -108,21 +108,22 @@ class FusedLoras:
         identity = tuple(lora.identity() for lora in loras)
         if identity == self._identity:
             return
-        fused = {}  # id(variable): (variable, summed change, component)
+        fused = {}  # id(variable): (variable, [(module, target, scale), ...], component)
         for lora in loras:  # every file read and checked before any weight changes
             modules = read_lora(lora.path, allow_pickle)
-            for (component, _), (target, delta) in lora_deltas(
-                    modules, self.tables, lora.scale, lora.path.name).items():
+            for component, target, module, scale in lora_changes(modules, self.tables, lora.scale, lora.path.name):
                 variable = target.variable
-                _, total, _ = fused.get(id(variable), (variable, 0, component))
-                fused[id(variable)] = (variable, total + delta, component)
-        changed = {component for _, _, component in (*fused.values(), *self.originals.values())}
+                fused.setdefault(id(variable), (variable, [], component))[1].append((module, target, scale))
+        changed = {component for *_, component in (*fused.values(), *self.originals.values())}
         self._restore(keep=fused)
-        for key, (variable, delta, component) in fused.items():
+        for key, (variable, parts, component) in fused.items():  # one change in memory at a time
             if key not in self.originals:
-                self.originals[key] = (variable, np.array(keras.ops.convert_to_numpy(variable)), component)
+                self.originals[key] = (variable, exact_copy(variable), component)
             original = self.originals[key][1]
-            variable.assign((original.astype(np.float32) + delta).astype(original.dtype))
+            total = keras.ops.cast(original, "float32")
+            for module, target, scale in parts:
+                total = total + module_delta(module, target, scale)
+            variable.assign(keras.ops.cast(total, original.dtype))
         self.active, self._identity = loras, identity
         if "text_encoder" in changed:
             self.version += 1
@@ -133,6 +134,13 @@ class FusedLoras:
         for key in [key for key in self.originals if key not in keep]:
             variable, original, _ = self.originals.pop(key)
             variable.assign(original)
+
+
+def exact_copy(variable):
+    """The variable's value as a numpy array of its dtype that owns its data
+    (from the read tensor: several times faster than through the variable)."""
+    value = keras.ops.convert_to_numpy(variable.value)
+    return value if value.flags.owndata else value.copy()
 
 
 def fused_loras(components):

@@ -11,6 +11,7 @@ goes through the converter's layout change for `<module>.weight`
 (`kcv_sd.convert.lora_targets`).
 """
 
+import keras
 import numpy as np
 
 from kcv_sd.convert.checks import TEXT_WIDTH_FAMILIES
@@ -71,9 +72,9 @@ class ModuleTables:
                 )
 
 
-def lora_deltas(modules, tables, scale, source):
-    """{diffusers module path: (`Target`, float32 change in our layout)} of
-    a LoRA file's modules (`kcv_sd.convert.lora_file.read_lora`) at `scale`.
+def lora_changes(modules, tables, scale, source):
+    """[(component, `Target`, `LoraModule`, scale)] of a LoRA file's modules
+    (`kcv_sd.convert.lora_file.read_lora`), each checked to fit its weight.
 
     Raises:
         CheckpointError: a module the models do not have, or shapes that do
@@ -86,21 +87,22 @@ def lora_deltas(modules, tables, scale, source):
         listing = ", ".join(sorted(unknown)[:_SHOWN]) + (
             f" and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else "")
         raise CheckpointError(f"{source} changes modules the SD1.x UNet and text encoder do not have: {listing}.")
-    deltas = {}
+    changes = []
     for key, module in modules.items():
         target = tables.targets[module.component][paths[key]]
-        deltas[(module.component, paths[key])] = (target, module_delta(module, target, scale, source))
-    return deltas
+        check_fit(module, target, source)
+        changes.append((module.component, target, module, scale))
+    return changes
 
 
-def module_delta(module, target, scale, source):
-    """scale * alpha / rank * up @ down, in `target`'s variable layout (float32)."""
-    down, up = np.asarray(module.down, np.float32), np.asarray(module.up, np.float32)
-    shape = target.torch_shape
+def check_fit(module, target, source):
+    """Refuse down (rank, in[, kh, kw]) and up (out, rank[, 1, 1]) that do
+    not make `target`'s PyTorch weight shape."""
+    down, up, shape = module.down, module.up, target.torch_shape
     rank = down.shape[0] if down.ndim in (2, 4) else None
     fits = (
         rank is not None and up.ndim == down.ndim and up.shape[1] == rank and up.shape[0] == shape[0]
-        and up.shape[2:] in ((), (1, 1)) and down.shape[1] == shape[1]
+        and tuple(up.shape[2:]) in ((), (1, 1)) and down.shape[1] == shape[1]
         and int(np.prod(down.shape[1:])) == int(np.prod(shape[1:]))
     )
     if not fits:
@@ -109,7 +111,14 @@ def module_delta(module, target, scale, source):
             f"{COMPONENT_NAMES[module.component]} weight {tuple(shape)} (down (rank, in[, kh, kw]), "
             "up (out, rank[, 1, 1]))."
         )
+
+
+def module_delta(module, target, scale):
+    """scale * alpha / rank * up @ down, in `target`'s variable layout, float32
+    (a backend tensor: the matmul and transpose run multithreaded)."""
+    shape, rank = target.torch_shape, module.rank
     alpha = rank if module.alpha is None else module.alpha
-    delta = up.reshape(shape[0], rank) @ down.reshape(rank, -1)
-    delta *= np.float32(scale * alpha / rank)
-    return target.transform(delta.reshape(shape))
+    down = keras.ops.reshape(keras.ops.cast(module.down, "float32"), (rank, -1))
+    up = keras.ops.reshape(keras.ops.cast(module.up, "float32"), (shape[0], rank))
+    delta = keras.ops.matmul(up * np.float32(scale * alpha / rank), down)
+    return keras.ops.transpose(keras.ops.reshape(delta, shape), target.transform.axes)
