@@ -75,7 +75,7 @@ def test_step_traces_once_per_set_of_routes_for_all_steps_and_calls(tiny_compone
     for width, height in sizes:
         pipeline("a", width=width, height=height, num_inference_steps=3, output_type="latent")
     pipeline("b", width=128, height=64, num_inference_steps=2, output_type="latent")
-    routes = {size: pipeline._route_key((1, size[1] // 8, size[0] // 8), ()) for size in sizes}
+    routes = {size: pipeline._route_key((1, size[1] // 8, size[0] // 8), (), 77) for size in sizes}
     assert routes[128, 64] == routes[64, 128] != routes[192, 64]
     for width, height in sizes:
         step = pipeline.step_function(pipeline.step_spec("ddim", True, size=(1, height // 8, width // 8)))
