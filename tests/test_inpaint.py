@@ -101,7 +101,7 @@ def test_unreadable_image_files(tiny_pipeline, tmp_path, which):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     kwargs = {"init_image": np.zeros((64, 64, 3), np.uint8), which: str(broken)}
-    with pytest.raises(InvalidArgumentError, match=f"Cannot read {which.replace('_', ' ')} .*broken.png"):
+    with pytest.raises(InvalidArgumentError, match=f"Cannot read the {which.replace('_', ' ')} .*broken.png"):
         tiny_pipeline("a", **kwargs)
-    with pytest.raises(InvalidArgumentError, match="Cannot read"):
+    with pytest.raises(InvalidArgumentError, match="missing.png does not exist"):
         tiny_pipeline("a", **{**kwargs, which: str(tmp_path / "missing.png")})
