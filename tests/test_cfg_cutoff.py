@@ -85,15 +85,13 @@ def test_cutoff_runs_conditional_only_steps(tiny_pipeline, monkeypatch):
                                   tiny_pipeline("a house", **ARGS))
 
 
-@pytest.mark.parametrize("with_controlnet", [False, True])
-def test_compiled_loop_with_cutoff_matches_step_by_step(tiny_components, tiny_pipeline, shared_controlnet,
-                                                        with_controlnet):
+def test_compiled_loop_with_cutoff_matches_step_by_step(tiny_components, tiny_pipeline, shared_controlnet):
+    """Both of the loop's run-time choices at once: guidance (cut off after
+    half the steps) and the ControlNet (its window ends at half)."""
     looped = Pipeline(components=tiny_components, compiled_loop=True)
-    control = {}
-    if with_controlnet:
-        control = dict(controlnet=shared_controlnet(4),
-                       image=np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8),
-                       control_guidance_end=0.5)
+    control = dict(controlnet=shared_controlnet(4),
+                   image=np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8),
+                   control_guidance_end=0.5)
     args = dict(cfg_cutoff_step_ratio=0.5, sampler="dpmpp_2m", **control, **ARGS)
     expected = tiny_pipeline("a house", **args)
     scale = np.abs(expected).max()
