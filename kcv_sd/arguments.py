@@ -19,10 +19,11 @@ def is_number(value):
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-def check_number(name, value, low=-math.inf, high=math.inf, fix="", above=False):
-    """`value` as a float: a finite number in [low, high] ((low, high] when
-    `above`), else one line naming `name` and `fix`."""
-    ok = is_number(value) and math.isfinite(value) and (value > low if above else value >= low) and value <= high
+def check_number(name, value, low=-math.inf, high=math.inf, fix="", above=False, below=False):
+    """`value` as a float: a finite number in [low, high] (excluding `low`
+    when `above`, `high` when `below`), else one line naming `name` and `fix`."""
+    ok = (is_number(value) and math.isfinite(value) and (value > low if above else value >= low)
+          and (value < high if below else value <= high))
     if not ok:
         raise InvalidArgumentError(f"{name}={value!r}: {fix or 'use a finite number'}.")
     return float(value)

@@ -41,8 +41,7 @@ def check_generate(prompt, negative_prompt=None, *, model="sd15", precision=devi
         check_lora_file(lora.path)
     if precision != devices.AUTO:
         check_precision(precision)
-    options = {name: value for name, value in options.items() if name not in ("progress", "weights",
-                                                                              "jit_compile", "compiled_loop")}
+    options = {name: value for name, value in options.items() if name != "progress"}  # display only
     if upscale is not None:
         check_upscale(upscale, refine_strength)
         refine_steps = options.pop("refine_steps", None)

@@ -186,9 +186,7 @@ def check_call(family, prompt, negative_prompt=None, width=None, height=None, nu
     guided_count = guided_steps(steps_run, cfg_cutoff_step_ratio)
     check_deep_cache(deep_cache, controlnet, guided_count is not None and guided_count < steps_run)
     if token_merging is not None:
-        check_number("token_merging", token_merging, 0, 1, "use a ratio from 0 to 1, below 1 (0.5 is usual)")
-        if token_merging >= 1:
-            raise InvalidArgumentError(f"token_merging={token_merging!r}: use a ratio below 1 (0.5 is usual).")
+        check_number("token_merging", token_merging, 0, 1, "use a ratio from 0, below 1 (0.5 is usual)", below=True)
 
     batch = len(prompts) * num_images_per_prompt
     shape = (batch, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, config.latent_channels)
