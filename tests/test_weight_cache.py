@@ -4,8 +4,8 @@ The caching is process-wide and read once, so the cached run happens in a
 fresh process: this file run as a script with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1,
 writing its outputs to a file, while this process computes the same outputs
 uncached. For the bfloat16 tiny model (the default precision on CPUs with
-native bfloat16, and oneDNN's 16-bit kernels; float32 took another 90 s
-of the suite's 15 minutes): the latents of several calls
+native bfloat16, and oneDNN's 16-bit kernels; float32 is left out for the
+suite's time, docs/test_suite.md): the latents of several calls
 in a row (two prompts and seeds, two sizes, a ControlNet, img2img, the first
 call again), images decoded at two sizes, and a pipeline with one step
 function for every size (`static_routes=False`) called at two sizes and the
