@@ -2,17 +2,18 @@
 
 import functools
 import random
-import sys
 from pathlib import Path
 
 import click
 
+from kcv_sd import devices
 from kcv_sd.cli_common import pipeline_options, user_errors
 from kcv_sd.cli_study import study
+from kcv_sd.components import family_by_name
 from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.png import check_destination
 from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, generate_upscaled
-from kcv_sd.weight_cache import cache_weights_for_inference
+from kcv_sd.weight_cache import SETTINGS, choose_weight_cache
 
 
 def output_paths(output, count):
@@ -46,13 +47,7 @@ def main():
 
 
 def console_main():
-    """The `kcv-sd` command. `generate` compiles one step function per image
-    size, so it turns on oneDNN weight caching: faster on a CPU, for one more
-    copy of the UNet's weights per compiled step function
-    (`kcv_sd.weight_cache`; TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=0 keeps it off).
-    `study` compiles one per size class and stays uncached."""
-    if sys.argv[1:2] == ["generate"]:
-        cache_weights_for_inference()
+    """The `kcv-sd` command."""
     main()
 
 
@@ -114,12 +109,16 @@ def console_main():
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
               help="A LoRA or LoCon file (kohya/A1111 or diffusers, SD1.x) fused into the weights at SCALE "
                    "[default: 1]; repeat for several.")
+@click.option("--weight-cache", type=click.Choice(SETTINGS), default="auto", show_default=True,
+              help="oneDNN weight caching on the CPU: faster, for one more copy of the UNet's and ControlNets' "
+                   "weights; auto: on where four such copies are free.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff, seed, num_images,
              output, overwrite, model, weights, precision, xla, vae, compiled_loop, sampler, controls, controlnets,
              control_scales, guess_mode, control_start, control_end, control_sizing,
-             init_image, strength, mask_image, tiled_decode, upscale, refine_strength, deep_cache, token_merging, loras, progress):
+             init_image, strength, mask_image, tiled_decode, upscale, refine_strength, deep_cache, token_merging, loras,
+             weight_cache, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
     from kcv_sd.samplers import resolve
 
@@ -151,6 +150,13 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
                    refine_strength=refine_strength, loras=loras, **options)
     paths = output_paths(output, num_images)
     check_outputs(paths, overwrite)
+    # Before any model runs: TensorFlow reads the setting at its first oneDNN kernel. Each image size and the
+    # unguided steps after a cutoff are step functions of their own, each with its copy.
+    step_functions = 1 + (upscale is not None) + (cfg_cutoff is not None)
+    cached, why = choose_weight_cache(weight_cache, family_by_name(model), devices.resolve(precision)[0],
+                                      len(controlnets), step_functions)
+    if weight_cache == "auto" and not cached:
+        click.echo(f"kcv-sd: {why}; --weight-cache on to force it", err=True)
     pipeline = get_pipeline(model, weights, precision, "auto" if xla is None else xla, compiled_loop, vae)
     pipeline.set_loras(loras)
     precision, xla = pipeline.components.precision, pipeline.jit_compile  # what "auto" chose, for the PNG

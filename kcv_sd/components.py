@@ -49,13 +49,19 @@ class ModelFamily:
     vae: object
     kerascv_weights: bool  # whether KerasCV's published files fit
     controlnet: unet_configs.ControlNetConfig  # what ControlNet checkpoints for this UNet convert to
+    # Parameter counts of the UNet and of one ControlNet (tests/test_weight_cache.py counts them), for the
+    # memory that copies of their weights take before any is built (`kcv_sd.weight_cache`).
+    unet_parameters: int
+    controlnet_parameters: int
 
 
 FAMILIES = {
     "sd15": ModelFamily(unet_configs.SD15, SD15_TEXT, SD15_VAE, kerascv_weights=True,
-                        controlnet=unet_configs.CONTROLNET_SD15),
+                        controlnet=unet_configs.CONTROLNET_SD15, unet_parameters=859_520_964,
+                        controlnet_parameters=361_279_120),
     "tiny": ModelFamily(unet_configs.TINY, TINY_TEXT, TINY_VAE, kerascv_weights=False,
-                        controlnet=unet_configs.CONTROLNET_TINY),
+                        controlnet=unet_configs.CONTROLNET_TINY, unet_parameters=104_132,
+                        controlnet_parameters=47_620),
 }
 
 

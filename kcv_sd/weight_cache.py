@@ -4,20 +4,31 @@ On the CPU, TensorFlow's oneDNN convolutions and bias-fused matmuls reorder
 their weights into a blocked layout on every call; with
 `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` each kernel keeps the weights it
 reordered first. Faster images, at the price of one more copy of the
-weights per compiled function (measured in docs/latency_levers.md, section
-10).
+denoising weights (UNet and ControlNets) per compiled step function
+(measured in docs/latency_levers.md, sections 10 and 14).
 
-The hazard: TensorFlow reads the variable once per process and applies it
-to every kernel, and a kernel that later sees other weights keeps computing
-with its first ones, silently. kcv-sd's pipelines load all weights before
-their first call and run their models only inside compiled functions, so
-their outputs do not change (`tests/test_weight_cache.py`). `kcv-sd
-generate` turns it on; Python callers opt in. GPU kernels are unaffected.
+The hazard: TensorFlow reads the variable at the process's first oneDNN
+kernel and applies it to every kernel, and a kernel that later sees other
+weights keeps computing with its first ones, silently. kcv-sd's pipelines
+load all weights before their first call and run their models only inside
+compiled functions, so their outputs do not change
+(`tests/test_weight_cache.py`). `kcv-sd generate` decides with
+`choose_weight_cache` (cached where memory allows); Python callers opt in.
+GPU kernels are unaffected.
 """
 
+import contextlib
 import os
 
+from kcv_sd.errors import InvalidArgumentError
+
 FROZEN_WEIGHTS_VARIABLE = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
+SETTINGS = ("auto", "on", "off")
+# "auto" caches when this many copies of the cached weights are still free:
+# one for the copy, the rest for the activations (up to about as much again
+# at 512x512) and whatever else the machine runs.
+FREE_COPIES_NEEDED = 4
+GIB = 2**30
 
 
 def cache_weights_for_inference():
@@ -28,5 +39,54 @@ def cache_weights_for_inference():
     Effective only before the process's first oneDNN convolution or matmul
     and for the whole process: call it only where nothing but inference with
     fixed weights runs."""
-    value = os.environ.setdefault(FROZEN_WEIGHTS_VARIABLE, "1")
+    return _asked(os.environ.setdefault(FROZEN_WEIGHTS_VARIABLE, "1"))
+
+
+def _asked(value):
     return value.strip().lower() in ("1", "true")
+
+
+def available_memory():
+    """Bytes this process can still take: the kernel's MemAvailable, or the
+    cgroup's limit less its usage where that is lower; None where unknown."""
+    amounts = []
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
+        amounts += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    with contextlib.suppress(OSError, ValueError):
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        if limit != "max":
+            amounts.append(int(limit) - int(open("/sys/fs/cgroup/memory.current").read()))
+    return min(amounts, default=None)
+
+
+def cached_bytes(family, precision, controlnets=0, step_functions=1):
+    """Memory the caching adds: a copy of the UNet's and the ControlNets'
+    weights in the compute dtype per compiled step function."""
+    per_parameter = 4 if precision == "float32" else 2
+    parameters = family.unet_parameters + controlnets * family.controlnet_parameters
+    return step_functions * per_parameter * parameters
+
+
+def choose_weight_cache(setting, family, precision, controlnets=0, step_functions=1, available=None):
+    """Turn caching on or off for this process, as `setting` says: "on",
+    "off", or "auto": an environment value of the variable stands, else on
+    when `FREE_COPIES_NEEDED` times `cached_bytes` are free (`available`,
+    default `available_memory()`). Call before any model runs. Returns
+    (cached, why) for the user."""
+    if setting not in SETTINGS:
+        raise InvalidArgumentError(f"weight cache {setting!r}: use {', '.join(SETTINGS)}")
+    if setting != "auto":
+        os.environ[FROZEN_WEIGHTS_VARIABLE] = "1" if setting == "on" else "0"
+        return setting == "on", f"weight cache {setting} as asked"
+    if FROZEN_WEIGHTS_VARIABLE in os.environ:
+        cached = _asked(os.environ[FROZEN_WEIGHTS_VARIABLE])
+        return cached, f"weight cache {'on' if cached else 'off'}: {FROZEN_WEIGHTS_VARIABLE} is set"
+    extra = cached_bytes(family, precision, controlnets, step_functions)
+    available = available_memory() if available is None else available
+    if available is None or available < FREE_COPIES_NEEDED * extra:
+        free = "unknown" if available is None else f"{available / GIB:.1f} GiB"
+        os.environ[FROZEN_WEIGHTS_VARIABLE] = "0"
+        return False, (f"weight cache off: it would take {extra / GIB:.1f} GiB more, and {free} is free "
+                       f"(auto asks for {FREE_COPIES_NEEDED}x that)")
+    cache_weights_for_inference()
+    return True, f"weight cache on: {extra / GIB:.1f} GiB more, {available / GIB:.1f} GiB free"

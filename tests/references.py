@@ -162,7 +162,8 @@ def converted_pipeline(torch_unet, config):
     from kcv_sd.convert import convert_diffusers_unet
     from kcv_sd.pipeline import Pipeline
 
-    family = ModelFamily(config, None, None, kerascv_weights=False, controlnet="TINY")
+    family = ModelFamily(config, None, None, kerascv_weights=False, controlnet="TINY", unet_parameters=0,
+                         controlnet_parameters=0)
     unet = convert_diffusers_unet(numpy_state_dict(torch_unet), config)
     return Pipeline(components=Components(family, None, unet, None, "random", "float32"))
 

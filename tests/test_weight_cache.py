@@ -1,9 +1,10 @@
 """oneDNN weight caching (`kcv_sd.weight_cache`) leaves kcv-sd's images unchanged.
 
 The caching is process-wide and read once, so the cached run happens in a
-fresh process: this file run as a script with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1,
-writing its outputs to a file, while this process computes the same outputs
-uncached. For the bfloat16 tiny model (the default precision on CPUs with
+fresh process: this file run as a script, which checks a `generate()` call
+with image inputs first and only then turns caching on (as `kcv-sd generate`
+decides it), writing its outputs to a file, while this process computes the
+same outputs uncached. For the bfloat16 tiny model (the default precision on CPUs with
 native bfloat16, and oneDNN's 16-bit kernels; float32 is left out for the
 suite's time, docs/test_suite.md): the latents of several calls
 in a row (two prompts and seeds, two sizes, a ControlNet, img2img, the first
@@ -30,7 +31,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE, cache_weights_for_inference
+from kcv_sd.components import FAMILIES
+from kcv_sd.weight_cache import (
+    FREE_COPIES_NEEDED,
+    FROZEN_WEIGHTS_VARIABLE,
+    GIB,
+    cache_weights_for_inference,
+    cached_bytes,
+    choose_weight_cache,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # two processes, each tracing
@@ -96,7 +105,8 @@ def run(out_path=None):
 def cached_run(tmp_path_factory):
     """The child, with caching on, started first so that it runs beside this process's references."""
     out_path = tmp_path_factory.mktemp("weight_cache") / "cached.npz"
-    env = {**os.environ, FROZEN_WEIGHTS_VARIABLE: "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop(FROZEN_WEIGHTS_VARIABLE, None)
     process = subprocess.Popen([sys.executable, __file__, str(out_path)], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     yield process, out_path
@@ -143,19 +153,62 @@ def test_weights_changed_after_a_run_are_not_seen_with_caching(both, precision):
     assert np.abs(cached[name] - uncached[name]).max() > 1e-2 * scale
 
 
-@pytest.mark.parametrize("command, cached", [("generate", "1"), ("study", None)])
-def test_kcv_sd_generate_turns_caching_on_unless_told(monkeypatch, command, cached):
-    from kcv_sd.cli import console_main
+def test_the_parameter_counts_are_the_models(tiny_counts):
+    family = FAMILIES["tiny"]
+    assert tiny_counts == (family.unet_parameters, family.controlnet_parameters)
 
-    monkeypatch.setattr(sys, "argv", ["kcv-sd", command, "--help"])
+
+@pytest.fixture(scope="module")
+def tiny_counts():
+    return parameter_counts("tiny")
+
+
+def parameter_counts(name):
+    from kcv_sd.controlnet import ControlNet
+    from kcv_sd.unet import UNet
+
+    family = FAMILIES[name]
+    return tuple(model.model().count_params() for model in
+                 (UNet(family.unet, initializer="zeros"), ControlNet(family.controlnet, initializer="zeros")))
+
+
+@pytest.mark.full_size
+def test_sd15_parameter_counts_are_the_models():
+    family = FAMILIES["sd15"]
+    assert parameter_counts("sd15") == (family.unet_parameters, family.controlnet_parameters)
+
+
+def test_auto_caches_where_four_copies_are_free(monkeypatch):
+    """SD1.5 + one ControlNet in float32: a 4.5 GiB copy; bfloat16 halves it."""
     monkeypatch.delenv(FROZEN_WEIGHTS_VARIABLE, raising=False)
-    with pytest.raises(SystemExit) as finished:
-        console_main()
-    assert finished.value.code == 0 and os.environ.get(FROZEN_WEIGHTS_VARIABLE) == cached
-    monkeypatch.setenv(FROZEN_WEIGHTS_VARIABLE, "0")
-    with pytest.raises(SystemExit):
-        console_main()
-    assert os.environ[FROZEN_WEIGHTS_VARIABLE] == "0"
+    family = FAMILIES["sd15"]
+    extra = cached_bytes(family, "float32", controlnets=1)
+    assert round(extra / GIB, 2) == 4.55 and cached_bytes(family, "bfloat16", controlnets=1) == extra // 2
+    assert cached_bytes(family, "float32", 1, step_functions=2) == 2 * extra
+    cached, why = choose_weight_cache("auto", family, "float32", 1, available=FREE_COPIES_NEEDED * extra - 1)
+    assert not cached and os.environ[FROZEN_WEIGHTS_VARIABLE] == "0"
+    assert why.startswith("weight cache off: it would take 4.5 GiB more, and 18.2 GiB is free")
+    monkeypatch.delenv(FROZEN_WEIGHTS_VARIABLE)
+    cached, why = choose_weight_cache("auto", family, "float32", 1, available=FREE_COPIES_NEEDED * extra)
+    assert cached and os.environ[FROZEN_WEIGHTS_VARIABLE] == "1"
+    cached, _ = choose_weight_cache("auto", family, "float32", 1, available=0)
+    assert cached, "an environment value stands under auto"
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_an_explicit_setting_wins(monkeypatch, setting):
+    monkeypatch.setenv(FROZEN_WEIGHTS_VARIABLE, "0" if setting == "on" else "1")
+    cached, _ = choose_weight_cache(setting, FAMILIES["sd15"], "float32", available=0 if setting == "on" else None)
+    assert cached == (setting == "on") and os.environ[FROZEN_WEIGHTS_VARIABLE] == ("1" if cached else "0")
+
+
+def test_kcv_sd_generate_refuses_an_unknown_setting():
+    from click.testing import CliRunner
+
+    from kcv_sd.cli import main
+
+    result = CliRunner().invoke(main, ["generate", "a cat", "--weight-cache", "sometimes"])
+    assert result.exit_code == 2 and "'sometimes' is not one of 'auto', 'on', 'off'" in result.output
 
 
 def test_environment_value_stands(monkeypatch):
@@ -166,6 +219,18 @@ def test_environment_value_stands(monkeypatch):
     assert os.environ[FROZEN_WEIGHTS_VARIABLE] == "1"
 
 
+def check_then_cache():
+    """What `kcv-sd generate` does before its first model runs: check the call (images read, noise drawn), then
+    decide the caching."""
+    from kcv_sd.generation import check_generate
+
+    control = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")
+    check_generate("a red cube", model="tiny", init_image=control, strength=0.5, seed=1)
+    check_generate("a red cube", model="tiny", init_image=control, mask_image=control[..., 0], seed=2)
+    cached, why = choose_weight_cache("on", FAMILIES["tiny"], PRECISIONS[0])
+    assert cached, why
+
+
 if __name__ == "__main__":
-    cache_weights_for_inference()
+    check_then_cache()
     run(sys.argv[1])
