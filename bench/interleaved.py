@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 
-from bench.launch import Worker, WorkerFailed
+from bench.launch import Worker, WorkerFailed, cpu_snapshot, other_load
 from bench.records import summarize
 
 # diffusers: its ratio to kcv-sd moved most between benchmarks here; OpenVINO: issue 19's target is against it.
@@ -57,10 +57,11 @@ def summarize_pair(times):
 
 def run_interleaved(specs, rounds, log_path, echo, timeout_s):
     """Two system specs, built one after the other so that neither build slows the other, then `rounds`
-    flipped-order rounds (round r asks both for seed r + 1); a failure gives a failed result."""
+    flipped-order rounds (round r asks both for seed r + 1); a failure gives a failed result. The other load
+    covers the pair's whole life."""
     result = {"status": "failed", "systems": [{"system": s["system"], "config": s["config"]} for s in specs],
               "rounds": rounds}
-    workers = []
+    workers, start = [], cpu_snapshot()
     with open(log_path, "a") as log:
         try:
             for spec in specs:
@@ -80,7 +81,7 @@ def run_interleaved(specs, rounds, log_path, echo, timeout_s):
         finally:
             for worker in workers:
                 worker.finish()
-    return result
+    return {**result, "other_load_cores": other_load(start)}
 
 
 def job(spec, result):

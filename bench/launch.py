@@ -1,10 +1,12 @@
 """The parent side of the worker protocol (`bench.worker`): start a worker on a spec, echo its progress, answer its
 session, read its record. All else a worker prints (framework logs, tracebacks) goes to the benchmark's log, whose
-tail stands in for the record when a worker dies or times out without writing one."""
+tail stands in for the record when a worker dies or times out without writing one. `other_load` tells what other
+processes ran meanwhile."""
 
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -90,7 +92,31 @@ class Worker:
         return self.record
 
 
+def cpu_snapshot():
+    """(wall clock, the machine's busy CPU seconds, ours): busy from /proc/stat (None without it); ours is this
+    process's CPU time and that of every descendant it (or they) reaped, workers' own children included."""
+    usages = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    ours = sum(u.ru_utime + u.ru_stime for u in usages)
+    try:
+        with open("/proc/stat") as stat:  # "cpu user nice system idle iowait irq softirq steal ...", in clock ticks
+            ticks = [int(n) for n in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return time.monotonic(), None, ours
+    return time.monotonic(), (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), ours
+
+
+def other_load(start):
+    """Cores that other processes kept busy since `start` (a `cpu_snapshot`), on average: the machine's busy time less
+    ours, per wall second; None without /proc/stat. A worker's time counts as ours once reaped: call it after."""
+    now, busy, ours = cpu_snapshot()
+    if busy is None or start[1] is None:
+        return None
+    return round(max(0.0, (busy - start[1] - (ours - start[2])) / (now - start[0])), 2)
+
+
 def run_worker(spec, log_path, echo, timeout_s, module="bench.worker"):
-    """One job, run to its end in a fresh worker: its record."""
+    """One job, run to its end in a fresh worker: its record, with the other load while it ran."""
+    start = cpu_snapshot()
     with open(log_path, "a") as log:
-        return Worker(spec, log, echo, timeout_s, module).finish()
+        record = Worker(spec, log, echo, timeout_s, module).finish()
+    return {**record, "other_load_cores": other_load(start)}
