@@ -14,8 +14,7 @@ from bench.interleaved import run_interleaved_pairs
 from bench.launch import run_worker
 from bench.records import build_record, skipped_record
 
-MATMUL_SIZE = 2048
-SCHEMA_VERSION = 3  # 2: ControlNet axis, peak memory, ablation; 3: interleaved pairs
+SCHEMA_VERSION = 4  # 2: ControlNet axis, peak memory, ablation; 3: interleaved pairs; 4: other load, images' RSS
 PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy", "torch", "diffusers", "transformers", "openvino")
 # Quoted in the project issue from the KerasCV Stable Diffusion benchmark (GPU, pretrained weights), shown beside ours
 # and labelled as such; never measured here.
@@ -50,7 +49,7 @@ def memory_gib():
 
 
 def load_average():
-    """Other work on the machine skews every figure: it is recorded, not hidden."""
+    """The machine's load around the whole run (each row and pair records its own other load)."""
     with contextlib.suppress(OSError):
         return [round(value, 2) for value in os.getloadavg()]
     return None
@@ -62,9 +61,8 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_p
     if load_at_start and load_at_start[0] > 0.5:
         echo(f"note: load average {load_at_start[0]} at start: other work on this machine skews the timings")
     workload_spec = dataclasses.asdict(workload)
-    echo(f"[probe] devices, {MATMUL_SIZE}x{MATMUL_SIZE} float32 matmul, FLOP count (fresh process)")
-    probe = run_worker({"job": "probe", "workload": workload_spec, "matmul_size": MATMUL_SIZE}, log_path, echo,
-                       timeout_s)
+    echo("[probe] devices, matmul rates, FLOP count (fresh process)")
+    probe = run_worker({"job": "probe", "workload": workload_spec}, log_path, echo, timeout_s)
     if probe["status"] != "ok":
         echo(f"[probe] failed: {probe['error']}; continuing without matmul yardstick")
     flops, token_ids = probe.get("unet_step_flops"), probe.get("token_ids")
@@ -76,11 +74,10 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_p
             echo(f"{prefix}: skipped ({run.skip_reason})")
             records.append(skipped_record(run))
             continue
-        load = load_average()
-        echo(f"{prefix}: fresh process (load average {load[0] if load else '?'})")
+        echo(f"{prefix}: fresh process")
         raw = run_worker(run.spec(workload_spec, token_ids), log_path, lambda line: echo(f"    {line}"),
                          timeout_s)
-        records.append({**build_record(run, raw, workload, flops, probe), "load_average_at_start": load})
+        records.append(build_record(run, raw, workload, flops, probe))
 
     interleaved = run_interleaved_pairs(runs, records, workload_spec, token_ids, log_path, echo, timeout_s)
     ablation = None

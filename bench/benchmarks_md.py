@@ -2,7 +2,8 @@
 it never drifts by hand."""
 
 from bench import table
-from bench.targets import best_matmul_flops_per_s, target_rows
+from bench.records import field
+from bench.targets import LOAD_LIMIT, target_rows
 
 # Each table's title in the terminal and its heading in BENCHMARKS.md, in the order both show them.
 TITLES = {
@@ -33,12 +34,17 @@ DEFINITIONS = """\
   the guided batch) are timed beside the ControlNet step; the step ratio is UNet+ControlNet step / UNet step, both
   medians from one process.
 - **UNet GFLOP/s**: an analytic count of the UNet's convolutions, dense layers and attention matmuls
-  (`bench/flops.py`) for one guided step, divided by the median time of the plain UNet step, beside a float32
-  matmul on the same device.
-- **Peak RSS**: the worker process's peak resident memory (build, weights and all images); **peak GPU**:
-  TensorFlow's or torch's peak allocation on the GPU, when there is one.
-- **Load avg at start**: the 1-minute load average as the row's process started. Well above 0 means other
-  processes competed for the cores and that row's times are inflated; compare rows with similar load.
+  (`bench/flops.py`) for one guided step, divided by the median time of the plain UNet step, beside the matmul
+  rate in the precision's compute dtype (float32; bfloat16 for bfloat16 and mixed_bfloat16; float16 likewise) on the
+  same device.
+- **Peak RSS, images**: the worker process's peak resident memory after building, the first image and the warm
+  images, before the stage passes (which compile functions a user never runs, such as the plain UNet step beside the
+  ControlNet step); the memory targets use it. **Peak RSS, all**: the peak at the end, stage passes included.
+  **Peak GPU**: TensorFlow's or torch's peak allocation on the GPU, when there is one.
+- **Other load, cores**: the CPU time that processes outside the benchmark used while a row's (or a pair's) processes
+  ran, per wall second: the machine's busy time (`/proc/stat`) less the benchmark's own processes'. Above
+  {load_limit} cores a target timed there is "unreliable (load)" rather than met or missed; "-" where there is no
+  `/proc/stat`.
 - All systems use **random weights** of the benchmarked architecture (SD1.5 unless the tiny test model is chosen):
   pretrained weights cannot be downloaded on this machine. Timings depend on the architecture, not on weight
   values; the images are noise.
@@ -51,7 +57,8 @@ TARGETS_NOTE = """\
 kcv-sd's best configuration in each precision against the peer's best row in the same precision, all measured in this
 run on this machine; against diffusers and OpenVINO, the interleaved medians where they exist. The equal-quality row extrapolates
 whole images to 20 and 50 steps from each row's warm median and step median (the step's cost does not depend on the
-step count or the sampler's elementwise update); every other row is measured directly."""
+step count or the sampler's elementwise update); every other row is measured directly. A limit (first-call overhead,
+memory with a ControlNet) stands as the reference. Issue 19 sets its targets at 512x512 (`--preset sd512`)."""
 
 INTERLEAVED_NOTE = """\
 kcv-sd's fastest configuration in each precision (by the rows above) and each peer (diffusers, OpenVINO), each built
@@ -64,8 +71,8 @@ keep the text encoder and VAE in float32, while diffusers, which has no mixed pr
 ABLATION_NOTE = """\
 kcv-sd's levers one at a time, in one fresh process with one set of models (xla off, precision {precision}, the
 workload above); each variant is warmed up once, then all variants run in interleaved rounds ({rounds} rounds; the
-ablation took {minutes:.1f} of the run's minutes). The ratio compares a variant's median with its baseline's. Levers
-that change the images are options, off by default."""
+ablation took {minutes:.1f} of the run's minutes, beside {load} cores of other load). The ratio compares a variant's
+median with its baseline's. Levers that change the images are options, off by default."""
 
 
 def report_tables(report):
@@ -75,8 +82,8 @@ def report_tables(report):
               "stages": table.stage_rows(records), "controlnet": table.controlnet_rows(records)}
     if interleaved:
         tables["interleaved"] = table.interleaved_rows(interleaved)
-    tables["targets"] = target_rows(records, report["workload"]["steps"], best_matmul_flops_per_s(report["machine"]),
-                                    interleaved)
+    tables["targets"] = target_rows(records, report["workload"]["steps"],
+                                    field(report["machine"], "matmul", "flops_per_s_by_dtype"), interleaved)
     if report.get("ablation"):
         tables["ablation"] = table.ablation_rows(report["ablation"])
     tables["published"] = table.published_rows(report["published"])
@@ -103,9 +110,8 @@ def _machine(report):
     ]
     if matmul:
         rates = ", ".join(f"{dtype} {rate / 1e9:.0f}" for dtype, rate in matmul["flops_per_s_by_dtype"].items())
-        lines.append(f"- Matmul yardstick: {matmul['size']}x{matmul['size']} float32 "
-                     f"{matmul['float32_flops_per_s'] / 1e9:.0f} GFLOP/s; "
-                     f"best of {' and '.join(f'{n}^2' for n in matmul['compare_sizes'])} by dtype (GFLOP/s): {rates}")
+        lines.append(f"- Matmul yardstick, best of {' and '.join(f'{n}^2' for n in matmul['compare_sizes'])} "
+                     f"by dtype (GFLOP/s): {rates}")
     return "\n".join(lines)
 
 
@@ -127,7 +133,8 @@ def _notes(report):
         notes["interleaved"] = INTERLEAVED_NOTE.format(rounds=report["interleaved"][0]["rounds"])
     if ablation:
         notes["ablation"] = ABLATION_NOTE.format(precision=ablation["precision"], rounds=report["workload"]["repeats"],
-                                                 minutes=ablation["duration_s"] / 60)
+                                                 minutes=ablation["duration_s"] / 60,
+                                                 load=table.cores(ablation.get("other_load_cores")))
     return notes
 
 
@@ -140,6 +147,6 @@ def render(report):
                 "## Machine", _machine(report), "## Workload", _workload(report)]
     for name, rows in report_tables(report).items():
         sections += [TITLES[name][1], *([notes[name]] if name in notes else []), table.as_markdown(*rows)]
-    sections += ["## Definitions", DEFINITIONS,
+    sections += ["## Definitions", DEFINITIONS.format(load_limit=LOAD_LIMIT),
                  "Raw figures: `results.json` and `results.csv`; chart: `cold_warm.png`, in the output folder."]
     return "\n\n".join(sections) + "\n"

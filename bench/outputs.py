@@ -21,8 +21,9 @@ CSV_FIELDS = [
     ("warm", "runs"), ("warm", "median_s"), ("warm", "min_s"), ("warm", "max_s"), ("warm", "q1_s"), ("warm", "q3_s"),
     ("stages", "text_encoding_s"), ("stages", "step_s"), ("stages", "decode_s"), ("stages", "host_overhead_s"),
     ("stages", "unet_step_s"), ("stages", "controlnet_s"), ("stages", "controlnet_step_ratio"),
-    ("memory", "peak_rss_bytes"), ("memory", "peak_device_bytes"),
-    ("unet", "flops_per_step"), ("unet", "achieved_flops_per_s"), ("unet", "fraction_of_float32_matmul"),
+    ("memory", "peak_rss_images_bytes"), ("memory", "peak_rss_bytes"), ("memory", "peak_device_bytes"),
+    ("unet", "flops_per_step"), ("unet", "achieved_flops_per_s"), ("unet", "fraction_of_same_dtype_matmul"),
+    ("other_load_cores",),
 ]
 
 

@@ -1,9 +1,9 @@
 """The machine probe job: devices, matmul yardsticks, and facts every run shares.
 
-The float32 matmul of `matmul_size` is the yardstick for the UNet's achieved FLOP/s. The faster of two sizes per dtype
-shows whether 16-bit math is fast here (it labels the 16-bit rows), and the fastest of all is the FLOP target's "best
-matmul". The prompt's token ids (for peers without a tokenizer offline) and the guided UNet step's FLOPs are worked
-out here because the parent never imports TensorFlow.
+The faster of two matmul sizes per dtype is the yardstick for the UNet's achieved FLOP/s in precisions of that compute
+dtype, and shows whether 16-bit math is fast here (it labels the 16-bit rows). The prompt's token ids (for peers
+without a tokenizer offline) and the guided UNet step's FLOPs are worked out here because the parent never imports
+TensorFlow.
 """
 
 import tensorflow as tf
@@ -32,12 +32,11 @@ def devices():
 
 
 def job(spec, result):
-    w, size = spec["workload"], spec["matmul_size"]
+    w = spec["workload"]
     rates = {dtype: max(matmul_flops_per_s(n, dtype) for n in COMPARE_SIZES)
              for dtype in ("float32", "float16", "bfloat16")}
     result["devices"] = devices()
-    result["matmul"] = {"size": size, "float32_flops_per_s": matmul_flops_per_s(size, "float32"),
-                        "compare_sizes": list(COMPARE_SIZES), "flops_per_s_by_dtype": rates}
+    result["matmul"] = {"compare_sizes": list(COMPARE_SIZES), "flops_per_s_by_dtype": rates}
     result["token_ids"] = get_tokenizer().pad_batch([w["prompt"], ""]).tolist()
     # A guided step runs the UNet on both halves: twice the images.
     result["unet_step_flops"] = unet_flops(family_by_name(w["model"]).unet, w["height"] // 8, w["width"] // 8,

@@ -2,7 +2,8 @@
 
 The first image is split into first-call overhead (tracing, compilation) and the image itself, taken as the warm
 median. Host overhead is the warm median less the timed stages. With a ControlNet, the ControlNet step, the plain UNet
-step and the ControlNet alone come from the same passes; the UNet's FLOP/s use the plain step.
+step and the ControlNet alone come from the same passes; the UNet's FLOP/s use the plain step, beside the matmul
+rate of the precision's compute dtype.
 """
 
 import statistics
@@ -26,9 +27,14 @@ def summarize(seconds):
             "max_s": float(max(seconds)), "q1_s": float(q1), "q3_s": float(q3)}
 
 
+def compute_dtype(precision):
+    """The dtype a precision's matmuls run in: mixed_bfloat16 -> bfloat16."""
+    return precision.removeprefix("mixed_")
+
+
 def precision_note(precision, probe):
     """A label for a 16-bit precision whose matmuls are no faster than float32's here."""
-    dtype, rates = precision.removeprefix("mixed_"), field(probe, "matmul", "flops_per_s_by_dtype")
+    dtype, rates = compute_dtype(precision), field(probe, "matmul", "flops_per_s_by_dtype")
     if dtype in ("float16", "bfloat16") and rates and rates[dtype] < rates["float32"]:
         return f"no fast {dtype} on this device ({dtype} matmul at {rates[dtype] / rates['float32']:.2f}x float32)"
     return None
@@ -65,7 +71,7 @@ def _record(run, status, error, **measured):
     return {"system": run.system, "xla": run.xla, "precision": run.precision, "controlnet": run.controlnet,
             "status": status, "error": error, "failed_during": None, "traceback": None, "pid": None,
             "device": None, "notes": [], "cold": None, "warm": None, "stages": None, "unet": None,
-            "memory": None, **measured}
+            "memory": None, "other_load_cores": None, **measured}
 
 
 def build_record(run, raw, workload, unet_step_flops, probe):
@@ -75,20 +81,20 @@ def build_record(run, raw, workload, unet_step_flops, probe):
         warm["warmup_runs_excluded"] = 1
     median = warm["median_s"] if warm else None
     note = precision_note(run.precision, probe)
-    memory = {"peak_rss_bytes": raw.get("peak_rss_bytes"), "peak_device_bytes": raw.get("peak_device_bytes")}
+    memory = {key: raw.get(key) for key in ("peak_rss_bytes", "peak_rss_images_bytes", "peak_device_bytes")}
     record = _record(
         run, raw.get("status", "failed"), raw.get("error"),
         failed_during=raw.get("phase") if raw.get("status") != "ok" else None, traceback=raw.get("traceback"),
         pid=raw.get("pid"), device=raw.get("device"), notes=list(raw.get("notes", [])) + ([note] if note else []),
         cold=_cold(raw, median) if "first_image_at" in raw else None, warm=warm,
         stages=_stages(raw.get("stages"), workload.steps, median) if median is not None else None,
-        memory=memory if "peak_rss_bytes" in raw else None)
+        memory=memory if "peak_rss_bytes" in raw else None, other_load_cores=raw.get("other_load_cores"))
     stages = record["stages"]
     if stages and unet_step_flops:
         achieved = unet_step_flops / stages.get("unet_step_s", stages["step_s"])
-        matmul = field(probe, "matmul", "float32_flops_per_s")
+        matmul = field(probe, "matmul", "flops_per_s_by_dtype", compute_dtype(run.precision))
         record["unet"] = {"flops_per_step": unet_step_flops, "achieved_flops_per_s": achieved,
-                          "fraction_of_float32_matmul": achieved / matmul if matmul else None}
+                          "fraction_of_same_dtype_matmul": achieved / matmul if matmul else None}
     return record
 
 

@@ -1,117 +1,150 @@
-"""Issues 6 and 19's latency targets, checked against one run's own rows: kcv-sd's best configuration in each precision
-against each peer's best row in the same precision, or against an interleaved peer in their pair where there is one."""
+"""Issues 6 and 19's targets, checked against one run's own rows: kcv-sd's best configuration in each precision
+against each peer's best row in the same precision, or against an interleaved peer in their pair where there is one.
+A target timed in a row or pair that ran beside other work is "unreliable (load)", not met or missed."""
 
 import dataclasses
 import functools
 
 from bench.configs import XLA_TEXT
-from bench.records import field
-from bench.table import CONTROLNET_TARGET, seconds
+from bench.records import compute_dtype, field
+from bench.table import gib, seconds
 
-# Issue 6's latency targets: our / their ratio must be at most this.
-WARM_TARGET, EQUAL_QUALITY_TARGET, COLD_TARGET = 0.80, 0.35, 0.70
-FLOPS_TARGET = 0.90  # UNet step FLOP/s as a fraction of the best matmul measured
-EQUAL_QUALITY_STEPS = {"ours": 20, "kerascv": 50}  # DPM-Solver++ 2M vs KerasCV's DDIM
+# Cores of other work (`bench.launch.other_load`) above which a row's timings are not judged. A quiet machine shows a
+# few hundredths (daemons, clock-tick rounding) and one busy process about 1. A fifth of a core is already well above
+# that noise, and it costs far more than a fifth: a thread team waits at each barrier for the member that was
+# preempted (torch's threads ran 5-10x slower beside one busy process, issue 19).
+LOAD_LIMIT = 0.2
+# Ratios, ours / theirs at most this (issue 19 at 512x512 unless noted).
+WARM_TARGET, WARM_TARGETS = 0.80, {"float32": 0.60}  # warm image vs KerasCV, equal steps: issue 6; 19 in float32
+BEST_PRECISION_TARGET = 0.40  # kcv-sd's best precision vs KerasCV's best, warm image
+EQUAL_QUALITY_TARGET, EQUAL_QUALITY_STEPS = 0.35, {"ours": 20, "kerascv": 50}  # issue 6: DPM++ 2M vs KerasCV's DDIM
+CONTROLNET_TARGET = 1.30  # UNet+ControlNet step / UNet step
+FLOPS_TARGET = 0.95  # UNet step FLOP/s as a fraction of the matmul rate in the precision's compute dtype
+# Limits: kcv-sd's first-call overhead (s), and its peak RSS of the images with a ControlNet (a free Colab has ~12 GiB).
+FIRST_CALL_LIMIT_S, CONTROLNET_RSS_LIMIT = 3.0, 10 * 2**30
 
 
 @dataclasses.dataclass(frozen=True)
 class PeerTarget:
-    """Against a peer of `bench.interleaved`: our / their warm image (interleaved where run so) at most `image`, and
-    guided UNet step (fresh-process stage medians) at most `step`, in `precisions` (None: every precision)."""
+    """Against a peer, ours / theirs at most: `image`, the warm image (interleaved where run so); `step`, the guided
+    UNet step; `cold`, the cold start; `memory`, the peak RSS of the images, without and with a ControlNet. In
+    `precisions` (None: every precision); a None target is not checked."""
     image: float
     step: float = None
+    cold: float = None
+    memory: float = None
     precisions: tuple = None
 
 
-PEER_TARGETS = {"diffusers": PeerTarget(image=0.75),  # issue 6
+PEER_TARGETS = {"diffusers": PeerTarget(image=0.75, cold=1.00, memory=1.00),  # image: issue 6; the rest: issue 19
                 "openvino": PeerTarget(image=1.00, step=1.00, precisions=("float32", "bfloat16"))}  # issue 19
 
 
-def _plain_rows(records, system, precision):
-    """The ok rows of `system` in `precision` without a ControlNet: what targets compare."""
-    return [r for r in records if r["system"] == system and r["precision"] == precision
-            and not r.get("controlnet") and r["status"] == "ok"]
+def _best(records, precision, system, part="warm", key="median_s", controlnet=False):
+    """(lowest `part.key`, its row) among `system`'s ok rows in `precision` (None: any) and ControlNet setting;
+    (None, None) if there is none."""
+    found = [(value, r) for r in records if r["system"] == system and precision in (None, r["precision"])
+             and bool(r.get("controlnet")) == controlnet and r["status"] == "ok"
+             and (value := field(r, part, key)) is not None]
+    return min(found, key=lambda pair: pair[0], default=(None, None))
 
 
-def _best(records, precision, system, part="warm", key="median_s"):
-    """The best (lowest) `part.key` among `_plain_rows`."""
-    return min((v for r in _plain_rows(records, system, precision) if (v := field(r, part, key)) is not None),
-               default=None)
+def _memory(figure):
+    """A memory figure, without its row: load slows a row, it does not grow its memory."""
+    return figure[0], None
 
 
 def _at_steps(records, system, precision, steps, workload_steps):
-    """A warm image's seconds at `steps` steps, from the fastest row's warm and step medians: extrapolated, as the
-    per-step cost does not depend on the step count or the sampler's elementwise update."""
-    rows = [r for r in _plain_rows(records, system, precision) if r["stages"]]
-    if not rows:
-        return None
-    best = min(rows, key=lambda r: r["warm"]["median_s"])
-    return best["warm"]["median_s"] + (steps - workload_steps) * best["stages"]["step_s"]
+    """A warm image's seconds at `steps` steps and its row, from the fastest row's warm and step medians:
+    extrapolated, as the per-step cost does not depend on the step count or the sampler's elementwise update."""
+    warm, row = _best(records, precision, system)
+    if not field(row, "stages"):
+        return None, None
+    return warm + (steps - workload_steps) * row["stages"]["step_s"], row
 
 
-def _target_row(what, ours, theirs, target):
-    if ours is None or theirs is None:
+def _status(met, *sources):
+    """met or missed, unless a source row or pair ran beside more than `LOAD_LIMIT` cores of other work."""
+    if any((field(source, "other_load_cores") or 0) > LOAD_LIMIT for source in sources):
+        return "unreliable (load)"
+    return "met" if met else "missed"
+
+
+def _target_row(what, ours, theirs, target, unit=seconds):
+    """Ours / theirs at most `target`; each figure is (value, the row or pair it came from, or None for a limit)."""
+    if ours[0] is None or theirs[0] is None:
         return None
-    ratio = ours / theirs
-    return [what, seconds(ours), seconds(theirs), f"{ratio:.2f}x", f"<= {target:.2f}x",
-            "met" if ratio <= target else "missed"]
+    ratio = ours[0] / theirs[0]
+    return [what, unit(ours[0]), unit(theirs[0]), f"{ratio:.2f}x", f"<= {target:.2f}x",
+            _status(ratio <= target, ours[1], theirs[1])]
 
 
 def _peer_rows(records, precision, interleaved, peer, target):
     """`target`'s rows against `peer`: the warm image from the ok interleaved pair where there is one (the
-    fresh-process rows ran minutes apart), else from the best rows; the guided step from the best stage rows."""
+    fresh-process rows ran minutes apart), else from the best rows; the rest from the best rows."""
     best = functools.partial(_best, records, precision)
     pair = next((pair for pair in interleaved if pair["status"] == "ok" and pair["precision"] == precision
                  and pair["systems"][1]["system"] == peer), None)
     what, ours, theirs = f"warm image vs {peer}, equal steps", best("kcv-sd"), best(peer)
     if pair:
-        what, ours, theirs = f"{what}, interleaved", pair["warm"][0]["median_s"], pair["warm"][1]["median_s"]
+        what, (ours, theirs) = f"{what}, interleaved", ((warm["median_s"], pair) for warm in pair["warm"])
     rows = [_target_row(f"{what} ({precision}; s)", ours, theirs, target.image)]
-    if target.step is not None:
-        rows.append(_target_row(f"guided UNet step vs {peer} ({precision}; s)", best("kcv-sd", "stages", "step_s"),
-                                best(peer, "stages", "step_s"), target.step))
+    for label, limit, keys in (("guided UNet step", target.step, ("stages", "step_s")),
+                               ("cold start", target.cold, ("cold", "total_s"))):
+        if limit is not None:
+            rows.append(_target_row(f"{label} vs {peer} ({precision}; s)", best("kcv-sd", *keys), best(peer, *keys),
+                                    limit))
+    if target.memory is not None:
+        rows += [_target_row(f"peak RSS, images, vs {peer} ({precision}, ControlNet {'on' if on else 'off'}; GiB)",
+                             *(_memory(best(system, "memory", "peak_rss_images_bytes", controlnet=on))
+                               for system in ("kcv-sd", peer)), target.memory, gib) for on in (False, True)]
     return rows
 
 
-def _precision_targets(records, precision, workload_steps, best_matmul, interleaved):
+def _precision_targets(records, precision, workload_steps, matmul_rates, interleaved):
     best = functools.partial(_best, records, precision)
     steps = EQUAL_QUALITY_STEPS
     rows = [
         _target_row(f"warm image vs KerasCV, equal steps ({precision}; s)", best("kcv-sd"), best("kerascv"),
-                    WARM_TARGET),
+                    WARM_TARGETS.get(precision, WARM_TARGET)),
         _target_row(f"DPM++ 2M {steps['ours']} steps vs KerasCV DDIM {steps['kerascv']} ({precision}; s, "
                     "extrapolated from step medians)",
                     _at_steps(records, "kcv-sd", precision, steps["ours"], workload_steps),
                     _at_steps(records, "kerascv", precision, steps["kerascv"], workload_steps), EQUAL_QUALITY_TARGET),
-        _target_row(f"cold start vs KerasCV ({precision}; s)", best("kcv-sd", "cold", "total_s"),
-                    best("kerascv", "cold", "total_s"), COLD_TARGET),
     ]
     rows += [row for peer, target in PEER_TARGETS.items() if precision in (target.precisions or [precision])
              for row in _peer_rows(records, precision, interleaved, peer, target)]
-    rows += [_target_row(f"UNet+ControlNet step / UNet step (xla={XLA_TEXT[r['xla']]}, {precision}; s)",
-                         r["stages"]["step_s"], r["stages"]["unet_step_s"], CONTROLNET_TARGET)
-             for r in records if r["system"] == "kcv-sd" and r["precision"] == precision
-             and field(r, "stages", "controlnet_step_ratio") is not None]
-    step_s = best("kcv-sd", "stages", "step_s")
-    unet = next((r["unet"] for r in records if r["unet"]), None)
-    if step_s and unet and best_matmul:
-        achieved = unet["flops_per_step"] / step_s
-        fraction = achieved / best_matmul
-        rows.append([f"UNet step FLOP/s / best matmul FLOP/s ({precision})", f"{achieved / 1e9:.1f} GFLOP/s",
-                     f"{best_matmul / 1e9:.1f} GFLOP/s", f"{100 * fraction:.0f}%", f">= {100 * FLOPS_TARGET:.0f}%",
-                     "met" if fraction >= FLOPS_TARGET else "missed"])
-    return [row for row in rows if row is not None]
+    ours = [r for r in records if r["system"] == "kcv-sd" and r["precision"] == precision and r["status"] == "ok"]
+    for r in ours:
+        config = f"xla={XLA_TEXT[r['xla']]}, {precision}" + (", ControlNet" if r.get("controlnet") else "")
+        rows.append(_target_row(f"first-call overhead vs {FIRST_CALL_LIMIT_S:.0f} s ({config}; s)",
+                                (field(r, "cold", "first_call_overhead_s"), r), (FIRST_CALL_LIMIT_S, None), 1.0))
+        if field(r, "stages", "controlnet_step_ratio") is not None:
+            rows.append(_target_row(f"UNet+ControlNet step / UNet step ({config}; s)", (r["stages"]["step_s"], r),
+                                    (r["stages"]["unet_step_s"], r), CONTROLNET_TARGET))
+    rss = _memory(best("kcv-sd", "memory", "peak_rss_images_bytes", controlnet=True))
+    rows.append(_target_row(f"peak RSS, images, with a ControlNet vs {CONTROLNET_RSS_LIMIT / 2**30:.0f} GiB "
+                            f"({precision}; GiB)", rss, (CONTROLNET_RSS_LIMIT, None), 1.0, gib))
+    step_s, row = best("kcv-sd", "stages", "step_s")
+    dtype = compute_dtype(precision)
+    rate = (matmul_rates or {}).get(dtype)
+    if field(row, "unet") and rate:
+        achieved = row["unet"]["flops_per_step"] / step_s
+        rows.append([f"UNet step FLOP/s / {dtype} matmul FLOP/s ({precision})", f"{achieved / 1e9:.1f} GFLOP/s",
+                     f"{rate / 1e9:.1f} GFLOP/s", f"{100 * achieved / rate:.0f}%", f">= {100 * FLOPS_TARGET:.0f}%",
+                     _status(achieved / rate >= FLOPS_TARGET, row)])
+    return rows
 
 
-def best_matmul_flops_per_s(machine):
-    """The fastest matmul the probe measured, in any dtype; None without a probe."""
-    matmul = field(machine, "matmul")
-    return max([matmul["float32_flops_per_s"], *matmul["flops_per_s_by_dtype"].values()]) if matmul else None
-
-
-def target_rows(records, workload_steps, best_matmul_flops_per_s=None, interleaved=()):
-    """Issues 6 and 19's targets from this run's rows, per precision kcv-sd ran in."""
+def target_rows(records, workload_steps, matmul_rates=None, interleaved=()):
+    """Issues 6 and 19's targets from this run's rows, per precision kcv-sd ran in, then across precisions;
+    `matmul_rates`: the probe's matmul FLOP/s by dtype."""
     headers = ["target", "kcv-sd", "reference", "ratio", "target", "status"]
     precisions = dict.fromkeys(r["precision"] for r in records if r["system"] == "kcv-sd")
-    return headers, [row for precision in precisions for row in
-                     _precision_targets(records, precision, workload_steps, best_matmul_flops_per_s, interleaved)]
+    rows = [row for precision in precisions for row in
+            _precision_targets(records, precision, workload_steps, matmul_rates, interleaved)]
+    ours, theirs = _best(records, None, "kcv-sd"), _best(records, None, "kerascv")
+    if ours[1] and theirs[1]:
+        rows.append(_target_row(f"warm image, best precision vs KerasCV's best (kcv-sd {ours[1]['precision']}, "
+                                f"KerasCV {theirs[1]['precision']}; s)", ours, theirs, BEST_PRECISION_TARGET))
+    return headers, [row for row in rows if row is not None]
