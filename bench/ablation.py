@@ -1,6 +1,7 @@
 """kcv-sd's latency levers one at a time, in one fresh worker: the ablation table.
 
-One set of random-weight models serves every variant, with oneDNN weight caching on as in the rows; each variant is
+One set of random-weight models serves every variant, with oneDNN weight caching where memory allows a copy per
+variant (`choose_weight_cache`, as `kcv-sd generate` decides for one); each variant is
 warmed up once, then all run in interleaved rounds, so that drift in the machine's load falls on all alike. A variant
 is compared with its `baseline`: the plain pipeline, or for the ControlNet levers the pipeline with a ControlNet.
 """
@@ -65,10 +66,12 @@ def job(spec, result):
     from bench.system_kcv_sd import call_options
     from bench.worker import progress
     from kcv_sd.study import resolve_controlnet
-    from kcv_sd.weight_cache import cache_weights_for_inference
+    from kcv_sd.components import family_by_name
+    from kcv_sd.weight_cache import choose_weight_cache
 
-    cache_weights_for_inference()
     w = spec["workload"]
+    progress(choose_weight_cache("auto", family_by_name(w["model"]), spec["precision"], controlnets=1,
+                                 step_functions=len(LEVERS))[1])
     start = time.perf_counter()
     pipelines = {False: kcv_sd.Pipeline(model=w["model"], weights="random", precision=spec["precision"])}
     pipelines[True] = kcv_sd.Pipeline(components=pipelines[False].components, compiled_loop=True)

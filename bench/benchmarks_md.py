@@ -48,9 +48,10 @@ DEFINITIONS = """\
 - All systems use **random weights** of the benchmarked architecture (SD1.5 unless the tiny test model is chosen):
   pretrained weights cannot be downloaded on this machine. Timings depend on the architecture, not on weight
   values; the images are noise.
-- kcv-sd's processes (rows, interleaved pairs, ablation) run as `kcv-sd generate` does, with oneDNN **weight
-  caching** on (`kcv_sd.weight_cache`): faster on a CPU, for one more copy of the weights per compiled step
-  function, which the peak RSS includes. KerasCV and diffusers run stock; **OpenVINO** runs diffusers' parts
+- kcv-sd's processes (rows, interleaved pairs, ablation) run as `kcv-sd generate --weight-cache auto` does: oneDNN
+  **weight caching** (`kcv_sd.weight_cache`) where four more copies of the UNet's and ControlNets' weights are free
+  (the ablation: four per variant): faster on a CPU, for one more copy of those weights per compiled step function,
+  which the peak RSS includes. Each row's notes say which it was. KerasCV and diffusers run stock; **OpenVINO** runs diffusers' parts
   converted with `openvino.convert_model` at static shapes and compiled for the CPU (conversion counts as build)."""
 
 TARGETS_NOTE = """\

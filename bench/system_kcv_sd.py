@@ -1,8 +1,8 @@
 """kcv-sd itself: `kcv_sd.Pipeline` with random weights of the chosen family.
 
-It runs as the `kcv-sd` command does, with oneDNN weight caching, unless the config's `weight_cache` is false
-(`tools/measure_weight_cache.py`). With `controlnet` on, one random ControlNet of the family guides every step from
-`depth_ramp` at the output size.
+It runs as `kcv-sd generate` does: oneDNN weight caching where memory allows (`choose_weight_cache`, "auto"), unless
+the config's `weight_cache` says "on" or "off" (`tools/measure_weight_cache.py`). With `controlnet` on, one random
+ControlNet of the family guides every step from `depth_ramp` at the output size.
 """
 
 import keras
@@ -14,7 +14,8 @@ from bench.configs import depth_ramp
 from bench.measure import TFDevice, tf_sync, timed, timed_into
 from kcv_sd.study import resolve_controlnet
 from kcv_sd.unet import timestep_embedding
-from kcv_sd.weight_cache import cache_weights_for_inference
+from kcv_sd.components import family_by_name
+from kcv_sd.weight_cache import choose_weight_cache
 
 
 def call_options(w):
@@ -27,18 +28,18 @@ class Runner(TFDevice):
     def __init__(self, spec):
         config, self.workload = spec["config"], spec["workload"]
         w = self.workload
-        if config.get("weight_cache", True):
-            cache_weights_for_inference()
+        _, weight_cache = choose_weight_cache(config.get("weight_cache", "auto"), family_by_name(w["model"]),
+                                              config["precision"], controlnets=int(bool(config.get("controlnet"))))
         self.pipeline = kcv_sd.Pipeline(model=w["model"], weights="random", precision=config["precision"],
                                         jit_compile=config["xla"])
         self.controlnet = self.control_image = None
-        self.notes = []
+        self.notes = [weight_cache]
         if config.get("controlnet"):
             self.controlnet = resolve_controlnet(self.pipeline, "random")
             self.control_image = depth_ramp(w["width"], w["height"])
             # The ControlNet alone, on the guided (doubled) batch, as the step runs it.
             self._controlnet_alone = tf.function(self.controlnet.model(), jit_compile=config["xla"])
-            self.notes = ["random ControlNet (the family's ControlNet architecture) on every step"]
+            self.notes.append("random ControlNet (the family's ControlNet architecture) on every step")
 
     def generate(self, seed):
         return self.pipeline(self.workload["prompt"], seed=seed, image=self.control_image, controlnet=self.controlnet,

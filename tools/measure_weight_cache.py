@@ -36,7 +36,7 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         for precision in args.precisions:
             specs = [{**common, "config": {"xla": False, "precision": precision, "controlnet": False,
-                                           "weight_cache": cached}} for cached in (True, False)]
+                                           "weight_cache": cached}} for cached in ("on", "off")]
             result = run_interleaved(specs, args.rounds, Path(scratch) / "log", lambda message: None,
                                      args.timeout)
             if result["status"] != "ok":
