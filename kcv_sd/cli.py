@@ -111,7 +111,7 @@ def console_main():
                    "[default: 1]; repeat for several.")
 @click.option("--weight-cache", type=click.Choice(SETTINGS), default="auto", show_default=True,
               help="oneDNN weight caching on the CPU: faster, for one more copy of the UNet's and ControlNets' "
-                   "weights; auto: on where four such copies are free.")
+                   "weights; auto: on where four such copies are free (`kcv-sd env` says which).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff, seed, num_images,
@@ -153,10 +153,8 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
     # Before any model runs: TensorFlow reads the setting at its first oneDNN kernel. Each image size and the
     # unguided steps after a cutoff are step functions of their own, each with its copy.
     step_functions = 1 + (upscale is not None) + (cfg_cutoff is not None)
-    cached, why = choose_weight_cache(weight_cache, family_by_name(model), devices.resolve(precision)[0],
-                                      len(controlnets), step_functions)
-    if weight_cache == "auto" and not cached:
-        click.echo(f"kcv-sd: {why}; --weight-cache on to force it", err=True)
+    choose_weight_cache(weight_cache, family_by_name(model), devices.resolve(precision)[0], len(controlnets),
+                        step_functions)
     pipeline = get_pipeline(model, weights, precision, "auto" if xla is None else xla, compiled_loop, vae)
     pipeline.set_loras(loras)
     precision, xla = pipeline.components.precision, pipeline.jit_compile  # what "auto" chose, for the PNG

@@ -12,6 +12,7 @@ Explicit values always win. `kcv-sd env` prints what this module sees.
 
 import dataclasses
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -130,4 +131,15 @@ def report():
         lines.append(f"GPU compute capability: {gpu_capability()}")
     lines.append(f"defaults: precision={defaults.precision}, jit_compile={defaults.jit_compile} "
                  f"({defaults.reason})")
+    if defaults.device == "cpu":
+        from kcv_sd.components import FAMILIES
+        from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE, auto_decision
+
+        if FROZEN_WEIGHTS_VARIABLE in os.environ:
+            lines.append(f"{FROZEN_WEIGHTS_VARIABLE}={os.environ[FROZEN_WEIGHTS_VARIABLE]} is set: "
+                         "`kcv-sd generate --weight-cache auto` keeps it")
+        for controlnets in (0, 1):
+            cached, why = auto_decision(FAMILIES["sd15"], defaults.precision, controlnets)
+            lines.append(f"kcv-sd generate --weight-cache auto, SD1.5{' + a ControlNet' * controlnets} in "
+                         f"{defaults.precision}: {why}")
     return "\n".join(lines)

@@ -67,12 +67,23 @@ def cached_bytes(family, precision, controlnets=0, step_functions=1):
     return step_functions * per_parameter * parameters
 
 
+def auto_decision(family, precision, controlnets=0, step_functions=1, available=None):
+    """What "auto" decides where the environment does not: (cached, why).
+    On when `FREE_COPIES_NEEDED` times `cached_bytes` are free (`available`,
+    default `available_memory()`)."""
+    extra = cached_bytes(family, precision, controlnets, step_functions)
+    available = available_memory() if available is None else available
+    if available is None or available < FREE_COPIES_NEEDED * extra:
+        free = "unknown" if available is None else f"{available / GIB:.1f} GiB"
+        return False, (f"weight cache off: it would take {extra / GIB:.1f} GiB more, and {free} is free "
+                       f"(auto asks for {FREE_COPIES_NEEDED}x that)")
+    return True, f"weight cache on: {extra / GIB:.1f} GiB more, {available / GIB:.1f} GiB free"
+
+
 def choose_weight_cache(setting, family, precision, controlnets=0, step_functions=1, available=None):
     """Turn caching on or off for this process, as `setting` says: "on",
-    "off", or "auto": an environment value of the variable stands, else on
-    when `FREE_COPIES_NEEDED` times `cached_bytes` are free (`available`,
-    default `available_memory()`). Call before any model runs. Returns
-    (cached, why) for the user."""
+    "off", or "auto": an environment value of the variable stands, else
+    `auto_decision`. Call before any model runs. Returns (cached, why)."""
     if setting not in SETTINGS:
         raise InvalidArgumentError(f"weight cache {setting!r}: use {', '.join(SETTINGS)}")
     if setting != "auto":
@@ -81,12 +92,6 @@ def choose_weight_cache(setting, family, precision, controlnets=0, step_function
     if FROZEN_WEIGHTS_VARIABLE in os.environ:
         cached = _asked(os.environ[FROZEN_WEIGHTS_VARIABLE])
         return cached, f"weight cache {'on' if cached else 'off'}: {FROZEN_WEIGHTS_VARIABLE} is set"
-    extra = cached_bytes(family, precision, controlnets, step_functions)
-    available = available_memory() if available is None else available
-    if available is None or available < FREE_COPIES_NEEDED * extra:
-        free = "unknown" if available is None else f"{available / GIB:.1f} GiB"
-        os.environ[FROZEN_WEIGHTS_VARIABLE] = "0"
-        return False, (f"weight cache off: it would take {extra / GIB:.1f} GiB more, and {free} is free "
-                       f"(auto asks for {FREE_COPIES_NEEDED}x that)")
-    cache_weights_for_inference()
-    return True, f"weight cache on: {extra / GIB:.1f} GiB more, {available / GIB:.1f} GiB free"
+    cached, why = auto_decision(family, precision, controlnets, step_functions, available)
+    os.environ[FROZEN_WEIGHTS_VARIABLE] = "1" if cached else "0"
+    return cached, why

@@ -14,6 +14,7 @@ from kcv_sd.components import load_components  # noqa: E402
 from kcv_sd.pipeline import Pipeline  # noqa: E402
 
 from kcv_sd import generation as generate_module  # noqa: E402
+from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE  # noqa: E402
 
 # A worker's resident memory by the end of its share of the tiny-model tests:
 # TensorFlow does not give back all that tracing took (about 0.1-2 GB a test).
@@ -39,6 +40,16 @@ def pytest_collection_modifyitems(items):
     start on them instead of one worker running them alone at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
+
+
+@pytest.fixture(autouse=True)
+def weight_cache_variable(monkeypatch):
+    """`kcv-sd generate` sets the weight-cache variable for its process; in a
+    test process it would reach every later test, so each test gets it back."""
+    value = os.environ.get(FROZEN_WEIGHTS_VARIABLE)
+    monkeypatch.setenv(FROZEN_WEIGHTS_VARIABLE, value or "")  # restored (or removed) after the test
+    if value is None:
+        monkeypatch.delenv(FROZEN_WEIGHTS_VARIABLE)
 
 
 @pytest.fixture(scope="session")

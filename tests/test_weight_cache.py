@@ -202,6 +202,14 @@ def test_an_explicit_setting_wins(monkeypatch, setting):
     assert cached == (setting == "on") and os.environ[FROZEN_WEIGHTS_VARIABLE] == ("1" if cached else "0")
 
 
+def test_kcv_sd_env_says_what_auto_decides():
+    from kcv_sd.devices import report
+
+    lines = [line for line in report().splitlines() if "--weight-cache auto" in line]
+    assert len(lines) == 2 and all(": weight cache o" in line for line in lines), lines
+    assert os.environ.get(FROZEN_WEIGHTS_VARIABLE) is None, "reporting decides nothing"
+
+
 def test_kcv_sd_generate_refuses_an_unknown_setting():
     from click.testing import CliRunner
 
