@@ -36,7 +36,7 @@ def checked_size(ctx, param, value):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="sd512", show_default=True,
               help="sd512: SD1.5 at 512x512, kcv-sd in float32 and bfloat16 with and without a ControlNet beside "
-                   "KerasCV, diffusers and OpenVINO, ~32 min on 2 CPU cores (estimated from per-row figures); "
+                   "KerasCV, diffusers and OpenVINO, ~50 min on 2 CPU cores; "
                    "quick: SD1.5 at 128x128 for development, ~20 min; tiny: tiny model, seconds; "
                    "tutorial: the published workload (512x512, 50 steps, 3 images).")
 @click.option("--quick", "preset", flag_value="quick", help="Same as --preset quick.")

@@ -133,12 +133,9 @@ class Preset:
 
 
 PRESETS = {
-    # The default: issue 19's targets, at the size people use. About 32 minutes on 2 cores, estimated (not timed) from
-    # per-row figures at 512x512: an image ~14 s in float32, ~8 s in bfloat16; a cold start ~35 s; a stage pass ~ one
-    # image; a ControlNet row ~2x a plain one. A row is a cold start and 2 x repeats images: 91 s in float32, 67 s in
-    # bfloat16. 8 plain rows (4 systems, 2 precisions) take 632 s, 4 ControlNet rows (kcv-sd, diffusers) 632 s, and 4
-    # interleaved pairs (two builds, ~70 s, then 2 x repeats rounds of two images) 632 s: 1896 s. With repeats 1 it
-    # would be ~23 min, with 3 ~40 min. Peers slower than kcv-sd (KerasCV in bfloat16, diffusers in float32) add some.
+    # The default: issue 19's targets, at the size people use. 49 minutes on a quiet 2-core Intel Xeon with AMX (62.6
+    # with --ablation; BENCHMARKS.md), where a float32 image takes 23.6 s; 2 repeats keep each figure a median of two
+    # and each interleaved pair at 4 rounds.
     "sd512": Preset(Workload("sd15", 512, 512, steps=2, batch=1, repeats=2),
                     "xla=off;precision=float32,bfloat16;controlnet=off,on", "kerascv,diffusers,openvino"),
     # The same architecture at 128x128, for development (~20 min; fixed overheads weigh more at this size).
