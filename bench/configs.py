@@ -133,9 +133,8 @@ class Preset:
 
 
 PRESETS = {
-    # The default: issue 19's targets, at the size people use. 49 minutes on a quiet 2-core Intel Xeon with AMX (62.6
-    # with --ablation; BENCHMARKS.md), where a float32 image takes 23.6 s; 2 repeats keep each figure a median of two
-    # and each interleaved pair at 4 rounds.
+    # The default: issue 19's targets, at the size people use (its run time on 2 cores: BENCHMARKS.md). 2 repeats keep
+    # each figure a median of two and each interleaved pair at 4 rounds.
     "sd512": Preset(Workload("sd15", 512, 512, steps=2, batch=1, repeats=2),
                     "xla=off;precision=float32,bfloat16;controlnet=off,on", "kerascv,diffusers,openvino"),
     # The same architecture at 128x128, for development (~20 min; fixed overheads weigh more at this size).

@@ -139,7 +139,7 @@ def report():
             lines.append(f"{FROZEN_WEIGHTS_VARIABLE}={os.environ[FROZEN_WEIGHTS_VARIABLE]} is set: "
                          "`kcv-sd generate --weight-cache auto` keeps it")
         for controlnets in (0, 1):
-            cached, why = auto_decision(FAMILIES["sd15"], defaults.precision, controlnets)
+            _, why = auto_decision(FAMILIES["sd15"], defaults.precision, controlnets)
             lines.append(f"kcv-sd generate --weight-cache auto, SD1.5{' + a ControlNet' * controlnets} in "
                          f"{defaults.precision}: {why}")
     return "\n".join(lines)

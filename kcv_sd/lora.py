@@ -21,7 +21,7 @@ from kcv_sd.convert.lora_delta import ModuleTables, lora_changes, module_delta
 from kcv_sd.convert.lora_file import read_lora
 from kcv_sd.convert.state_dict import check_readable
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE
+from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE, caching_asked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +158,7 @@ def text_weights_version(components):
 def check_weights_changeable(pipeline_has_run):
     """Refuse to change weights that oneDNN weight caching has frozen
     (`kcv_sd.weight_cache`): kernels would go on computing with the old ones."""
-    if pipeline_has_run and os.environ.get(FROZEN_WEIGHTS_VARIABLE, "").strip().lower() in ("1", "true"):
+    if pipeline_has_run and caching_asked():
         raise InvalidArgumentError(
             f"LoRAs cannot change after the pipeline's first image while {FROZEN_WEIGHTS_VARIABLE}=1 "
             "(oneDNN weight caching keeps the first weights): set them before the first image, or set it to 0."

@@ -19,6 +19,7 @@ GPU kernels are unaffected.
 
 import contextlib
 import os
+from pathlib import Path
 
 from kcv_sd.errors import InvalidArgumentError
 
@@ -39,23 +40,26 @@ def cache_weights_for_inference():
     Effective only before the process's first oneDNN convolution or matmul
     and for the whole process: call it only where nothing but inference with
     fixed weights runs."""
-    return _asked(os.environ.setdefault(FROZEN_WEIGHTS_VARIABLE, "1"))
+    os.environ.setdefault(FROZEN_WEIGHTS_VARIABLE, "1")
+    return caching_asked()
 
 
-def _asked(value):
-    return value.strip().lower() in ("1", "true")
+def caching_asked():
+    """Whether this process's environment asks oneDNN to cache weights."""
+    return os.environ.get(FROZEN_WEIGHTS_VARIABLE, "").strip().lower() in ("1", "true")
 
 
 def available_memory():
     """Bytes this process can still take: the kernel's MemAvailable, or the
     cgroup's limit less its usage where that is lower; None where unknown."""
     amounts = []
-    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
-        amounts += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
     with contextlib.suppress(OSError, ValueError):
-        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        amounts += [int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemAvailable:")]
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         if limit != "max":
-            amounts.append(int(limit) - int(open("/sys/fs/cgroup/memory.current").read()))
+            amounts.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
     return min(amounts, default=None)
 
 
@@ -86,12 +90,12 @@ def choose_weight_cache(setting, family, precision, controlnets=0, step_function
     `auto_decision`. Call before any model runs. Returns (cached, why)."""
     if setting not in SETTINGS:
         raise InvalidArgumentError(f"weight cache {setting!r}: use {', '.join(SETTINGS)}")
-    if setting != "auto":
-        os.environ[FROZEN_WEIGHTS_VARIABLE] = "1" if setting == "on" else "0"
-        return setting == "on", f"weight cache {setting} as asked"
-    if FROZEN_WEIGHTS_VARIABLE in os.environ:
-        cached = _asked(os.environ[FROZEN_WEIGHTS_VARIABLE])
+    if setting == "auto" and FROZEN_WEIGHTS_VARIABLE in os.environ:
+        cached = caching_asked()
         return cached, f"weight cache {'on' if cached else 'off'}: {FROZEN_WEIGHTS_VARIABLE} is set"
-    cached, why = auto_decision(family, precision, controlnets, step_functions, available)
+    if setting == "auto":
+        cached, why = auto_decision(family, precision, controlnets, step_functions, available)
+    else:
+        cached, why = setting == "on", f"weight cache {setting} as asked"
     os.environ[FROZEN_WEIGHTS_VARIABLE] = "1" if cached else "0"
     return cached, why
