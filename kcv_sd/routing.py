@@ -35,9 +35,10 @@ class RoutePolicy:
 
 # Measured on CPUs: with few rows and many channels oneDNN's convolution is
 # bound by reading its weights, and a matmul is faster; and attention in
-# chunks of 2**26 scores is as fast at 512x512 as all at once, for less
-# peak memory (docs/latency_levers.md, section 14).
-CPU_ROUTES = RoutePolicy(matmul_rows_per_input_channel=1, max_scores_at_once=2**26)
+# chunks of 2**24 scores is faster at 512x512 than all at once (the chunk's
+# scores stay in cache between the products and the softmax), for less peak
+# memory (docs/latency_levers.md, sections 14 and 16).
+CPU_ROUTES = RoutePolicy(matmul_rows_per_input_channel=1, max_scores_at_once=2**24)
 # GPUs and TPUs keep their libraries' convolutions (cuDNN, XLA's) until a
 # measurement there says otherwise.
 ACCELERATOR_ROUTES = RoutePolicy(matmul_rows_per_input_channel=0)

@@ -18,11 +18,6 @@ from keras import ops
 from kcv_sd import routing, token_merging
 from kcv_sd.group_norm import GroupNorm
 
-# Sigmoid-free tanh approximation of GELU used by KerasCV's GEGLU.
-_SQRT_2_OVER_PI = 0.7978845608
-_GELU_CUBIC = 0.044715
-
-
 def weights_policy(policy):
     """The dtype policy of a layer with large weights (convolutions, dense).
 
@@ -266,7 +261,15 @@ class Attention(keras.layers.Layer):
 
 
 class GEGLU(keras.layers.Layer):
-    """Gated GELU feed-forward input; tanh-approximate or exact gate."""
+    """Gated GELU feed-forward input; tanh-approximate (KerasCV) or exact
+    (diffusers) gate.
+
+    One projection (`dense`, as the checkpoints store it), multiplied as two
+    halves: the gate's half as MatMul + BiasAdd + `tf.nn.gelu`, which
+    Grappler's remapper fuses into one oneDNN matmul with a GELU post-op.
+    The Snapshot keeps the arithmetic optimizer from merging the final
+    product into GELU's own multiplications, which would break that fusion
+    (docs/latency_levers.md, section 16)."""
 
     def __init__(self, output_dim, approximate, initializer, **kwargs):
         super().__init__(**kwargs)
@@ -281,12 +284,14 @@ class GEGLU(keras.layers.Layer):
         return _with_channels(input_shape, self.output_dim)
 
     def call(self, inputs):
-        x = self.dense(inputs)
-        x, gate = x[..., : self.output_dim], x[..., self.output_dim:]
-        if self.approximate:
-            inner = gate * _SQRT_2_OVER_PI * (1 + _GELU_CUBIC * (gate ** 2))
-            return x * 0.5 * gate * (1 + ops.tanh(inner))
-        return x * ops.gelu(gate, approximate=False)
+        kernel = ops.cast(self.dense.kernel, self.compute_dtype)
+        bias = ops.cast(self.dense.bias, self.compute_dtype)
+        rows = tf.reshape(inputs, (-1, inputs.shape[-1]))
+        n = self.output_dim
+        value = tf.nn.bias_add(tf.matmul(rows, kernel[:, :n]), bias[:n])
+        gate = tf.nn.gelu(tf.nn.bias_add(tf.matmul(rows, kernel[:, n:]), bias[n:]), approximate=self.approximate)
+        out = value * tf.raw_ops.Snapshot(input=gate)
+        return tf.reshape(out, tf.concat([tf.shape(inputs)[:-1], [n]], 0))
 
 
 class TransformerBlock(keras.layers.Layer):

@@ -1,6 +1,7 @@
 """The UNet on tiny configs: any size, ControlNet residual wiring, layer order."""
 
 import dataclasses
+import math
 
 import keras
 import numpy as np
@@ -141,6 +142,59 @@ def test_exact_and_approximate_gelu_differ_only_slightly():
     inputs = unet_inputs(config.TINY, 1, 8, 8)
     a, b = np.asarray(approx_model(inputs)), np.asarray(exact_model(inputs))
     assert 0 < np.abs(a - b).max() < 1e-2
+
+
+def _geglu(approximate, precision, input_width=24, output_dim=16):
+    with dtype_policy_scope(precision):
+        layer = unet_blocks.GEGLU(output_dim, approximate, "glorot_uniform")
+        layer.build((2, 5, input_width))
+    layer.dense.bias.assign(np.random.default_rng(2).standard_normal(2 * output_dim) * 0.5)
+    return layer
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+@pytest.mark.parametrize("precision,tolerance", [("float32", 2e-6), ("bfloat16", 0.04)])
+def test_geglu_matches_float64(approximate, precision, tolerance):
+    """The gate's GELU (fused into its matmul by Grappler when traced) is
+    the tanh approximation or the exact erf GELU, eager and traced alike."""
+    layer = _geglu(approximate, precision)
+    x = np.random.default_rng(3).standard_normal((2, 5, 24)) * 2
+    kernel = np.asarray(tf.cast(layer.dense.kernel, tf.float64))
+    bias = np.asarray(tf.cast(layer.dense.bias, tf.float64))
+    if precision == "bfloat16":  # the layer sees the inputs and weights rounded
+        x, kernel, bias = (np.asarray(tf.cast(tf.cast(a, tf.bfloat16), tf.float64)) for a in (x, kernel, bias))
+    value, gate = np.split(x @ kernel + bias, 2, axis=-1)
+    if approximate:
+        gelu = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate**3)))
+    else:
+        gelu = 0.5 * gate * (1 + np.vectorize(math.erf)(gate / np.sqrt(2)))
+    expected = value * gelu
+    for run in (layer, tf.function(layer)):
+        out = run(tf.constant(x, layer.compute_dtype))
+        assert out.shape == (2, 5, 16)
+        np.testing.assert_allclose(np.asarray(tf.cast(out, tf.float64)), expected,
+                                   atol=tolerance * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+def test_geglu_gate_runs_fused_into_its_matmul(approximate):
+    """No separate GELU ops run: oneDNN applies it to the gate's matmul
+    (docs/latency_levers.md, section 16)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    from bench.op_profile import profiled
+
+    if not _pywrap_util_port.IsMklEnabled():
+        pytest.skip("TensorFlow without oneDNN: no fused GELU")
+    layer = _geglu(approximate, "float32")
+    traced = tf.function(layer)
+    x = tf.constant(np.random.default_rng(3).standard_normal((2, 5, 24)), tf.float32)
+    traced(x)
+    with profiled() as profile:
+        traced(x).numpy()
+    ran = set(profile["op_times"])
+    assert "_MklNativeFusedMatMul" in ran
+    assert not ran & {"Tanh", "Erf", "Erfc", "Pow", "Square"}, ran
 
 
 @pytest.mark.parametrize("queries,keys,max_scores", [(37, 11, 100), (64, 64, 2 * 2 * 64 * 5), (5, 77, 1)])

@@ -15,17 +15,15 @@ the square matmul's, is the most the target's ratio could reach at this size.
     python tools/measure_matmul_floor.py --precision bfloat16 --side 16
 """
 
-import argparse
 import collections
 import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np
 import tensorflow as tf
 
 from bench.flops import unet_flops
 from kcv_sd.routing import static_routes
-from measure_unet_efficiency import guided_inputs, sd15_unet, seconds  # tools/ is on sys.path when run as a script
+from measure_unet_efficiency import one_size_arguments, seconds  # tools/ is on sys.path when run as a script
 
 TIMED_OPS = ("MatMul", "BatchMatMulV2", "Conv2D")
 COPIES = 4
@@ -64,13 +62,7 @@ def op_alone(op_type, shapes, attrs, dtype):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precision", default="bfloat16")
-    parser.add_argument("--side", type=int, default=16, help="latent side")
-    parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args()
-    config, model = sd15_unet(args.precision)
-    inputs = guided_inputs(config, args.side, np.random.default_rng(0))
+    args, config, model, inputs = one_size_arguments(__doc__.splitlines()[0], side=16, reps=5)
     dtype = model.compute_dtype
     with static_routes(2, args.side, args.side, 77):  # the pipeline's routes for this size
         forward = tf.function(lambda x: model(x)).get_concrete_function(inputs)

@@ -50,6 +50,21 @@ def guided_inputs(config, side, rng):
             "context": tf.constant(rng.standard_normal((2, 77, config.context_dim)), tf.float32)}
 
 
+def one_size_arguments(description, side, reps, more=()):
+    """--precision, --side and --reps (and `more`: (flag, options) pairs) for the
+    tools that study the SD1.5 UNet at one latent size; then that UNet and its
+    guided inputs: (args, config, model, inputs)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--precision", default="bfloat16")
+    parser.add_argument("--side", type=int, default=side, help="latent side")
+    parser.add_argument("--reps", type=int, default=reps)
+    for flag, options in more:
+        parser.add_argument(flag, **options)
+    args = parser.parse_args()
+    config, model = sd15_unet(args.precision)
+    return args, config, model, guided_inputs(config, args.side, np.random.default_rng(0))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64], help="latent sides")
