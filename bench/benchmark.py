@@ -14,7 +14,8 @@ from bench.interleaved import run_interleaved_pairs
 from bench.launch import run_worker
 from bench.records import build_record, skipped_record
 
-SCHEMA_VERSION = 4  # 2: ControlNet axis, peak memory, ablation; 3: interleaved pairs; 4: other load, images' RSS
+SCHEMA_VERSION = 5  # 2: ControlNet axis, peak memory, ablation; 3: interleaved pairs; 4: other load, images' RSS;
+# 5: fresh memory rate
 PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy", "torch", "diffusers", "transformers", "openvino")
 # Quoted in the project issue from the KerasCV Stable Diffusion benchmark (GPU, pretrained weights), shown beside ours
 # and labelled as such; never measured here.

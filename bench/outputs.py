@@ -23,7 +23,7 @@ CSV_FIELDS = [
     ("stages", "unet_step_s"), ("stages", "controlnet_s"), ("stages", "controlnet_step_ratio"),
     ("memory", "peak_rss_images_bytes"), ("memory", "peak_rss_bytes"), ("memory", "peak_device_bytes"),
     ("unet", "flops_per_step"), ("unet", "achieved_flops_per_s"), ("unet", "fraction_of_same_dtype_matmul"),
-    ("other_load_cores",),
+    ("other_load_cores",), ("fresh_memory_gib_s",),
 ]
 
 

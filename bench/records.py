@@ -71,7 +71,7 @@ def _record(run, status, error, **measured):
     return {"system": run.system, "xla": run.xla, "precision": run.precision, "controlnet": run.controlnet,
             "status": status, "error": error, "failed_during": None, "traceback": None, "pid": None,
             "device": None, "notes": [], "cold": None, "warm": None, "stages": None, "unet": None,
-            "memory": None, "other_load_cores": None, **measured}
+            "memory": None, "other_load_cores": None, "fresh_memory_gib_s": None, **measured}
 
 
 def build_record(run, raw, workload, unet_step_flops, probe):
@@ -88,7 +88,8 @@ def build_record(run, raw, workload, unet_step_flops, probe):
         pid=raw.get("pid"), device=raw.get("device"), notes=list(raw.get("notes", [])) + ([note] if note else []),
         cold=_cold(raw, median) if "first_image_at" in raw else None, warm=warm,
         stages=_stages(raw.get("stages"), workload.steps, median) if median is not None else None,
-        memory=memory if "peak_rss_bytes" in raw else None, other_load_cores=raw.get("other_load_cores"))
+        memory=memory if "peak_rss_bytes" in raw else None, other_load_cores=raw.get("other_load_cores"),
+        fresh_memory_gib_s=raw.get("fresh_memory_gib_s"))
     stages = record["stages"]
     if stages and unet_step_flops:
         achieved = unet_step_flops / stages.get("unet_step_s", stages["step_s"])

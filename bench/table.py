@@ -68,9 +68,14 @@ def summary_rows(records):
 
 def cold_rows(records):
     headers = KEY_HEADERS + ["interpreter s", "import s", "build + weights s", "first-call overhead s", "image s",
-                             "cold total s"]
+                             "cold total s", "fresh memory GiB/s"]
     keys = ("interpreter_s", "import_s", "build_s", "first_call_overhead_s", "generate_s", "total_s")
-    return headers, [_key(r) + [seconds(r["cold"].get(key)) for key in keys] for r in records if r["cold"]]
+    return headers, [_key(r) + [seconds(r["cold"].get(key)) for key in keys] + [_rate(r.get("fresh_memory_gib_s"))]
+                     for r in records if r["cold"]]
+
+
+def _rate(gib_s):
+    return "-" if gib_s is None else f"{gib_s:.2f}"
 
 
 def stage_rows(records):

@@ -23,10 +23,10 @@ from bench.cli import main
 from bench.configs import Config, Run, Workload, parse_configs, parse_peers, plan_runs
 from bench.flops import unet_flops
 from bench.interleaved import interleaved_pairs, round_orders, run_interleaved, summarize_pair
-from bench.launch import cpu_snapshot, other_load, run_worker
+from bench.launch import cpu_snapshot, fresh_memory_rate, other_load, run_worker
 from bench.outputs import write_files
 from bench.records import build_record, precision_note
-from bench.table import interleaved_rows
+from bench.table import cold_rows, interleaved_rows
 from bench.targets import target_rows
 from kcv_sd import routing
 from kcv_sd.config import UNetConfig
@@ -425,6 +425,33 @@ def test_a_target_timed_beside_other_load_is_unreliable_and_keeps_its_ratio():
     for quiet in (None, 0.2):  # None: not measured (no /proc/stat), so judged
         assert status(quiet)["warm image vs KerasCV, equal steps"][2] == "met"
         assert status(quiet)["cold start vs diffusers"][2] == "missed"
+
+
+def test_cold_figures_from_a_machine_slow_to_give_fresh_memory_are_unreliable():
+    """A cold start allocates gigabytes: where first touches of memory crawl, its figures are not judged; warm
+    figures still are, and a row without the measure is judged as before."""
+    def status(rate):
+        ours = _row("kcv-sd", "float32", warm=5.0, step=2.0, cold=30.0, fresh_memory_gib_s=rate)
+        peers = [_row("kerascv", "float32", warm=10.0, step=4.0, cold=40.0),
+                 _row("diffusers", "float32", warm=10.0, step=4.0, cold=20.0, fresh_memory_gib_s=5.0)]
+        _, rows = target_rows([ours, *peers], 2)
+        return {row[0].split(" (")[0]: row[5] for row in rows}
+
+    slow = status(0.06)
+    assert slow["cold start vs diffusers"] == "unreliable (slow fresh memory)"
+    assert slow["first-call overhead vs 3 s"] == "unreliable (slow fresh memory)"
+    assert slow["warm image vs KerasCV, equal steps"] == "met"
+    for judged in (None, 0.5, 8.0):
+        assert status(judged)["cold start vs diffusers"] == "missed"
+        assert status(judged)["first-call overhead vs 3 s"] == "met"
+    row = _row("kcv-sd", "float32", warm=5.0, step=2.0, cold=30.0, fresh_memory_gib_s=0.06)
+    headers, rows = cold_rows([row, {**row, "fresh_memory_gib_s": None}])
+    assert headers[-1] == "fresh memory GiB/s" and [r[-1] for r in rows] == ["0.06", "-"]
+
+
+def test_fresh_memory_rate_touches_new_pages():
+    rate = fresh_memory_rate(16 * 2**20)
+    assert isinstance(rate, float) and rate > 0
 
 
 SPIN = "import time\nend = time.{clock}() + {seconds}\nwhile time.{clock}() < end: pass"
