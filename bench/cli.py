@@ -9,8 +9,10 @@ import click
 
 from bench.benchmark import run_benchmark
 from bench.benchmarks_md import as_text, render
-from bench.configs import PEERS, PRESETS, parse_configs, parse_peers, plan_runs
+from bench.configs import PEERS, PRESETS, emulated_precisions, parse_configs, parse_peers, plan_runs
+from bench.launch import device_kind_in_a_child
 from bench.outputs import CSV_NAME, JSON_NAME, PNG_NAME, write_files
+from kcv_sd.devices import cpu_flags
 from kcv_sd.sizes import check_size
 
 
@@ -69,7 +71,9 @@ def main(preset, width, height, steps, batch, repeats, configs, peers, output, t
     given = {"width": width, "height": height, "steps": steps, "batch": batch, "repeats": repeats}
     workload = dataclasses.replace(PRESETS[preset].workload, **{k: v for k, v in given.items() if v is not None})
     config_list = parsed(parse_configs, configs or PRESETS[preset].configs, "--configs")
-    runs = plan_runs(config_list, parsed(parse_peers, peers or PRESETS[preset].peers, "--peers"), workload)
+    # A preset's grid leaves out the 16-bit precisions this CPU emulates, as precision="auto" does.
+    skipped = {} if configs else emulated_precisions(config_list, cpu_flags(), device_kind_in_a_child)
+    runs = plan_runs(config_list, parsed(parse_peers, peers or PRESETS[preset].peers, "--peers"), workload, skipped)
 
     log_path = output / "workers.log"
     try:  # the output folder must take files before any process starts

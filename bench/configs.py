@@ -117,12 +117,29 @@ def peer_skip_reason(peer, workload, controlnet=False):
     return None
 
 
-def plan_runs(configs, peers, workload):
-    """kcv-sd per configuration, then each peer per precision and ControlNet setting."""
-    runs = [Run("kcv-sd", c.xla, c.precision, c.controlnet) for c in configs]
+def plan_runs(configs, peers, workload, skipped_precisions=None):
+    """kcv-sd per configuration, then each peer per precision and ControlNet setting; every run in a precision of
+    `skipped_precisions` ({precision: why}) is planned as skipped."""
+    skipped = skipped_precisions or {}
+    runs = [Run("kcv-sd", c.xla, c.precision, c.controlnet, skipped.get(c.precision)) for c in configs]
     settings = dict.fromkeys((c.precision, c.controlnet) for c in configs)
-    return runs + [Run(peer, PEER_XLA[peer], precision, controlnet, peer_skip_reason(peer, workload, controlnet))
+    return runs + [Run(peer, PEER_XLA[peer], precision, controlnet,
+                       skipped.get(precision) or peer_skip_reason(peer, workload, controlnet))
                    for peer in peers for precision, controlnet in settings]
+
+
+def emulated_precisions(configs, flags, device_kind):
+    """{precision: why it is not run} for the configurations' 16-bit precisions that this machine's CPU emulates
+    (`kcv_sd.devices.emulated_16_bit`): a preset's grid leaves them out, as `precision="auto"` does. `device_kind`
+    is called only if the CPU lacks a type, so machines with the instructions never pay for asking."""
+    from kcv_sd.devices import NATIVE_16_BIT_CPU_FLAGS, emulated_16_bit
+
+    found = {c.precision: emulated_16_bit(c.precision, "cpu", flags) for c in configs}
+    if not any(found.values()) or device_kind() != "cpu":
+        return {}
+    return {precision: f"this CPU emulates {kind} (it has no {' or '.join(NATIVE_16_BIT_CPU_FLAGS[kind])}), 2-3x "
+                       "slower than float32 where measured; --configs runs it anyway"
+            for precision, kind in found.items() if kind}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,6 +126,14 @@ def fresh_memory_rate(size=256 * 2**20):
         return round(size / 2**30 / (time.perf_counter() - start), 3)
 
 
+def device_kind_in_a_child():
+    """`kcv_sd.devices.device_kind()` ("cpu", "gpu" or "tpu") asked in a fresh process: the bench's own process
+    stays without TensorFlow."""
+    asked = subprocess.run([sys.executable, "-c", "from kcv_sd.devices import device_kind; print(device_kind())"],
+                           capture_output=True, text=True, check=True)
+    return asked.stdout.split()[-1]
+
+
 def run_worker(spec, log_path, echo, timeout_s, module="bench.worker"):
     """One job, run to its end in a fresh worker: its record, with the other load while it ran and the slower of the
     `fresh_memory_rate`s just before and just after it (outside its timings; the rate changed from minute to minute

@@ -18,6 +18,8 @@ from pathlib import Path
 
 AUTO = "auto"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# The instructions that make each 16-bit type native on a CPU; without them TensorFlow emulates it.
+NATIVE_16_BIT_CPU_FLAGS = {"bfloat16": BF16_CPU_FLAGS, "float16": ("avx512_fp16", "amx_fp16")}
 # CPU flags worth a line in a bug report: what oneDNN's fast paths need.
 REPORTED_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
                       "amx_fp16")
@@ -50,6 +52,24 @@ def choose_defaults(device, cpu_flags=(), gpu_capability=None):
     if native:
         return Defaults("cpu", "bfloat16", False, f"CPU with native bfloat16 ({', '.join(native)})")
     return Defaults("cpu", "float32", False, "CPU without native bfloat16 (no avx512_bf16 or amx_bf16)")
+
+
+def emulated_16_bit(precision, device, flags):
+    """The 16-bit type that `precision` computes in, where it runs on a CPU
+    with none of that type's instructions (`NATIVE_16_BIT_CPU_FLAGS`), else
+    None: TensorFlow then converts every element (docs/latency_levers.md,
+    section 17)."""
+    kind = next((k for k in NATIVE_16_BIT_CPU_FLAGS if k in precision), None)
+    if device != "cpu" or kind is None or set(NATIVE_16_BIT_CPU_FLAGS[kind]) & set(flags):
+        return None
+    return kind
+
+
+def emulation_warning(precision, kind):
+    """One line for a user who asked for a `precision` this CPU emulates."""
+    return (f"precision={precision!r} computes in {kind}, which this CPU has no instructions for "
+            f"({' or '.join(NATIVE_16_BIT_CPU_FLAGS[kind])}): TensorFlow emulates it, 2-3x slower than float32 "
+            "where measured. precision='auto' picks float32 on this CPU.")
 
 
 def cpu_flags():

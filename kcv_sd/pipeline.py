@@ -15,6 +15,7 @@ is black, and finally pastes the init image's pixels back there.
 
 import dataclasses
 import functools
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -141,8 +142,12 @@ class Pipeline:
         if device is not None and device != defaults.device:  # forced: that device kind's recipe
             defaults = devices.choose_defaults(device)
         precision, jit_compile = devices.resolve(precision, jit_compile, defaults)
+        precision = components.precision if components is not None else check_precision(precision)
+        emulated = devices.emulated_16_bit(precision, defaults.device, devices.cpu_flags())
+        if emulated:  # before the models are built: a user can stop here
+            warnings.warn(devices.emulation_warning(precision, emulated), stacklevel=2)
         if components is None:
-            components = load_components(model, weights, check_precision(precision), vae=vae)
+            components = load_components(model, weights, precision, vae=vae)
         self.components = components
         self.device = defaults.device
         self.route_policy = ROUTES_BY_DEVICE[self.device]

@@ -20,12 +20,12 @@ from bench import configs
 from bench.ablation import LEVERS
 from bench.benchmarks_md import as_text, render
 from bench.cli import main
-from bench.configs import Config, Run, Workload, parse_configs, parse_peers, plan_runs
+from bench.configs import Config, Run, Workload, emulated_precisions, parse_configs, parse_peers, plan_runs
 from bench.flops import unet_flops
 from bench.interleaved import interleaved_pairs, round_orders, run_interleaved, summarize_pair
 from bench.launch import cpu_snapshot, fresh_memory_rate, other_load, run_worker
 from bench.outputs import write_files
-from bench.records import build_record, precision_note
+from bench.records import build_record, precision_note, skipped_record
 from bench.table import cold_rows, interleaved_rows
 from bench.targets import target_rows
 from kcv_sd import routing
@@ -144,6 +144,35 @@ def test_peers_run_once_per_precision_and_controlnet_setting():
     assert peers[0][:2] == ("float32", False) and peers[0][2] in (None, "not installed (keras_cv)")
     assert peers[1] == ("float32", True, "KerasCV has no ControlNet")
     assert len(peers) == 2
+
+
+def test_a_presets_16_bit_precision_that_this_cpu_emulates_is_planned_as_skipped():
+    """As precision="auto" does, a preset leaves out what the CPU emulates: kcv-sd and its peers alike, asking the
+    device kind only when the flags lack a type, and never on a GPU or TPU machine."""
+    grid = parse_configs("xla=off;precision=float32,bfloat16,mixed_float16")
+
+    def never():
+        raise AssertionError("asked for the device kind with native instructions")
+
+    assert emulated_precisions(grid, {"amx_bf16", "amx_fp16"}, never) == {}
+    assert emulated_precisions(grid, set(), lambda: "gpu") == {}
+    skipped = emulated_precisions(grid, {"avx512f", "avx512_bf16"}, lambda: "cpu")
+    assert list(skipped) == ["mixed_float16"] and "emulates float16" in skipped["mixed_float16"]
+    skipped = emulated_precisions(grid, {"avx512f"}, lambda: "cpu")
+    assert list(skipped) == ["bfloat16", "mixed_float16"]
+    assert "no avx512_bf16 or amx_bf16" in skipped["bfloat16"] and "--configs runs it anyway" in skipped["bfloat16"]
+
+    workload = Workload("sd15", 128, 128, steps=1, batch=1, repeats=1)
+    runs = plan_runs(parse_configs("xla=off;precision=float32,bfloat16"), ["kerascv"], workload,
+                     {"bfloat16": skipped["bfloat16"]})
+    planned = {(r.system, r.precision): r.skip_reason for r in runs}
+    assert planned[("kcv-sd", "float32")] is None and planned[("kcv-sd", "bfloat16")] == skipped["bfloat16"]
+    assert planned[("kerascv", "bfloat16")] == skipped["bfloat16"]
+    records = [_row("kcv-sd", "float32", warm=5.0, step=2.0, cold=30.0),
+               _row("kerascv", "float32", warm=10.0, step=4.0, cold=40.0),
+               *(skipped_record(r) for r in runs if r.precision == "bfloat16")]
+    _, rows = target_rows(records, 2)
+    assert rows and all("bfloat16" not in row[0] for row in rows)
 
 
 def test_precision_label_comes_from_measured_matmuls():

@@ -1,5 +1,7 @@
 """Device-aware defaults: each device kind's choices, forced on this CPU."""
 
+import warnings
+
 import pytest
 from click.testing import CliRunner
 
@@ -62,3 +64,33 @@ def test_generate_resolves_auto_before_caching(monkeypatch):
     generation.get_pipeline("tiny", "random")
     generation.get_pipeline("tiny", "random", devices.detected_defaults().precision, False)
     assert built[0] == built[1] == ("tiny", "random", devices.detected_defaults().precision, False, False)
+
+
+@pytest.mark.parametrize("precision,device,flags,expected", [
+    ("bfloat16", "cpu", {"avx2", "avx512f"}, "bfloat16"),
+    ("mixed_bfloat16", "cpu", set(), "bfloat16"),
+    ("bfloat16", "cpu", {"avx512_bf16"}, None),
+    ("mixed_bfloat16", "cpu", {"amx_bf16"}, None),
+    ("float16", "cpu", {"amx_bf16"}, "float16"),  # AMX-BF16 alone does not make float16 native
+    ("mixed_float16", "cpu", {"avx512_fp16"}, None),
+    ("float32", "cpu", set(), None),
+    ("bfloat16", "gpu", set(), None),
+    ("mixed_float16", "gpu", set(), None),
+    ("mixed_bfloat16", "tpu", set(), None),
+])
+def test_a_16_bit_precision_is_emulated_only_on_a_cpu_without_its_instructions(precision, device, flags, expected):
+    assert devices.emulated_16_bit(precision, device, flags) == expected
+
+
+def test_a_pipeline_warns_before_building_when_the_cpu_emulates_its_precision(monkeypatch):
+    from kcv_sd import pipeline
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(pipeline, "load_components", lambda *args, **kwargs: 1 / 0)  # the build: after the warning
+    with pytest.warns(UserWarning, match=r"precision='bfloat16' computes in bfloat16.*avx512_bf16 or amx_bf16.*"
+                                         r"precision='auto' picks float32"), pytest.raises(ZeroDivisionError):
+        pipeline.Pipeline(model="tiny", weights="random", precision="bfloat16", device="cpu")
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    with pytest.raises(ZeroDivisionError), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be raised before the build, and fail the test
+        pipeline.Pipeline(model="tiny", weights="random", precision="bfloat16", device="cpu")
