@@ -112,13 +112,16 @@ def console_main():
 @click.option("--weight-cache", type=click.Choice(SETTINGS), default="auto", show_default=True,
               help="oneDNN weight caching on the CPU: faster, for one more copy of the UNet's and ControlNets' "
                    "weights; auto: on where four such copies are free (`kcv-sd env` says which).")
+@click.option("--graph-cache/--no-graph-cache", default=False, show_default=True,
+              help="Keep the denoising step's and decoder's optimised graphs on disk (under KERAS_HOME) and reuse "
+                   "them in later runs: a faster first image on a CPU without XLA.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff, seed, num_images,
              output, overwrite, model, weights, precision, xla, vae, compiled_loop, sampler, controls, controlnets,
              control_scales, guess_mode, control_start, control_end, control_sizing,
              init_image, strength, mask_image, tiled_decode, upscale, refine_strength, deep_cache, token_merging, loras,
-             weight_cache, progress):
+             weight_cache, graph_cache, progress):
     """Generate images from PROMPT and write them as PNG with reproduction metadata."""
     from kcv_sd.samplers import resolve
 
@@ -155,7 +158,8 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
     step_functions = 1 + (upscale is not None) + (cfg_cutoff is not None)
     choose_weight_cache(weight_cache, family_by_name(model), devices.resolve(precision)[0], len(controlnets),
                         step_functions)
-    pipeline = get_pipeline(model, weights, precision, "auto" if xla is None else xla, compiled_loop, vae)
+    pipeline = get_pipeline(model, weights, precision, "auto" if xla is None else xla, compiled_loop, vae,
+                            graph_cache)
     pipeline.set_loras(loras)
     precision, xla = pipeline.components.precision, pipeline.jit_compile  # what "auto" chose, for the PNG
     run = pipeline if upscale is None else functools.partial(

@@ -14,21 +14,21 @@ from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, check_upscale, generate_upsc
 
 
 def get_pipeline(model="sd15", weights="kerascv", precision=devices.AUTO, jit_compile=devices.AUTO,
-                 compiled_loop=False, vae=None):
+                 compiled_loop=False, vae=None, graph_cache=False):
     """A shared `Pipeline` per configuration: models load and compile once.
     "auto" is resolved first (`kcv_sd.devices`), so it shares the pipeline
     of the values it stands for."""
     precision, jit_compile = devices.resolve(precision, jit_compile)
-    configuration = (model, str(weights), precision, bool(jit_compile), bool(compiled_loop))
+    configuration = (model, str(weights), precision, bool(jit_compile), bool(compiled_loop), bool(graph_cache))
     return _cached_pipeline(*configuration) if vae is None else _cached_pipeline(*configuration, str(vae))
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_pipeline(model, weights, precision, jit_compile, compiled_loop, vae=None):
+def _cached_pipeline(model, weights, precision, jit_compile, compiled_loop, graph_cache, vae=None):
     # Called with normalised positional arguments only, so equal
     # configurations always hit the same cache entry.
     return Pipeline(model=model, weights=weights, precision=precision, jit_compile=jit_compile,
-                    compiled_loop=compiled_loop, vae=vae)
+                    compiled_loop=compiled_loop, vae=vae, graph_cache=graph_cache)
 
 
 def check_generate(prompt, negative_prompt=None, *, model="sd15", precision=devices.AUTO, upscale=None,
@@ -54,10 +54,10 @@ def check_generate(prompt, negative_prompt=None, *, model="sd15", precision=devi
 
 def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
              precision=devices.AUTO, jit_compile=devices.AUTO, compiled_loop=False, upscale=None,
-             refine_strength=DEFAULT_REFINE_STRENGTH, vae=None, loras=None, **options):
+             refine_strength=DEFAULT_REFINE_STRENGTH, vae=None, loras=None, graph_cache=False, **options):
     """Generate images from text (and control images) with Stable Diffusion 1.x.
 
-    `model`, `weights`, `precision`, `jit_compile`, `compiled_loop` and `vae` select a
+    `model`, `weights`, `precision`, `jit_compile`, `compiled_loop`, `vae` and `graph_cache` select a
     cached `Pipeline` (see its docstring; "auto" precision and jit_compile are
     this device's, `kcv_sd.devices`; `weights` may also be the Hub repo id
     of a diffusers SD1.x repo, "owner/name"); every other option (width, height,
@@ -74,7 +74,7 @@ def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
     """
     check_generate(prompt, negative_prompt, model=model, precision=precision, upscale=upscale,
                    refine_strength=refine_strength, loras=loras, **options)
-    pipeline = get_pipeline(model, weights, precision, jit_compile, compiled_loop, vae)
+    pipeline = get_pipeline(model, weights, precision, jit_compile, compiled_loop, vae, graph_cache)
     pipeline.set_loras(as_loras(loras))
     if upscale is not None:
         return generate_upscaled(pipeline, prompt, negative_prompt, upscale=upscale,

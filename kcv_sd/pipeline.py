@@ -26,6 +26,7 @@ from kcv_sd.components import load_components
 from kcv_sd.control import check_controlnets, plan_control
 from kcv_sd.emphasis import emphasize
 from kcv_sd.finite import check_finite
+from kcv_sd.graph_cache import CachedGraph
 from kcv_sd.image_inputs import latent_repaint_mask, repaint_mask, resized_pixels
 from kcv_sd.lora import (
     as_lora,
@@ -72,6 +73,12 @@ def as_float32(model):
     """`model` with its output cast to float32 (the VAE runs in 16 bits under
     "float16" and "bfloat16" precision)."""
     return lambda inputs: tf.cast(model(inputs), tf.float32)
+
+
+def epsilons(model):
+    """The normalisation epsilons of `model`'s layers: constants of its graph that its configuration may not say
+    (a diffusers VAE's 1e-6 in KerasCV's blocks)."""
+    return sorted({float(layer.epsilon) for layer in model._flatten_layers() if hasattr(layer, "epsilon")})
 
 
 def to_uint8(decoded):
@@ -133,11 +140,16 @@ class Pipeline:
             its first call is faster; a size whose choices differ traces
             again. False: one trace serves every size, choosing at run time
             (better when many sizes are generated in one process).
+        graph_cache: keep each denoising step's graph and the decoder's,
+            traced and optimised once, on disk (`kcv_sd.graph_cache`, under KERAS_HOME), and run
+            the saved graph in this and later processes: no tracing and no
+            Grappler at their first call. CPUs without XLA only; elsewhere
+            ignored.
     """
 
     def __init__(self, model="sd15", weights="kerascv", precision=devices.AUTO,
                  jit_compile=devices.AUTO, components=None, compiled_loop=False, static_routes=True,
-                 xla_decoder=None, vae=None, device=None):
+                 xla_decoder=None, vae=None, device=None, graph_cache=False):
         defaults = devices.detected_defaults()
         if device is not None and device != defaults.device:  # forced: that device kind's recipe
             defaults = devices.choose_defaults(device)
@@ -154,11 +166,19 @@ class Pipeline:
         self.jit_compile = bool(jit_compile)
         self.compiled_loop = bool(compiled_loop)
         self.static_routes = bool(static_routes)
+        # Steps' and the decoder's optimised graphs from disk (`kcv_sd.graph_cache`): CPUs only, where it was
+        # measured; not with XLA.
+        self.graph_cache = bool(graph_cache) and self.device == "cpu" and not self.jit_compile
         self.tokenizer = get_tokenizer()
         self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
         self.xla_decoder = self.jit_compile if xla_decoder is None else bool(xla_decoder)
-        self._decode = self._compile(as_float32(components.decoder), [latent_spec], self.xla_decoder)
+        if self.graph_cache and not self.xla_decoder:
+            decoder = components.decoder
+            self._decode = CachedGraph(as_float32(decoder), [latent_spec], decoder.weights,
+                                       ["decoder", components.precision, repr(components.family.vae), epsilons(decoder)])
+        else:
+            self._decode = self._compile(as_float32(components.decoder), [latent_spec], self.xla_decoder)
         self._encode_image = None  # compiled on first use, as the encoder loads
         self._empty_encoding = None
         self._compiled = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)  # steps and loops, by spec
@@ -318,10 +338,24 @@ class Pipeline:
         """The compiled single step of `spec` (no cutoff): `StepInputs` -> (latent, state)."""
         def build():
             predict = noise_predictor(spec, self.components.unet, self.route_policy)
-            return self._compile(functools.partial(step_body, spec, predict),
-                                 [step_signature(spec, self.config)])
+            body, signature = functools.partial(step_body, spec, predict), [step_signature(spec, self.config)]
+            if self.graph_cache:
+                return CachedGraph(body, signature, self._step_variables(spec), self._step_description(spec))
+            return self._compile(body, signature)
 
         return self._compiled.get(("step", spec), build)
+
+    def _step_variables(self, spec):
+        """Every variable a step of `spec` reads, in the same order in every process."""
+        return [*self.components.unet.model().weights, *(w for c in spec.controlnets for w in c.model().weights)]
+
+    def _step_description(self, spec):
+        """What shapes a step's graph, for `kcv_sd.graph_cache`: the spec's compared fields, with each ControlNet
+        as its architecture, the precision and the device's routes."""
+        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.compare}
+        fields["controlnets"] = [repr(c.config) for c in spec.controlnets]
+        return ["step", fields, self.components.precision, repr(self.components.unet.config),
+                epsilons(self.components.unet.model()), repr(self.route_policy)]
 
     def loop_function(self, spec):
         """All steps of a run of `spec` in one compiled function (a

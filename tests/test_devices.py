@@ -63,7 +63,7 @@ def test_generate_resolves_auto_before_caching(monkeypatch):
     monkeypatch.setattr(generation, "_cached_pipeline", lambda *configuration: built.append(configuration))
     generation.get_pipeline("tiny", "random")
     generation.get_pipeline("tiny", "random", devices.detected_defaults().precision, False)
-    assert built[0] == built[1] == ("tiny", "random", devices.detected_defaults().precision, False, False)
+    assert built[0] == built[1] == ("tiny", "random", devices.detected_defaults().precision, False, False, False)
 
 
 @pytest.mark.parametrize("precision,device,flags,expected", [

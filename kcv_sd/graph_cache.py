@@ -1,0 +1,192 @@
+"""Compiled functions' graphs, traced and optimised once, kept on disk between processes.
+
+The first call of a compiled UNet step spends seconds outside the maths: Keras traces every layer in Python, then
+Grappler rewrites the ~11k-node graph (docs/latency_levers.md, section 18). Neither depends on weight values, so
+the first process saves the graph, optimised once by Grappler for the CPU, and every process (the first included)
+imports it, bound to its own variables, and runs it with Grappler off for that function only (a thread-local call
+option). The key covers the code, the versions, the CPU's instruction sets, what the function does and its
+variables' shapes and dtypes; a function that cannot be cached (a capture that is not one of the given variables,
+outputs other than tensors in tuples) runs traced as before, and a file that does not read is traced and written
+again.
+"""
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+from tensorflow.python.eager import context
+from tensorflow.python.grappler import cluster as grappler_cluster
+from tensorflow.python.grappler import tf_optimizer
+
+from kcv_sd import devices
+from kcv_sd.cache import keras_home
+
+FORMAT = 1  # bump when what is saved, or how it is read, changes
+CPU = "/job:localhost/replica:0/task:0/device:CPU:0"
+
+
+# Environment variables that change which rewrites TensorFlow makes when it optimises a graph.
+GRAPH_ENVIRONMENT = ("TF_ENABLE_ONEDNN_OPTS", "TF_DISABLE_MKL", "TF_ENABLE_MKL_NATIVE_FORMAT")
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cache_dir():
+    return keras_home() / "kcv_sd" / "graphs"
+
+
+@functools.cache
+def code_digest():
+    """sha256 of kcv_sd's sources: a changed layer must never run an old graph."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.relative_to(Path(__file__).parent).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def graph_key(description, variables, signature):
+    """The file name of a function's graph: everything that shapes the graph, nothing that only fills it."""
+    parts = [FORMAT, code_digest(), tf.__version__, keras.__version__, _version("keras-cv"),
+             sorted(devices.cpu_flags()), {name: os.environ.get(name) for name in GRAPH_ENVIRONMENT}, description,
+             [(tuple(v.shape), str(v.dtype)) for v in variables], repr(signature)]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:40]
+
+
+@contextlib.contextmanager
+def _grappler_off():
+    """This thread's function calls skip Grappler, other threads' do not. A function instantiated under these
+    options is instantiated again under others, so every call of an imported graph takes them."""
+    ctx = context.context()
+    previous = ctx.function_call_options
+    config = tf.compat.v1.ConfigProto()
+    if previous.config_proto_serialized:
+        config.ParseFromString(previous.config_proto_serialized)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    ctx.function_call_options = context.FunctionCallOptions(executor_type=previous.executor_type,
+                                                            config_proto=config)
+    try:
+        yield
+    finally:
+        ctx.function_call_options = previous
+
+
+def _handle(variable):
+    handle = getattr(variable, "handle", None)
+    return handle if handle is not None else variable.value.handle
+
+
+def _skeleton(outputs):
+    """The nesting of `outputs` as JSON (lists for tuples, None for tensors); TypeError for anything else."""
+    if type(outputs) in (tuple, list):
+        return [_skeleton(item) for item in outputs]
+    if isinstance(outputs, tf.Tensor):
+        return None
+    raise TypeError(f"{type(outputs).__name__} in a cached function's outputs")
+
+
+def _rebuild(skeleton):
+    return tuple(_rebuild(item) for item in skeleton) if isinstance(skeleton, list) else tf.zeros(())
+
+
+def _optimized(graph_def, graph, outputs):
+    """`graph_def` after the Grappler passes the runtime would run, placed on the CPU (its remapper fuses only
+    nodes placed on a CPU)."""
+    placed = tf.compat.v1.GraphDef()
+    placed.CopyFrom(graph_def)
+    for node in placed.node:
+        node.device = CPU
+    for function in placed.library.function:
+        for node in function.node_def:
+            node.device = CPU
+    meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=placed, graph=graph)
+    meta_graph.collection_def["train_op"].node_list.value.extend(name.split(":")[0] for name in outputs)
+    return tf_optimizer.OptimizeGraph(tf.compat.v1.ConfigProto(), meta_graph, verbose=False,
+                                      cluster=grappler_cluster.Cluster())
+
+
+def _write_atomically(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as part:
+        part.write(data)
+    os.replace(part.name, path)
+
+
+class CachedGraph:
+    """`fn` compiled over `signature` (a list of nested `TensorSpec`s, as `tf.function`'s input_signature), its
+    graph read from the cache or traced, optimised and written there; `variables` are every variable it may read,
+    in an order that is the same in every process. `source` says which, after the first call: "cache", "traced",
+    or "uncached" (traced, and run as a plain `tf.function`)."""
+
+    def __init__(self, fn, signature, variables, description, directory=None):
+        self.fn, self.signature, self.variables = fn, list(signature), list(variables)
+        self.path = Path(directory or cache_dir()) / graph_key(description, self.variables, self.signature)
+        self.source = None
+        self._call = None
+
+    def __call__(self, *args):
+        if self._call is None:
+            self._call = self._build()
+        return self._call(*args)
+
+    def _build(self):
+        try:
+            graph_def = tf.compat.v1.GraphDef.FromString(self.path.with_suffix(".pb").read_bytes())
+            meta = json.loads(self.path.with_suffix(".json").read_text())
+            self.source = "cache"
+        except Exception:  # missing, half-written by a killed process, or unreadable: trace it again
+            found = self._trace_and_write()
+            if callable(found):
+                self.source = "uncached"
+                return found
+            graph_def, meta = found
+            self.source = "traced"
+        return self._imported(graph_def, meta)
+
+    def _trace_and_write(self):
+        traced = tf.function(self.fn, input_signature=self.signature, autograph=False)
+        concrete = traced.get_concrete_function()
+        index = {id(_handle(v)): i for i, v in enumerate(self.variables)}
+        mapping = [index.get(id(capture)) for capture in concrete.captured_inputs]
+        try:
+            skeleton = _skeleton(concrete.structured_outputs)
+        except TypeError:
+            return traced
+        if None in mapping:
+            return traced
+        inputs = len(concrete.inputs) - len(mapping)
+        meta = {"inputs": [t.name for t in concrete.inputs[:inputs]],
+                "captures": [t.name for t in concrete.inputs[inputs:]], "variables": mapping,
+                "outputs": [t.name for t in concrete.outputs], "structure": skeleton}
+        graph_def = _optimized(concrete.graph.as_graph_def(), concrete.graph, meta["outputs"])
+        _write_atomically(self.path.with_suffix(".pb"), graph_def.SerializeToString())
+        _write_atomically(self.path.with_suffix(".json"), json.dumps(meta).encode())
+        return graph_def, meta
+
+    def _imported(self, graph_def, meta):
+        def imported(*flat):
+            feeds = dict(zip(meta["inputs"] + meta["captures"], flat))
+            return tf.graph_util.import_graph_def(graph_def, input_map=feeds, return_elements=meta["outputs"], name="")
+
+        specs = tf.nest.flatten(self.signature) + [tf.TensorSpec((), tf.resource)] * len(meta["captures"])
+        function = tf.compat.v1.wrap_function(imported, specs)
+        handles = [_handle(self.variables[i]) for i in meta["variables"]]
+        structure = _rebuild(meta["structure"])
+
+        def call(*args):
+            with _grappler_off():
+                outputs = function(*tf.nest.flatten(args), *handles)
+            return tf.nest.pack_sequence_as(structure, outputs)
+
+        return call

@@ -1,0 +1,108 @@
+"""Steps' graphs kept on disk (`kcv_sd.graph_cache`): the same images, written once, read back, never stale."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kcv_sd import graph_cache
+from kcv_sd.graph_cache import CachedGraph, graph_key
+from kcv_sd.pipeline import Pipeline
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    return tmp_path
+
+
+def _image(pipeline):
+    return np.asarray(pipeline("a cat", width=64, height=64, num_inference_steps=2, seed=3))
+
+
+def _cached(tiny_pipeline):
+    """A new pipeline with the step graph cache, sharing the shared pipeline's compiled text encoder and decoder
+    (only the step is under test; each of those would trace again)."""
+    pipeline = Pipeline(components=tiny_pipeline.components, static_routes=False, graph_cache=True)
+    pipeline._encode, pipeline._decode = tiny_pipeline._encode, tiny_pipeline._decode
+    return pipeline
+
+
+def _sources(pipeline):
+    return sorted(f.source for f in pipeline._compiled._values.values() if isinstance(f, CachedGraph))
+
+
+def test_a_step_graph_is_written_once_then_read_and_gives_the_same_images(tiny_pipeline, keras_home):
+    plain = _image(tiny_pipeline)
+    first = _cached(tiny_pipeline)
+    assert np.array_equal(_image(first), plain) and _sources(first) == ["traced"]
+    graphs = keras_home / "kcv_sd" / "graphs"
+    written = sorted(p.name for p in graphs.iterdir())
+    assert len(written) == 2 and {p.rsplit(".", 1)[1] for p in written} == {"pb", "json"}
+    second = _cached(tiny_pipeline)
+    assert np.array_equal(_image(second), plain) and _sources(second) == ["cache"]
+    assert sorted(p.name for p in graphs.iterdir()) == written
+
+
+def test_xla_and_other_devices_never_use_the_cache(tiny_components):
+    assert not Pipeline(components=tiny_components, graph_cache=True, jit_compile=True).graph_cache
+    assert not Pipeline(components=tiny_components, graph_cache=True, device="gpu").graph_cache
+    assert not Pipeline(components=tiny_components).graph_cache
+
+
+def test_the_key_follows_what_shapes_the_graph_and_nothing_else(monkeypatch):
+    small, large = tf.Variable(tf.zeros((2, 3))), tf.Variable(tf.ones((2, 4)))
+    signature = [tf.TensorSpec((None, 3), tf.float32)]
+    key = graph_key(["step", 1], [small], signature)
+    assert graph_key(["step", 1], [tf.Variable(tf.ones((2, 3)))], signature) == key  # values do not count
+    assert graph_key(["step", 2], [small], signature) != key
+    assert graph_key(["step", 1], [large], signature) != key
+    assert graph_key(["step", 1], [tf.Variable(tf.zeros((2, 3), tf.bfloat16))], signature) != key
+    assert graph_key(["step", 1], [small], [tf.TensorSpec((None, 4), tf.float32)]) != key
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert graph_key(["step", 1], [small], signature) != key
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    monkeypatch.setattr(graph_cache, "code_digest", lambda: "changed sources")
+    assert graph_key(["step", 1], [small], signature) != key
+
+
+def test_a_function_reading_a_variable_it_was_not_given_runs_uncached(tmp_path):
+    given, other = tf.Variable([1.0, 2.0]), tf.Variable([10.0, 20.0])
+    signature = [tf.TensorSpec((2,), tf.float32)]
+    reads_both = CachedGraph(lambda x: (x * given + other, x), signature, [given], "both", tmp_path)
+    result, same = reads_both(tf.constant([1.0, 1.0]))
+    assert reads_both.source == "uncached" and result.numpy().tolist() == [11.0, 22.0]
+    assert list(tmp_path.iterdir()) == []
+    reads_given = CachedGraph(lambda x: (x * given, (x, x + 1.0)), signature, [given], "given", tmp_path)
+    result, (x, x1) = reads_given(tf.constant([3.0, 3.0]))
+    assert reads_given.source == "traced" and result.numpy().tolist() == [3.0, 6.0] and x1.numpy()[0] == 4.0
+    given.assign([5.0, 5.0])  # the graph reads the variable, not a copy of its value
+    again = CachedGraph(lambda x: (x * given, (x, x + 1.0)), signature, [given], "given", tmp_path)
+    result, _ = again(tf.constant([3.0, 3.0]))
+    assert again.source == "cache" and result.numpy().tolist() == [15.0, 15.0]
+
+
+def test_an_unreadable_graph_is_traced_and_written_again(tmp_path):
+    weight = tf.Variable([2.0, 3.0])
+    signature = [tf.TensorSpec((2,), tf.float32)]
+    CachedGraph(lambda x: x * weight, signature, [weight], "scale", tmp_path)(tf.constant([1.0, 1.0]))
+    graph, = tmp_path.glob("*.pb")
+    whole = graph.read_bytes()
+    graph.write_bytes(whole[: len(whole) // 2])  # a process killed while writing, or a damaged disk
+    again = CachedGraph(lambda x: x * weight, signature, [weight], "scale", tmp_path)
+    assert again(tf.constant([1.0, 1.0])).numpy().tolist() == [2.0, 3.0] and again.source == "traced"
+    third = CachedGraph(lambda x: x * weight, signature, [weight], "scale", tmp_path)
+    assert third(tf.constant([1.0, 1.0])).numpy().tolist() == [2.0, 3.0] and third.source == "cache"
+
+
+def test_the_cli_keeps_graphs_when_asked_and_makes_the_same_png(tmp_path, keras_home):
+    from click.testing import CliRunner
+
+    from kcv_sd.cli import main
+
+    tiny = ["--model", "tiny", "--precision", "float32", "--weights", "random", "--width", "64", "--height", "64", "--steps", "2",
+            "--seed", "5", "--no-progress"]
+    for name, flag in (("plain.png", "--no-graph-cache"), ("cached.png", "--graph-cache")):
+        result = CliRunner().invoke(main, ["generate", "a cat", "-o", str(tmp_path / name), flag, *tiny])
+        assert result.exit_code == 0, result.output
+    assert len(list((keras_home / "kcv_sd" / "graphs").glob("*.pb"))) == 2  # the step and the decoder
+    assert (tmp_path / "plain.png").read_bytes() == (tmp_path / "cached.png").read_bytes()
