@@ -80,7 +80,7 @@ def generate_on_tiny_pipeline(tiny_pipeline, monkeypatch):
     cached_pipeline = generate_module._cached_pipeline
 
     def shared(*configuration):
-        if configuration == ("tiny", "random", "float32", False, False):
+        if configuration == ("tiny", "random", "float32", False, False, False):
             return tiny_pipeline
         return cached_pipeline(*configuration)
 
