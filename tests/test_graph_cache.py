@@ -20,26 +20,27 @@ def _image(pipeline):
 
 
 def _cached(tiny_pipeline):
-    """A new pipeline with the step graph cache, sharing the shared pipeline's compiled text encoder and decoder
-    (only the step is under test; each of those would trace again)."""
+    """A new pipeline with the graph cache, sharing the shared pipeline's compiled text encoder (only the step and
+    the decoder are under test; it would trace again)."""
     pipeline = Pipeline(components=tiny_pipeline.components, static_routes=False, graph_cache=True)
-    pipeline._encode, pipeline._decode = tiny_pipeline._encode, tiny_pipeline._decode
+    pipeline._encode = tiny_pipeline._encode
     return pipeline
 
 
 def _sources(pipeline):
-    return sorted(f.source for f in pipeline._compiled._values.values() if isinstance(f, CachedGraph))
+    return sorted(f.source for f in [*pipeline._compiled._values.values(), pipeline._decode]
+                  if isinstance(f, CachedGraph))
 
 
-def test_a_step_graph_is_written_once_then_read_and_gives_the_same_images(tiny_pipeline, keras_home):
+def test_graphs_are_written_once_then_read_and_give_the_same_images(tiny_pipeline, keras_home):
     plain = _image(tiny_pipeline)
     first = _cached(tiny_pipeline)
-    assert np.array_equal(_image(first), plain) and _sources(first) == ["traced"]
+    assert np.array_equal(_image(first), plain) and _sources(first) == ["traced", "traced"]  # step, decoder
     graphs = keras_home / "kcv_sd" / "graphs"
     written = sorted(p.name for p in graphs.iterdir())
-    assert len(written) == 2 and {p.rsplit(".", 1)[1] for p in written} == {"pb", "json"}
+    assert len(written) == 4 and {p.rsplit(".", 1)[1] for p in written} == {"pb", "json"}
     second = _cached(tiny_pipeline)
-    assert np.array_equal(_image(second), plain) and _sources(second) == ["cache"]
+    assert np.array_equal(_image(second), plain) and _sources(second) == ["cache", "cache"]
     assert sorted(p.name for p in graphs.iterdir()) == written
 
 
@@ -94,15 +95,20 @@ def test_an_unreadable_graph_is_traced_and_written_again(tmp_path):
     assert third(tf.constant([1.0, 1.0])).numpy().tolist() == [2.0, 3.0] and third.source == "cache"
 
 
-def test_the_cli_keeps_graphs_when_asked_and_makes_the_same_png(tmp_path, keras_home):
+def test_the_cli_and_generate_pass_the_setting_to_their_pipeline(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
+    from kcv_sd import generation
     from kcv_sd.cli import main
+    from kcv_sd.errors import InvalidArgumentError
 
-    tiny = ["--model", "tiny", "--precision", "float32", "--weights", "random", "--width", "64", "--height", "64", "--steps", "2",
-            "--seed", "5", "--no-progress"]
-    for name, flag in (("plain.png", "--no-graph-cache"), ("cached.png", "--graph-cache")):
-        result = CliRunner().invoke(main, ["generate", "a cat", "-o", str(tmp_path / name), flag, *tiny])
-        assert result.exit_code == 0, result.output
-    assert len(list((keras_home / "kcv_sd" / "graphs").glob("*.pb"))) == 2  # the step and the decoder
-    assert (tmp_path / "plain.png").read_bytes() == (tmp_path / "cached.png").read_bytes()
+    def stop(*configuration):
+        raise InvalidArgumentError(f"pipeline {configuration}")
+
+    monkeypatch.setattr(generation, "get_pipeline", stop)
+    tiny = ["generate", "a cat", "--model", "tiny", "--precision", "float32", "--weights", "random",
+            "-o", str(tmp_path / "cat.png")]
+    assert CliRunner().invoke(main, [*tiny, "--graph-cache"]).output.endswith("None, True)\n")
+    assert CliRunner().invoke(main, tiny).output.endswith("None, False)\n")
+    monkeypatch.setattr(generation, "Pipeline", lambda **options: options)
+    assert generation._cached_pipeline.__wrapped__("tiny", "random", "float32", False, False, True)["graph_cache"]
