@@ -132,14 +132,13 @@ def emulated_precisions(configs, flags, device_kind):
     """{precision: why it is not run} for the configurations' 16-bit precisions that this machine's CPU emulates
     (`kcv_sd.devices.emulated_16_bit`): a preset's grid leaves them out, as `precision="auto"` does. `device_kind`
     is called only if the CPU lacks a type, so machines with the instructions never pay for asking."""
-    from kcv_sd.devices import NATIVE_16_BIT_CPU_FLAGS, emulated_16_bit
+    from kcv_sd.devices import emulated_16_bit, emulation_reason
 
     found = {c.precision: emulated_16_bit(c.precision, "cpu", flags) for c in configs}
     if not any(found.values()) or device_kind() != "cpu":
         return {}
-    return {precision: f"this CPU emulates {kind} (it has no {' or '.join(NATIVE_16_BIT_CPU_FLAGS[kind])}), 2-3x "
-                       "slower than float32 where measured; --configs runs it anyway"
-            for precision, kind in found.items() if kind}
+    return {precision: f"{emulation_reason(kind)}; --configs runs it anyway" for precision, kind in found.items()
+            if kind}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -117,9 +117,8 @@ def other_load(start):
 
 def fresh_memory_rate(size=256 * 2**20):
     """GiB/s at which this machine hands out memory never touched before: one byte written per page of a new
-    anonymous mapping. A cold start allocates gigabytes; where the host backs a virtual machine's pages lazily, or
-    takes them back, first touches ran at 0.06 GiB/s here (2 GiB in 31 s) while warm work ran at its usual speed,
-    and at 2.7 GiB/s (256 MiB) five minutes later."""
+    anonymous mapping. A cold start allocates gigabytes, and a virtual machine whose host backs its pages lazily can
+    slow first touches alone, leaving warm work at its usual speed (docs/latency_levers.md, section 16)."""
     with mmap.mmap(-1, size) as pages:
         start = time.perf_counter()
         pages[::mmap.PAGESIZE] = b"\1" * (size // mmap.PAGESIZE)
@@ -136,8 +135,7 @@ def device_kind_in_a_child():
 
 def run_worker(spec, log_path, echo, timeout_s, module="bench.worker"):
     """One job, run to its end in a fresh worker: its record, with the other load while it ran and the slower of the
-    `fresh_memory_rate`s just before and just after it (outside its timings; the rate changed from minute to minute
-    here)."""
+    `fresh_memory_rate`s just before and just after it (outside its timings; the rate can change within minutes)."""
     before = fresh_memory_rate()
     start = cpu_snapshot()
     with open(log_path, "a") as log:

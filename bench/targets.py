@@ -15,8 +15,7 @@ from bench.table import gib, seconds
 # preempted (torch's threads ran 5-10x slower beside one busy process, issue 19).
 LOAD_LIMIT = 0.2
 # GiB/s of first touches of memory (`bench.launch.fresh_memory_rate`) below which a row's cold start and first-call
-# overhead are not judged: they allocate gigabytes. This 2-core virtual machine gave 1.6-2.7 GiB/s, and at another
-# moment 0.06 GiB/s, when a cold start took twice as long and warm images ran at their usual speed.
+# overhead are not judged: they allocate gigabytes (the rates seen, docs/latency_levers.md section 16).
 FRESH_MEMORY_LIMIT = 0.5
 # Ratios, ours / theirs at most this (issue 19 at 512x512 unless noted).
 WARM_TARGET, WARM_TARGETS = 0.80, {"float32": 0.60}  # warm image vs KerasCV, equal steps: issue 6; 19 in float32

@@ -65,11 +65,15 @@ def emulated_16_bit(precision, device, flags):
     return kind
 
 
+def emulation_reason(kind):
+    """Why a 16-bit `kind` is slow on this CPU, for the warning below and for kcv-bench's skipped rows."""
+    return (f"this CPU emulates {kind} (it has no {' or '.join(NATIVE_16_BIT_CPU_FLAGS[kind])}), 2-3x slower than "
+            "float32 where measured")
+
+
 def emulation_warning(precision, kind):
     """One line for a user who asked for a `precision` this CPU emulates."""
-    return (f"precision={precision!r} computes in {kind}, which this CPU has no instructions for "
-            f"({' or '.join(NATIVE_16_BIT_CPU_FLAGS[kind])}): TensorFlow emulates it, 2-3x slower than float32 "
-            "where measured. precision='auto' picks float32 on this CPU.")
+    return f"precision={precision!r} computes in {kind}: {emulation_reason(kind)}. precision='auto' picks float32 here."
 
 
 def cpu_flags():

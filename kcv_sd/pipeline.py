@@ -173,12 +173,12 @@ class Pipeline:
         self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
         self.xla_decoder = self.jit_compile if xla_decoder is None else bool(xla_decoder)
+        decoder, decode = components.decoder, as_float32(components.decoder)
         if self.graph_cache and not self.xla_decoder:
-            decoder = components.decoder
-            self._decode = CachedGraph(as_float32(decoder), [latent_spec], decoder.weights,
-                                       ["decoder", components.precision, repr(components.family.vae), epsilons(decoder)])
+            described = ["decoder", components.precision, repr(components.family.vae), epsilons(decoder)]
+            self._decode = CachedGraph(decode, [latent_spec], decoder.weights, described)
         else:
-            self._decode = self._compile(as_float32(components.decoder), [latent_spec], self.xla_decoder)
+            self._decode = self._compile(decode, [latent_spec], self.xla_decoder)
         self._encode_image = None  # compiled on first use, as the encoder loads
         self._empty_encoding = None
         self._compiled = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)  # steps and loops, by spec
