@@ -64,12 +64,11 @@ class PaddedConv2D(keras.layers.Layer):
         """(batch, out_h, out_w, k*k*channels), taps in the kernel's (row,
         column, channel) order: one strided slice per tap, concatenated,
         faster on CPU than `tf.image.extract_patches` (docs/latency_levers.md,
-        section 8)."""
+        section 8). Tap (row, column) spans the input less the k - 1 - row
+        rows (columns) after it: ends counted from the end are constants,
+        so each slice is one op at any size (section 19)."""
         k, s = self.kernel_size, self.strides
-        shape = tf.shape(padded)
-        spans = [(size if size is not None else shape[axis]) - k + 1
-                 for axis, size in ((1, padded.shape[1]), (2, padded.shape[2]))]
-        return tf.concat([padded[:, row:row + spans[0]:s, column:column + spans[1]:s]
+        return tf.concat([padded[:, row:row + 1 - k or None:s, column:column + 1 - k or None:s]
                           for row in range(k) for column in range(k)], axis=-1)
 
     def _as_matmul(self, padded):
