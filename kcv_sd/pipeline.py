@@ -51,7 +51,7 @@ from kcv_sd.step import (
     step_body,
     step_signature,
 )
-from kcv_sd.textual_inversion import add_embedding
+from kcv_sd.textual_inversion import add_embedding, embedding_layer
 from kcv_sd.tiled_vae import decode_tiled, encode_tiled
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
 from kcv_sd.unet import timestep_embedding
@@ -79,6 +79,13 @@ def epsilons(model):
     """The normalisation epsilons of `model`'s layers: constants of its graph that its configuration may not say
     (a diffusers VAE's 1e-6 in KerasCV's blocks)."""
     return sorted({float(layer.epsilon) for layer in model._flatten_layers() if hasattr(layer, "epsilon")})
+
+
+def has_run(function):
+    """Whether a compiled function (a `tf.function` or a `CachedGraph`) has been built by a first call."""
+    if isinstance(function, CachedGraph):
+        return function.source is not None
+    return function.experimental_get_tracing_count() > 0
 
 
 def to_uint8(decoded):
@@ -166,11 +173,11 @@ class Pipeline:
         self.jit_compile = bool(jit_compile)
         self.compiled_loop = bool(compiled_loop)
         self.static_routes = bool(static_routes)
-        # Steps' and the decoder's optimised graphs from disk (`kcv_sd.graph_cache`): CPUs only, where it was
-        # measured; not with XLA.
+        # The text encoder's, steps' and decoder's optimised graphs from disk (`kcv_sd.graph_cache`): CPUs only,
+        # where it was measured; not with XLA.
         self.graph_cache = bool(graph_cache) and self.device == "cpu" and not self.jit_compile
         self.tokenizer = get_tokenizer()
-        self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
+        self._encode = self._text_encoding()
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
         self.xla_decoder = self.jit_compile if xla_decoder is None else bool(xla_decoder)
         decoder, decode = components.decoder, as_float32(components.decoder)
@@ -196,6 +203,17 @@ class Pipeline:
         return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=False)
 
     # --- prompt -> encodings ---
+
+    def _text_encoding(self):
+        """The compiled text encoder, from the graph cache where it is on, unless it has added token rows
+        (textual inversion): they are a variable outside the model's weights, which the cache's key does not
+        see."""
+        signature, encoder = [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)], self.components.text_encoder
+        if self.graph_cache and embedding_layer(encoder).extra_rows is None:
+            described = ["text encoder", self.components.precision, repr(self.components.family.text),
+                         epsilons(encoder)]
+            return CachedGraph(self._encode_tokens, signature, encoder.weights, described)
+        return self._compile(self._encode_tokens, signature)
 
     def _encode_tokens(self, tokens):
         positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(tokens))
@@ -256,7 +274,7 @@ class Pipeline:
         `Components` share their LoRAs."""
         fused = fused_loras(self.components)
         if fused.differs(loras):
-            check_weights_changeable(self._encode.experimental_get_tracing_count() > 0)
+            check_weights_changeable(has_run(self._encode))
             fused.set(loras, allow_pickle)
 
     def load_lora(self, path, scale=1.0, allow_pickle=False):
@@ -278,7 +296,7 @@ class Pipeline:
         traced again after the first embedding only."""
         self.tokenizer, first = add_embedding(self.components.text_encoder, self.tokenizer, path, token, allow_pickle)
         if first or not getattr(self, "_encode_reads_embeddings", False):
-            self._encode = self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)])
+            self._encode = self._text_encoding()
             self._encode_reads_embeddings = True
 
     # --- the VAE ---

@@ -1,12 +1,16 @@
-"""Steps' graphs kept on disk (`kcv_sd.graph_cache`): the same images, written once, read back, never stale."""
+"""The text encoder's, steps' and decoder's graphs kept on disk (`kcv_sd.graph_cache`): the same images, written once, read back, never stale."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from safetensors.numpy import save_file
 
 from kcv_sd import graph_cache
 from kcv_sd.graph_cache import CachedGraph, graph_key
 from kcv_sd.pipeline import Pipeline
+from kcv_sd.text_encoder import TINY_TEXT, build_text_encoder
 
 
 @pytest.fixture
@@ -20,28 +24,41 @@ def _image(pipeline):
 
 
 def _cached(tiny_pipeline):
-    """A new pipeline with the graph cache, sharing the shared pipeline's compiled text encoder (only the step and
-    the decoder are under test; it would trace again)."""
-    pipeline = Pipeline(components=tiny_pipeline.components, static_routes=False, graph_cache=True)
-    pipeline._encode = tiny_pipeline._encode
-    return pipeline
+    return Pipeline(components=tiny_pipeline.components, static_routes=False, graph_cache=True)
 
 
 def _sources(pipeline):
-    return sorted(f.source for f in [*pipeline._compiled._values.values(), pipeline._decode]
+    return sorted(f.source for f in [pipeline._encode, *pipeline._compiled._values.values(), pipeline._decode]
                   if isinstance(f, CachedGraph))
 
 
 def test_graphs_are_written_once_then_read_and_give_the_same_images(tiny_pipeline, keras_home):
     plain = _image(tiny_pipeline)
     first = _cached(tiny_pipeline)
-    assert np.array_equal(_image(first), plain) and _sources(first) == ["traced", "traced"]  # step, decoder
+    assert np.array_equal(_image(first), plain) and _sources(first) == ["traced"] * 3  # text encoder, step, decoder
     graphs = keras_home / "kcv_sd" / "graphs"
     written = sorted(p.name for p in graphs.iterdir())
-    assert len(written) == 4 and {p.rsplit(".", 1)[1] for p in written} == {"pb", "json"}
+    assert len(written) == 6 and {p.rsplit(".", 1)[1] for p in written} == {"pb", "json"}
     second = _cached(tiny_pipeline)
-    assert np.array_equal(_image(second), plain) and _sources(second) == ["cache", "cache"]
+    assert np.array_equal(_image(second), plain) and _sources(second) == ["cache"] * 3
     assert sorted(p.name for p in graphs.iterdir()) == written
+
+
+def test_a_text_encoder_that_reads_added_token_rows_runs_traced(tiny_components, keras_home, tmp_path):
+    """Textual inversion's rows are a variable outside the model's weights: once there are some, the text
+    encoder runs traced, and encodes the new token as the layers do."""
+    components = dataclasses.replace(tiny_components, text_encoder=build_text_encoder(TINY_TEXT))
+    pipeline = Pipeline(components=components, graph_cache=True)
+    pipeline.encode_prompts(["a cat"])
+    assert pipeline._encode.source == "traced"
+    save_file({"<dot>": np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)},
+              tmp_path / "dot.safetensors")
+    pipeline.load_textual_inversion(tmp_path / "dot.safetensors")
+    tokens = tf.constant(pipeline.tokenizer.pad_batch(["a <dot> cat"]))
+    encoded = pipeline._encode(tokens)
+    assert not isinstance(pipeline._encode, CachedGraph)
+    np.testing.assert_allclose(encoded, pipeline._encode_tokens(tokens), atol=1e-6, rtol=0)
+    assert not np.allclose(encoded, pipeline._encode(tf.constant(pipeline.tokenizer.pad_batch(["a cat"]))))
 
 
 def test_xla_and_other_devices_never_use_the_cache(tiny_components):
