@@ -106,6 +106,19 @@ def _dense(units, initializer, use_bias=True, dtype=None):
     )
 
 
+def _product(dense, x):
+    """Keras `dense`'s product on the last axis of `x` (its bias apart) as one MatMul on a matrix of rows. Keras'
+    Dense takes inputs of rank 3 through tensordot, about twenty graph ops around the same MatMul, and graph ops
+    are what tracing and Grappler spend a first call on (docs/latency_levers.md, section 19)."""
+    return tf.matmul(tf.reshape(tf.cast(x, dense.compute_dtype), (-1, x.shape[-1])), dense.kernel)
+
+
+def _dense_tokens(dense, x):
+    """`dense(x)` for tokens `x` (batch, length, features): Keras' ops, its bias added after the reshape back."""
+    y = tf.reshape(_product(dense, x), (tf.shape(x)[0], -1, dense.units))
+    return tf.nn.bias_add(y, ops.cast(dense.bias, y.dtype)) if dense.use_bias else y
+
+
 def _with_channels(shape, channels):
     return tuple(shape[:-1]) + (channels,)
 
@@ -235,16 +248,15 @@ class Attention(keras.layers.Layer):
         keys = size[3] if self.cross else queries
         return "chunked" if routing.attention_is_chunked(size[0], self.num_heads, queries, keys) else "whole"
 
-    def _split_heads(self, x):
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        x = ops.reshape(x, (batch, length, self.num_heads, self.head_size))
-        return ops.transpose(x, (0, 2, 1, 3))
-
     def call(self, inputs, context=None):
         context = inputs if context is None else context
-        q = self._split_heads(self.to_q(inputs))
-        k = self._split_heads(self.to_k(context))
-        v = self._split_heads(self.to_v(context))
+        batch = tf.shape(inputs)[0]
+
+        def heads(dense, x):  # (batch, heads, length, head_size)
+            return tf.transpose(tf.reshape(_product(dense, x), (batch, -1, self.num_heads, self.head_size)),
+                                (0, 2, 1, 3))
+
+        q, k, v = heads(self.to_q, inputs), heads(self.to_k, context), heads(self.to_v, context)
         scale = self.head_size**-0.5
         size = routing.traced_size()
         if size is None:
@@ -253,10 +265,8 @@ class Attention(keras.layers.Layer):
             attended = _attend_in_chunks(q, k, v, scale, routing.current_policy().max_scores_at_once)
         else:
             attended = _attend(q, k, v, scale)
-        attended = ops.transpose(attended, (0, 2, 1, 3))
-        batch, length = ops.shape(attended)[0], ops.shape(attended)[1]
-        merged = ops.reshape(attended, (batch, length, self.num_heads * self.head_size))
-        return self.out_proj(merged)
+        merged = tf.reshape(tf.transpose(attended, (0, 2, 1, 3)), (batch, -1, self.num_heads * self.head_size))
+        return _dense_tokens(self.out_proj, merged)
 
 
 class GEGLU(keras.layers.Layer):
@@ -298,7 +308,7 @@ class TransformerBlock(keras.layers.Layer):
 
     At the first level, when traced under `kcv_sd.token_merging.merging`,
     the self-attention runs on merged tokens (ToMe SD); `grid` is then the
-    tokens' (height, width)."""
+    feature map's shape (batch, height, width, channels)."""
 
     def __init__(self, num_heads, head_size, gelu_approximate, initializer, level=0, **kwargs):
         super().__init__(**kwargs)
@@ -329,12 +339,12 @@ class TransformerBlock(keras.layers.Layer):
         x, context = inputs
         ratio = token_merging.current_ratio()
         if ratio and self.level == 0 and grid is not None:  # tomesd's max_downsample=1
-            merge, unmerge = token_merging.bipartite_matching(x, *grid, ratio)
+            merge, unmerge = token_merging.bipartite_matching(x, grid[1], grid[2], ratio)
             x = unmerge(self.attn1(merge(self.norm1(x)))) + x
         else:
             x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context=context) + x
-        return self.dense(self.geglu(self.norm3(x))) + x
+        return _dense_tokens(self.dense, self.geglu(self.norm3(x))) + x
 
 
 class SpatialTransformer(keras.layers.Layer):
@@ -363,13 +373,11 @@ class SpatialTransformer(keras.layers.Layer):
 
     def call(self, inputs):
         x, context = inputs
-        batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
-        channels = x.shape[-1]
+        shape = tf.shape(x)
         h = self.proj_in(self.norm(x))
-        h = ops.reshape(h, (batch, height * width, channels))
-        h = self.transformer_block([h, context], grid=(height, width))
-        h = ops.reshape(h, (batch, height, width, channels))
-        return self.proj_out(h) + x
+        h = tf.reshape(h, (shape[0], -1, x.shape[-1]))
+        h = self.transformer_block([h, context], grid=shape)
+        return self.proj_out(tf.reshape(h, shape)) + x
 
 
 class Upsample(keras.layers.Layer):

@@ -239,6 +239,32 @@ def test_padded_conv_as_matmul_equals_the_convolution(kernel, strides, padding, 
         np.testing.assert_allclose(np.asarray(call(x)), expected, rtol=1e-5, atol=1e-5)
 
 
+def _op_types(fn, *specs):
+    return [op.type for op in tf.function(fn, autograph=False).get_concrete_function(*specs).graph.get_operations()]
+
+
+@pytest.mark.parametrize("kernel,strides", [(3, 1), (3, 2)])
+def test_patches_at_any_size_slice_each_tap_once_without_shape_arithmetic(kernel, strides):
+    """Graph ops are what a first call traces and optimises: each tap is one slice with constant bounds, also
+    where height and width are only known at run time."""
+    layer = unet_blocks.PaddedConv2D(5, kernel, padding=1, strides=strides)
+    layer.build((2, 7, 9, 6))
+    types = _op_types(layer._patches, tf.TensorSpec((None, None, None, 6), tf.float32))
+    assert types.count("StridedSlice") == kernel**2 and "Shape" not in types and "Pack" not in types
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense_on_tokens_is_keras_dense_without_tensordot(use_bias):
+    dense = keras.layers.Dense(6, use_bias=use_bias)
+    dense.build((None, None, 4))
+    if use_bias:
+        dense.bias.assign(np.linspace(-1, 1, 6))
+    x = np.random.default_rng(0).standard_normal((2, 5, 4)).astype("float32")
+    assert np.array_equal(np.asarray(unet_blocks._dense_tokens(dense, tf.constant(x))), np.asarray(dense(x)))
+    types = _op_types(lambda t: unet_blocks._dense_tokens(dense, t), tf.TensorSpec((None, None, 4), tf.float32))
+    assert types.count("MatMul") == 1 and not {"GatherV2", "Prod", "Transpose"} & set(types)
+
+
 @pytest.mark.parametrize("height,width,route", [(2, 2, "matmul"), (4, 4, "convolution")])
 def test_padded_conv_takes_the_matmul_for_few_rows_per_channel(height, width, route, monkeypatch):
     """8 channels: 1x2x2 = 4 input rows -> matmul; 1x4x4 = 16 rows -> convolution."""
