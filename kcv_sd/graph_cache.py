@@ -2,15 +2,14 @@
 
 The first call of a compiled UNet step spends seconds outside the maths: Keras traces every layer in Python, then
 Grappler rewrites the ~11k-node graph (docs/latency_levers.md, section 18). Neither depends on weight values, so
-the first process saves the graph, optimised once by Grappler for the CPU, and every process (the first included)
-imports it, bound to its own variables, and runs it with Grappler off for that function only (a thread-local call
-option). The key covers the code, the versions, the CPU's instruction sets, what the function does and its
+the first process saves the graph, optimised once by Grappler for the CPU, as a function definition, and every
+process (the first included) registers it with the runtime and calls it on its own variables with Grappler off for
+that call only. The key covers the code, the versions, the CPU's instruction sets, what the function does and its
 variables' shapes and dtypes; a function that cannot be cached (a capture that is not one of the given variables,
 outputs other than tensors in tuples) runs traced as before, and a file that does not read is traced and written
 again.
 """
 
-import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+from tensorflow.core.framework import function_pb2
 from tensorflow.python.eager import context
 from tensorflow.python.grappler import cluster as grappler_cluster
 from tensorflow.python.grappler import tf_optimizer
@@ -28,7 +28,7 @@ from tensorflow.python.grappler import tf_optimizer
 from kcv_sd import devices
 from kcv_sd.cache import keras_home
 
-FORMAT = 1  # bump when what is saved, or how it is read, changes
+FORMAT = 2  # bump when what is saved, or how it is read, changes (2: function definitions)
 CPU = "/job:localhost/replica:0/task:0/device:CPU:0"
 
 
@@ -64,22 +64,29 @@ def graph_key(description, variables, signature):
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:40]
 
 
-@contextlib.contextmanager
+@functools.cache
 def _grappler_off():
-    """This thread's function calls skip Grappler, other threads' do not. A function instantiated under these
-    options is instantiated again under others, so every call of an imported graph takes them."""
-    ctx = context.context()
-    previous = ctx.function_call_options
+    """A call's serialized ConfigProto that skips Grappler: the graph was optimised when it was written, and
+    optimising it again costs as much as the first time."""
     config = tf.compat.v1.ConfigProto()
-    if previous.config_proto_serialized:
-        config.ParseFromString(previous.config_proto_serialized)
     config.graph_options.rewrite_options.disable_meta_optimizer = True
-    ctx.function_call_options = context.FunctionCallOptions(executor_type=previous.executor_type,
-                                                            config_proto=config)
-    try:
-        yield
-    finally:
-        ctx.function_call_options = previous
+    return config.SerializeToString()
+
+
+def _renamed(library, suffix):
+    """`library`'s functions renamed `<name>_<suffix>`, with the references between them: names written by one
+    process must not meet the functions another process traced itself."""
+    names = {function.signature.name: f"{function.signature.name}_{suffix}" for function in library.function}
+    for function in library.function:
+        function.signature.name = names[function.signature.name]
+        for node in function.node_def:
+            node.op = names.get(node.op, node.op)
+            for attr in node.attr.values():
+                if attr.HasField("func"):
+                    attr.func.name = names.get(attr.func.name, attr.func.name)
+                for called in attr.list.func:
+                    called.name = names.get(called.name, called.name)
+    return library
 
 
 def _handle(variable):
@@ -142,7 +149,7 @@ class CachedGraph:
 
     def _build(self):
         try:
-            graph_def = tf.compat.v1.GraphDef.FromString(self.path.with_suffix(".pb").read_bytes())
+            library = function_pb2.FunctionDefLibrary.FromString(self.path.with_suffix(".pb").read_bytes())
             meta = json.loads(self.path.with_suffix(".json").read_text())
             self.source = "cache"
         except Exception:  # missing, half-written by a killed process, or unreadable: trace it again
@@ -150,11 +157,13 @@ class CachedGraph:
             if callable(found):
                 self.source = "uncached"
                 return found
-            graph_def, meta = found
+            library, meta = found
             self.source = "traced"
-        return self._imported(graph_def, meta)
+        return self._registered(library, meta)
 
     def _trace_and_write(self):
+        """The traced function when it cannot be cached, else (its optimised graph as a function library, the
+        facts a call needs), written."""
         traced = tf.function(self.fn, input_signature=self.signature, autograph=False)
         concrete = traced.get_concrete_function()
         index = {id(_handle(v)): i for i, v in enumerate(self.variables)}
@@ -166,27 +175,42 @@ class CachedGraph:
         if None in mapping:
             return traced
         inputs = len(concrete.inputs) - len(mapping)
-        meta = {"inputs": [t.name for t in concrete.inputs[:inputs]],
-                "captures": [t.name for t in concrete.inputs[inputs:]], "variables": mapping,
-                "outputs": [t.name for t in concrete.outputs], "structure": skeleton}
-        graph_def = _optimized(concrete.graph.as_graph_def(), concrete.graph, meta["outputs"])
-        _write_atomically(self.path.with_suffix(".pb"), graph_def.SerializeToString())
+        feeds = [t.name for t in concrete.inputs]
+        outputs = [t.name for t in concrete.outputs]
+        graph_def = _optimized(concrete.graph.as_graph_def(), concrete.graph, outputs)
+
+        def imported(*flat):  # the optimised graph, its placeholders fed by the function's arguments
+            return tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(feeds, flat)),
+                                                  return_elements=outputs, name="")
+
+        specs = tf.nest.flatten(self.signature) + [tf.TensorSpec((), tf.resource)] * (len(feeds) - inputs)
+        wrapped = tf.compat.v1.wrap_function(imported, specs)
+        library = function_pb2.FunctionDefLibrary()
+        library.function.append(wrapped.function_def)
+        library.function.extend(wrapped.graph.as_graph_def().library.function)
+        meta = {"function": wrapped.function_def.signature.name, "variables": mapping, "structure": skeleton,
+                "output_dtypes": [t.dtype.name for t in concrete.outputs]}
+        _write_atomically(self.path.with_suffix(".pb"), library.SerializeToString())
         _write_atomically(self.path.with_suffix(".json"), json.dumps(meta).encode())
-        return graph_def, meta
+        return library, meta
 
-    def _imported(self, graph_def, meta):
-        def imported(*flat):
-            feeds = dict(zip(meta["inputs"] + meta["captures"], flat))
-            return tf.graph_util.import_graph_def(graph_def, input_map=feeds, return_elements=meta["outputs"], name="")
-
-        specs = tf.nest.flatten(self.signature) + [tf.TensorSpec((), tf.resource)] * len(meta["captures"])
-        function = tf.compat.v1.wrap_function(imported, specs)
+    def _registered(self, library, meta):
+        """A call of the saved function on this process's variables: registered with the eager runtime as it was
+        written (no Python graph is built), called with Grappler off."""
+        ctx = context.context()
+        for function in _renamed(library, self.path.name).function:
+            if not ctx.has_function(function.signature.name):
+                ctx.add_function_def(function)
+        name = f"{meta['function']}_{self.path.name}"
+        specs = tf.nest.flatten(self.signature)
         handles = [_handle(self.variables[i]) for i in meta["variables"]]
+        dtypes = [tf.dtypes.as_dtype(dtype) for dtype in meta["output_dtypes"]]
         structure = _rebuild(meta["structure"])
 
         def call(*args):
-            with _grappler_off():
-                outputs = function(*tf.nest.flatten(args), *handles)
+            flat = [tf.convert_to_tensor(arg, spec.dtype) for arg, spec in zip(tf.nest.flatten(args), specs)]
+            outputs = tf.raw_ops.StatefulPartitionedCall(args=[*flat, *handles], Tout=dtypes, f=name,
+                                                         config_proto=_grappler_off(), executor_type="")
             return tf.nest.pack_sequence_as(structure, outputs)
 
         return call

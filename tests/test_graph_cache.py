@@ -129,3 +129,21 @@ def test_the_cli_and_generate_pass_the_setting_to_their_pipeline(tmp_path, monke
     assert CliRunner().invoke(main, tiny).output.endswith("None, False)\n")
     monkeypatch.setattr(generation, "Pipeline", lambda **options: options)
     assert generation._cached_pipeline.__wrapped__("tiny", "random", "float32", False, False, True)["graph_cache"]
+
+
+def test_saved_functions_are_renamed_with_their_calls_so_they_never_meet_a_process_own():
+    from tensorflow.core.framework import function_pb2
+
+    library = function_pb2.FunctionDefLibrary()
+    outer, inner = library.function.add(), library.function.add()
+    outer.signature.name, inner.signature.name = "__inference_step_7", "__inference_body_3"
+    calls = outer.node_def.add(name="call", op="StatefulPartitionedCall")
+    calls.attr["f"].func.name = "__inference_body_3"
+    direct = outer.node_def.add(name="direct", op="__inference_body_3")
+    branches = outer.node_def.add(name="case", op="Case")
+    branches.attr["branches"].list.func.add(name="__inference_body_3")
+    branches.attr["branches"].list.func.add(name="elsewhere")
+    graph_cache._renamed(library, "key")
+    assert [f.signature.name for f in library.function] == ["__inference_step_7_key", "__inference_body_3_key"]
+    assert calls.attr["f"].func.name == direct.op == "__inference_body_3_key"
+    assert [f.name for f in branches.attr["branches"].list.func] == ["__inference_body_3_key", "elsewhere"]

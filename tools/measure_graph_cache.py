@@ -1,7 +1,7 @@
 """First call of a 512x512 SD1.5 pipeline with and without the graph cache, each in a fresh process.
 
 Three processes in turn, sharing one empty cache folder: `graph_cache=False`; `graph_cache=True` with the
-folder empty (it traces, optimises and writes the step's and decoder's graphs); `graph_cache=True` again (it
+folder empty (it traces, optimises and writes the text encoder's, step's and decoder's graphs); `graph_cache=True` again (it
 reads them). Each
 builds `Pipeline(model="sd15", weights="random", precision=P)`, then times its first image and a second one
 (2 DDIM steps, guidance 7.5); the first-call overhead is their difference. `--reps` repeats the three in turn.
