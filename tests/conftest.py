@@ -1,7 +1,10 @@
 """Shared fixtures (tiny random models are built once per worker) and the
 number of pytest-xdist workers."""
 
+import contextlib
+import ctypes
 import functools
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +43,16 @@ def pytest_collection_modifyitems(items):
     start on them instead of one worker running them alone at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
+
+
+@pytest.hookimpl(trylast=True)  # after the file's fixtures are torn down
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test of a file of SD1.5-size models, its garbage goes back to the system: a worker runs
+    several such files, and without this its peak grew file by file to 10.3 GiB (docs/test_suite.md)."""
+    if item.get_closest_marker("full_size") and (nextitem is None or nextitem.path != item.path):
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @pytest.fixture(autouse=True)
