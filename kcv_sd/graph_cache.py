@@ -1,10 +1,10 @@
 """Compiled functions' graphs, traced and optimised once, kept on disk between processes.
 
 The first call of a compiled UNet step spends seconds outside the maths: Keras traces every layer in Python, then
-Grappler rewrites the ~11k-node graph (docs/latency_levers.md, section 18). Neither depends on weight values, so
-the first process saves the graph, optimised once by Grappler for the CPU, as a function definition, and every
-process (the first included) registers it with the runtime and calls it on its own variables with Grappler off for
-that call only. The key covers the code, the versions, the CPU's instruction sets, what the function does and its
+Grappler rewrites its graph of thousands of ops (docs/latency_levers.md, sections 18-19). Neither depends on weight
+values, so the first process saves the graph, optimised once by Grappler for the CPU, as a function definition, and
+every process (the first included) registers it with the runtime and calls it on its own variables with Grappler off
+for that call only. The key covers the code, the versions, the CPU's instruction sets, what the function does and its
 variables' shapes and dtypes; a function that cannot be cached (a capture that is not one of the given variables,
 outputs other than tensors in tuples) runs traced as before, and a file that does not read is traced and written
 again.
