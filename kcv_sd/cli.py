@@ -113,7 +113,7 @@ def console_main():
               help="oneDNN weight caching on the CPU: faster, for one more copy of the UNet's and ControlNets' "
                    "weights; auto: on where four such copies are free (`kcv-sd env` says which).")
 @click.option("--graph-cache/--no-graph-cache", default=False, show_default=True,
-              help="Keep the denoising step's and decoder's optimised graphs on disk (under KERAS_HOME) and reuse "
+              help="Keep the text encoder's, denoising step's and decoder's optimised graphs on disk (under KERAS_HOME) and reuse "
                    "them in later runs: a faster first image on a CPU without XLA.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors

@@ -174,7 +174,6 @@ class CachedGraph:
             return traced
         if None in mapping:
             return traced
-        inputs = len(concrete.inputs) - len(mapping)
         feeds = [t.name for t in concrete.inputs]
         outputs = [t.name for t in concrete.outputs]
         graph_def = _optimized(concrete.graph.as_graph_def(), concrete.graph, outputs)
@@ -183,7 +182,7 @@ class CachedGraph:
             return tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(feeds, flat)),
                                                   return_elements=outputs, name="")
 
-        specs = tf.nest.flatten(self.signature) + [tf.TensorSpec((), tf.resource)] * (len(feeds) - inputs)
+        specs = tf.nest.flatten(self.signature) + [tf.TensorSpec((), tf.resource)] * len(mapping)
         wrapped = tf.compat.v1.wrap_function(imported, specs)
         library = function_pb2.FunctionDefLibrary()
         library.function.append(wrapped.function_def)

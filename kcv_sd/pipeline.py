@@ -147,8 +147,8 @@ class Pipeline:
             its first call is faster; a size whose choices differ traces
             again. False: one trace serves every size, choosing at run time
             (better when many sizes are generated in one process).
-        graph_cache: keep each denoising step's graph and the decoder's,
-            traced and optimised once, on disk (`kcv_sd.graph_cache`, under KERAS_HOME), and run
+        graph_cache: keep the text encoder's, each denoising step's and the
+            decoder's graphs, traced and optimised once, on disk (`kcv_sd.graph_cache`, under KERAS_HOME), and run
             the saved graph in this and later processes: no tracing and no
             Grappler at their first call. CPUs without XLA only; elsewhere
             ignored.
@@ -180,12 +180,9 @@ class Pipeline:
         self._encode = self._text_encoding()
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
         self.xla_decoder = self.jit_compile if xla_decoder is None else bool(xla_decoder)
-        decoder, decode = components.decoder, as_float32(components.decoder)
-        if self.graph_cache and not self.xla_decoder:
-            described = ["decoder", components.precision, repr(components.family.vae), epsilons(decoder)]
-            self._decode = CachedGraph(decode, [latent_spec], decoder.weights, described)
-        else:
-            self._decode = self._compile(decode, [latent_spec], self.xla_decoder)
+        decoder = components.decoder
+        self._decode = self._compile(as_float32(decoder), [latent_spec], self.xla_decoder, lambda: (
+            decoder.weights, ["decoder", components.precision, repr(components.family.vae), epsilons(decoder)]))
         self._encode_image = None  # compiled on first use, as the encoder loads
         self._empty_encoding = None
         self._compiled = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)  # steps and loops, by spec
@@ -195,11 +192,15 @@ class Pipeline:
     def config(self):
         return self.components.family.unet
 
-    def _compile(self, fn, signature, jit_compile=None):
+    def _compile(self, fn, signature, jit_compile=None, cached=None):
+        """`fn` compiled over `signature`; with the graph cache on, and `cached` (a function giving the variables
+        `fn` reads and a description of its graph, asked only then), a `CachedGraph`, which XLA does not use."""
         # No autograph: the compiled code branches and loops only with explicit
         # tf.cond / tf.while_loop, and converting it slows every first trace
         # (docs/latency_levers.md, tools/measure_first_call.py).
         jit_compile = self.jit_compile if jit_compile is None else jit_compile
+        if cached is not None and self.graph_cache and not jit_compile:
+            return CachedGraph(fn, signature, *cached())
         return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=False)
 
     # --- prompt -> encodings ---
@@ -208,12 +209,14 @@ class Pipeline:
         """The compiled text encoder, from the graph cache where it is on, unless it has added token rows
         (textual inversion): they are a variable outside the model's weights, which the cache's key does not
         see."""
-        signature, encoder = [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)], self.components.text_encoder
-        if self.graph_cache and embedding_layer(encoder).extra_rows is None:
-            described = ["text encoder", self.components.precision, repr(self.components.family.text),
-                         epsilons(encoder)]
-            return CachedGraph(self._encode_tokens, signature, encoder.weights, described)
-        return self._compile(self._encode_tokens, signature)
+        encoder = self.components.text_encoder
+
+        def cached():
+            return encoder.weights, ["text encoder", self.components.precision, repr(self.components.family.text),
+                                     epsilons(encoder)]
+
+        return self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)],
+                             cached=cached if embedding_layer(encoder).extra_rows is None else None)
 
     def _encode_tokens(self, tokens):
         positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(tokens))
@@ -356,10 +359,8 @@ class Pipeline:
         """The compiled single step of `spec` (no cutoff): `StepInputs` -> (latent, state)."""
         def build():
             predict = noise_predictor(spec, self.components.unet, self.route_policy)
-            body, signature = functools.partial(step_body, spec, predict), [step_signature(spec, self.config)]
-            if self.graph_cache:
-                return CachedGraph(body, signature, self._step_variables(spec), self._step_description(spec))
-            return self._compile(body, signature)
+            return self._compile(functools.partial(step_body, spec, predict), [step_signature(spec, self.config)],
+                                 cached=lambda: (self._step_variables(spec), self._step_description(spec)))
 
         return self._compiled.get(("step", spec), build)
 
