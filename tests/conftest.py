@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(items):
 @pytest.hookimpl(trylast=True)  # after the file's fixtures are torn down
 def pytest_runtest_teardown(item, nextitem):
     """After the last test of a file of SD1.5-size models, its garbage goes back to the system: a worker runs
-    several such files, and without this its peak grew file by file to 10.3 GiB (docs/test_suite.md)."""
+    several such files, and without this its peak grew file by file past 10 GB (figures: docs/test_suite.md)."""
     if item.get_closest_marker("full_size") and (nextitem is None or nextitem.path != item.path):
         gc.collect()
         with contextlib.suppress(OSError, AttributeError):
