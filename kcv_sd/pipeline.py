@@ -194,13 +194,15 @@ class Pipeline:
 
     def _compile(self, fn, signature, jit_compile=None, cached=None):
         """`fn` compiled over `signature`; with the graph cache on, and `cached` (a function giving the variables
-        `fn` reads and a description of its graph, asked only then), a `CachedGraph`, which XLA does not use."""
+        `fn` reads and a description of its graph, or None where it cannot be cached; asked only then), a
+        `CachedGraph`, which XLA does not use."""
         # No autograph: the compiled code branches and loops only with explicit
         # tf.cond / tf.while_loop, and converting it slows every first trace
         # (docs/latency_levers.md, tools/measure_first_call.py).
         jit_compile = self.jit_compile if jit_compile is None else jit_compile
-        if cached is not None and self.graph_cache and not jit_compile:
-            return CachedGraph(fn, signature, *cached())
+        found = cached() if cached is not None and self.graph_cache and not jit_compile else None
+        if found is not None:
+            return CachedGraph(fn, signature, *found)
         return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=False)
 
     # --- prompt -> encodings ---
@@ -212,11 +214,12 @@ class Pipeline:
         encoder = self.components.text_encoder
 
         def cached():
+            if embedding_layer(encoder).extra_rows is not None:
+                return None
             return encoder.weights, ["text encoder", self.components.precision, repr(self.components.family.text),
                                      epsilons(encoder)]
 
-        return self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)],
-                             cached=cached if embedding_layer(encoder).extra_rows is None else None)
+        return self._compile(self._encode_tokens, [tf.TensorSpec((None, MAX_PROMPT_LENGTH), tf.int32)], cached=cached)
 
     def _encode_tokens(self, tokens):
         positions = tf.broadcast_to(tf.range(MAX_PROMPT_LENGTH, dtype=tf.int32), tf.shape(tokens))
