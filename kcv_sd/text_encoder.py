@@ -7,12 +7,15 @@ The SD1.5 configuration is layer-for-layer KerasCV's `TextEncoder`, so its
 import dataclasses
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras_cv.src.models.stable_diffusion.text_encoder import (
     CLIPEmbedding,
     CLIPEncoderLayer,
     quick_gelu,
 )
 
+from kcv_sd import dense_rows
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH
 
 
@@ -27,7 +30,11 @@ class TextEncoderConfig:
 class ShapedCLIPEncoderLayer(CLIPEncoderLayer):
     """KerasCV's `CLIPEncoderLayer`, built from shapes and stating its output
     shape: otherwise Keras traces `call` twice per layer in a scratch graph
-    while wiring the model, most of the text encoder's build time."""
+    while wiring the model, most of the text encoder's build time.
+
+    `call` is KerasCV's arithmetic in the same order, with its projections as
+    `kcv_sd.dense_rows` products and the causal mask a constant: a third of
+    the graph's ops, the same results."""
 
     def build(self, input_shape):
         attention = self.clip_attn
@@ -38,6 +45,29 @@ class ShapedCLIPEncoderLayer(CLIPEncoderLayer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def call(self, inputs):
+        x = inputs + self._attend(self.layer_norm1(inputs))
+        hidden = self.activation(dense_rows.dense_tokens(self.fc1, self.layer_norm2(x)))
+        return dense_rows.dense_tokens(self.fc2, hidden) + x
+
+    def _attend(self, x):
+        attention = self.clip_attn
+        length, heads, head_dim = x.shape[1], attention.num_heads, attention.head_dim
+
+        def rows(dense, scale=None):  # (batch * heads, length, head_dim)
+            y = dense_rows.dense_tokens(dense, x)
+            y = y if scale is None else y * scale
+            return tf.reshape(tf.transpose(tf.reshape(y, (-1, length, heads, head_dim)), (0, 2, 1, 3)),
+                              (-1, length, head_dim))
+
+        q, k, v = rows(attention.q_proj, attention.scale), rows(attention.k_proj), rows(attention.v_proj)
+        causal = np.triu(np.full((length, length), -np.inf), 1)
+        scores = tf.matmul(q, tf.transpose(k, (0, 2, 1))) + tf.constant(causal, q.dtype)
+        attended = tf.matmul(tf.nn.softmax(scores, axis=-1), v)
+        merged = tf.reshape(tf.transpose(tf.reshape(attended, (-1, heads, length, head_dim)), (0, 2, 1, 3)),
+                            (-1, length, heads * head_dim))
+        return dense_rows.dense_tokens(attention.out_proj, merged)
 
 
 class ExtensibleCLIPEmbedding(CLIPEmbedding):

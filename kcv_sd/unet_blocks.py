@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from kcv_sd import routing, token_merging
+from kcv_sd import dense_rows, routing, token_merging
 from kcv_sd.group_norm import GroupNorm
 
 def weights_policy(policy):
@@ -104,19 +104,6 @@ def _dense(units, initializer, use_bias=True, dtype=None):
         units, use_bias=use_bias, kernel_initializer=initializer,
         dtype=weights_policy(dtype if dtype is not None else keras.config.dtype_policy()),
     )
-
-
-def _product(dense, x):
-    """Keras `dense`'s product on the last axis of `x` (its bias apart) as one MatMul on a matrix of rows. Keras'
-    Dense takes inputs of rank 3 through tensordot, about twenty graph ops around the same MatMul, and graph ops
-    are what tracing and Grappler spend a first call on (docs/latency_levers.md, section 19)."""
-    return tf.matmul(tf.reshape(tf.cast(x, dense.compute_dtype), (-1, x.shape[-1])), dense.kernel)
-
-
-def _dense_tokens(dense, x):
-    """`dense(x)` for tokens `x` (batch, length, features): Keras' ops, its bias added after the reshape back."""
-    y = tf.reshape(_product(dense, x), (tf.shape(x)[0], -1, dense.units))
-    return tf.nn.bias_add(y, ops.cast(dense.bias, y.dtype)) if dense.use_bias else y
 
 
 def _with_channels(shape, channels):
@@ -253,7 +240,7 @@ class Attention(keras.layers.Layer):
         batch = tf.shape(inputs)[0]
 
         def heads(dense, x):  # (batch, heads, length, head_size)
-            return tf.transpose(tf.reshape(_product(dense, x), (batch, -1, self.num_heads, self.head_size)),
+            return tf.transpose(tf.reshape(dense_rows.product(dense, x), (batch, -1, self.num_heads, self.head_size)),
                                 (0, 2, 1, 3))
 
         q, k, v = heads(self.to_q, inputs), heads(self.to_k, context), heads(self.to_v, context)
@@ -266,7 +253,7 @@ class Attention(keras.layers.Layer):
         else:
             attended = _attend(q, k, v, scale)
         merged = tf.reshape(tf.transpose(attended, (0, 2, 1, 3)), (batch, -1, self.num_heads * self.head_size))
-        return _dense_tokens(self.out_proj, merged)
+        return dense_rows.dense_tokens(self.out_proj, merged)
 
 
 class GEGLU(keras.layers.Layer):
@@ -344,7 +331,7 @@ class TransformerBlock(keras.layers.Layer):
         else:
             x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context=context) + x
-        return _dense_tokens(self.dense, self.geglu(self.norm3(x))) + x
+        return dense_rows.dense_tokens(self.dense, self.geglu(self.norm3(x))) + x
 
 
 class SpatialTransformer(keras.layers.Layer):

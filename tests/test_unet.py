@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcv_sd import config, routing, unet_blocks
+from kcv_sd import config, dense_rows, routing, unet_blocks
 from kcv_sd.precision import dtype_policy_scope
 from kcv_sd.routing import side_at
 from kcv_sd.unet import UNet, control_input_names, timestep_embedding
@@ -260,8 +260,8 @@ def test_dense_on_tokens_is_keras_dense_without_tensordot(use_bias):
     if use_bias:
         dense.bias.assign(np.linspace(-1, 1, 6))
     x = np.random.default_rng(0).standard_normal((2, 5, 4)).astype("float32")
-    assert np.array_equal(np.asarray(unet_blocks._dense_tokens(dense, tf.constant(x))), np.asarray(dense(x)))
-    types = _op_types(lambda t: unet_blocks._dense_tokens(dense, t), tf.TensorSpec((None, None, 4), tf.float32))
+    assert np.array_equal(np.asarray(dense_rows.dense_tokens(dense, tf.constant(x))), np.asarray(dense(x)))
+    types = _op_types(lambda t: dense_rows.dense_tokens(dense, t), tf.TensorSpec((None, None, 4), tf.float32))
     assert types.count("MatMul") == 1 and not {"GatherV2", "Prod", "Transpose"} & set(types)
 
 

@@ -53,8 +53,9 @@ CALL = {"prompt": "a photo", "width": 128, "height": 128, "num_inference_steps":
 
 def variant(autograph):
     class Variant(Pipeline):
-        def _compile(self, fn, signature):
-            return tf.function(fn, input_signature=signature, jit_compile=self.jit_compile, autograph=autograph)
+        def _compile(self, fn, signature, jit_compile=None, cached=None):
+            jit_compile = self.jit_compile if jit_compile is None else jit_compile
+            return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=autograph)
 
     return Variant
 
