@@ -18,10 +18,17 @@ from pathlib import Path
 from bench.worker import PROGRESS, REPLY
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+GRAPH_CACHE_VARIABLE = "KCV_SD_GRAPH_CACHE"  # kcv_sd.cache's, named here so that this process needs no Keras
 
 
 class WorkerFailed(Exception):
     pass
+
+
+def graph_folder(log_path):
+    """kcv-sd's graph cache (`kcv_sd.graph_cache`) for every worker of one benchmark: beside the worker log, emptied
+    when the benchmark starts, so that each configuration's first process finds no graphs of its own."""
+    return Path(log_path).parent / "graphs"
 
 
 class Worker:
@@ -36,7 +43,8 @@ class Worker:
         log.flush()
         # This checkout first on the path, so workers import the code being measured.
         path = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), os.environ.get("PYTHONPATH")]))
-        env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "PYTHONPATH": path}
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "PYTHONPATH": path,
+               GRAPH_CACHE_VARIABLE: str(graph_folder(log.name))}
         self.timed_out, self.record = False, None
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, str(spec_path), str(self.result_path), repr(time.time())],

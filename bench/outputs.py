@@ -17,7 +17,8 @@ JSON_NAME, CSV_NAME, PNG_NAME = "results.json", "results.csv", "cold_warm.png"
 CSV_FIELDS = [
     ("system",), ("xla",), ("precision",), ("controlnet",), ("status",), ("error",), ("device",), ("pid",),
     ("cold", "interpreter_s"), ("cold", "import_s"), ("cold", "build_s"), ("cold", "first_call_s"),
-    ("cold", "first_call_overhead_s"), ("cold", "generate_s"), ("cold", "total_s"),
+    ("cold", "first_call_overhead_s"), ("cold", "generate_s"), ("cold", "total_s"), ("cold", "graph_cache"),
+    ("cold_filled", "first_call_overhead_s"), ("cold_filled", "total_s"),
     ("warm", "runs"), ("warm", "median_s"), ("warm", "min_s"), ("warm", "max_s"), ("warm", "q1_s"), ("warm", "q3_s"),
     ("stages", "text_encoding_s"), ("stages", "step_s"), ("stages", "decode_s"), ("stages", "host_overhead_s"),
     ("stages", "unet_step_s"), ("stages", "controlnet_s"), ("stages", "controlnet_step_ratio"),

@@ -1,7 +1,7 @@
 """One result row per system and configuration, from its cold worker's raw timings.
 
 The first image is split into first-call overhead (tracing, compilation) and the image itself, taken as the warm
-median. Host overhead is the warm median less the timed stages. With a ControlNet, the ControlNet step, the plain UNet
+median; `cold_filled` is a second fresh process of a kcv-sd row whose own process wrote graphs to the graph cache. Host overhead is the warm median less the timed stages. With a ControlNet, the ControlNet step, the plain UNet
 step and the ControlNet alone come from the same passes; the UNet's FLOP/s use the plain step, beside the matmul
 rate of the precision's compute dtype.
 """
@@ -40,10 +40,26 @@ def precision_note(precision, probe):
     return None
 
 
-def _cold(raw, warm_median):
+def graph_cache_state(sources):
+    """What a kcv-sd process found in the graph cache: "empty" (it traced and wrote every graph it keeps), "filled"
+    (it read every one), "partly filled", each noting graphs that cannot be kept; None where it kept no graphs (XLA,
+    or a peer)."""
+    kept = [source for source in sources or () if source != "uncached"]
+    if not kept:
+        return None
+    read = kept.count("cache")
+    state = "filled" if read == len(kept) else "empty" if not read else "partly filled"
+    return state + (f" ({len(sources) - len(kept)} of {len(sources)} graphs not kept)" if len(kept) < len(sources)
+                    else "")
+
+
+def cold_parts(raw, warm_median):
+    """A cold worker's start split into parts (interpreter, import, build, first call; the first-call overhead over
+    `warm_median`), with the graph cache's state."""
     cold = {"interpreter_s": raw["started_at"] - raw["spawned_at"], "import_s": raw["import_s"],
             "build_s": raw["build_s"], "first_call_s": raw["first_call_s"],
-            "total_s": raw["first_image_at"] - raw["spawned_at"]}
+            "total_s": raw["first_image_at"] - raw["spawned_at"],
+            "graph_cache": graph_cache_state(raw.get("graph_sources"))}
     if warm_median is not None:
         cold.update(first_call_overhead_s=raw["first_call_s"] - warm_median, generate_s=warm_median)
     return cold
@@ -70,7 +86,7 @@ def _stages(passes, steps, warm_median):
 def _record(run, status, error, **measured):
     return {"system": run.system, "xla": run.xla, "precision": run.precision, "controlnet": run.controlnet,
             "status": status, "error": error, "failed_during": None, "traceback": None, "pid": None,
-            "device": None, "notes": [], "cold": None, "warm": None, "stages": None, "unet": None,
+            "device": None, "notes": [], "cold": None, "cold_filled": None, "warm": None, "stages": None, "unet": None,
             "memory": None, "other_load_cores": None, "fresh_memory_gib_s": None, **measured}
 
 
@@ -86,7 +102,7 @@ def build_record(run, raw, workload, unet_step_flops, probe):
         run, raw.get("status", "failed"), raw.get("error"),
         failed_during=raw.get("phase") if raw.get("status") != "ok" else None, traceback=raw.get("traceback"),
         pid=raw.get("pid"), device=raw.get("device"), notes=list(raw.get("notes", [])) + ([note] if note else []),
-        cold=_cold(raw, median) if "first_image_at" in raw else None, warm=warm,
+        cold=cold_parts(raw, median) if "first_image_at" in raw else None, warm=warm,
         stages=_stages(raw.get("stages"), workload.steps, median) if median is not None else None,
         memory=memory if "peak_rss_bytes" in raw else None, other_load_cores=raw.get("other_load_cores"),
         fresh_memory_gib_s=raw.get("fresh_memory_gib_s"))

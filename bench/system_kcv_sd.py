@@ -1,6 +1,6 @@
 """kcv-sd itself: `kcv_sd.Pipeline` with random weights of the chosen family.
 
-It runs as `kcv-sd generate` does: oneDNN weight caching where memory allows (`choose_weight_cache`, "auto"), unless
+It runs as `kcv-sd generate` does: the graph cache on a CPU without XLA, oneDNN weight caching where memory allows (`choose_weight_cache`, "auto"), unless
 the config's `weight_cache` says "on" or "off" (`tools/measure_weight_cache.py`). With `controlnet` on, one random
 ControlNet of the family guides every step from `depth_ramp` at the output size.
 """
@@ -40,6 +40,10 @@ class Runner(TFDevice):
             # The ControlNet alone, on the guided (doubled) batch, as the step runs it.
             self._controlnet_alone = tf.function(self.controlnet.model(), jit_compile=config["xla"])
             self.notes.append("random ControlNet (the family's ControlNet architecture) on every step")
+
+    def graph_sources(self):
+        """Which of the pipeline's graphs came from the graph cache (the benchmark's folder, `bench.launch`)."""
+        return self.pipeline.graph_sources()
 
     def generate(self, seed):
         return self.pipeline(self.workload["prompt"], seed=seed, image=self.control_image, controlnet=self.controlnet,

@@ -34,9 +34,10 @@ def reply(text):
 
 
 def cold(spec, result):
-    """One system: import, build, the first image (which ends the cold start), then warm images and stage passes,
-    phase by phase, so that a failure keeps what was measured. Peak memory is taken before the stage passes (what a
-    user's images need; the passes compile functions a user never runs) and at the end either way."""
+    """One system: import, build, the first image (which ends the cold start; with `first_image_only`, the job),
+    then warm images and stage passes, phase by phase, so that a failure keeps what was measured. Peak memory is
+    taken before the stage passes (what a user's images need; the passes compile functions a user never runs) and
+    at the end either way."""
     result.update(pid=os.getpid(), spawned_at=spec["spawned_at"], started_at=STARTED_AT, notes=[], warm_s=[],
                   stages=[])
     repeats, runner = spec["workload"]["repeats"], None
@@ -53,6 +54,10 @@ def cold(spec, result):
         result["first_image_at"] = time.time()
         progress(f"first image in {result['first_call_s']:.1f} s "
                  f"(cold start {result['first_image_at'] - result['spawned_at']:.1f} s)")
+        result["graph_sources"] = runner.graph_sources() if hasattr(runner, "graph_sources") else []
+        if spec.get("first_image_only"):
+            result["phase"] = None
+            return
         result["phase"] = "warm runs"
         for i in range(repeats):
             timed_into(result["warm_s"], runner.generate, i + 1)

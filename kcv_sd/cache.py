@@ -8,6 +8,12 @@ import keras
 from kcv_sd.errors import WeightsNotFoundError
 
 
+# "off" turns the graph cache's default off (for a process that patches the layers its graphs were traced from);
+# a folder keeps its graphs there (`kcv_sd.graph_cache`).
+GRAPH_CACHE_VARIABLE = "KCV_SD_GRAPH_CACHE"
+SWITCHED_OFF = ("off", "0", "false", "no")
+
+
 def keras_home():
     """Keras's base directory, read now so a changed KERAS_HOME is honoured.
 

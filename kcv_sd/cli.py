@@ -112,9 +112,10 @@ def console_main():
 @click.option("--weight-cache", type=click.Choice(SETTINGS), default="auto", show_default=True,
               help="oneDNN weight caching on the CPU: faster, for one more copy of the UNet's and ControlNets' "
                    "weights; auto: on where four such copies are free (`kcv-sd env` says which).")
-@click.option("--graph-cache/--no-graph-cache", default=False, show_default=True,
-              help="Keep the text encoder's, denoising step's and decoder's optimised graphs on disk (under KERAS_HOME) and reuse "
-                   "them in later runs: a faster first image on a CPU without XLA.")
+@click.option("--graph-cache/--no-graph-cache", default=None,
+              help="Keep the text encoder's, denoising step's and decoder's optimised graphs on disk (under "
+                   "KERAS_HOME) and reuse them in later runs: a faster first image on a CPU without XLA "
+                   "[default: on, unless KCV_SD_GRAPH_CACHE=off].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff, seed, num_images,
@@ -159,7 +160,7 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
     choose_weight_cache(weight_cache, family_by_name(model), devices.resolve(precision)[0], len(controlnets),
                         step_functions)
     pipeline = get_pipeline(model, weights, precision, "auto" if xla is None else xla, compiled_loop, vae,
-                            graph_cache)
+                            "auto" if graph_cache is None else graph_cache)
     pipeline.set_loras(loras)
     precision, xla = pipeline.components.precision, pipeline.jit_compile  # what "auto" chose, for the PNG
     run = pipeline if upscale is None else functools.partial(

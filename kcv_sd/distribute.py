@@ -92,6 +92,8 @@ class DistributedPipeline:
         if is_tpu_strategy(self.strategy):
             pipeline_kwargs.setdefault("precision", "mixed_bfloat16")
         pipeline_kwargs.setdefault("compiled_loop", True)
+        # Its compiled function runs the models on every replica's variables; a saved graph knows one device's.
+        pipeline_kwargs.setdefault("graph_cache", False)
         with self.strategy.scope():
             self.pipeline = Pipeline(**pipeline_kwargs)
         self._generators = RecentlyUsed(COMPILED_FUNCTIONS_KEPT)

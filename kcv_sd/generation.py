@@ -7,6 +7,7 @@ from kcv_sd.arguments import check_integer
 from kcv_sd.components import family_by_name
 from kcv_sd.convert.lora_file import check_lora_file
 from kcv_sd.lora import as_loras
+from kcv_sd.graph_cache import chosen_folder
 from kcv_sd.pipeline import Pipeline
 from kcv_sd.precision import check_precision
 from kcv_sd.prepare import check_call
@@ -14,12 +15,14 @@ from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, check_upscale, generate_upsc
 
 
 def get_pipeline(model="sd15", weights="kerascv", precision=devices.AUTO, jit_compile=devices.AUTO,
-                 compiled_loop=False, vae=None, graph_cache=False):
+                 compiled_loop=False, vae=None, graph_cache=devices.AUTO):
     """A shared `Pipeline` per configuration: models load and compile once.
-    "auto" is resolved first (`kcv_sd.devices`), so it shares the pipeline
-    of the values it stands for."""
+    "auto" is resolved first (`kcv_sd.devices`; the graph cache's folder,
+    or False), so it shares the pipeline of the values it stands for."""
     precision, jit_compile = devices.resolve(precision, jit_compile)
-    configuration = (model, str(weights), precision, bool(jit_compile), bool(compiled_loop), bool(graph_cache))
+    folder = chosen_folder(graph_cache, devices.detected_defaults().device, jit_compile)
+    configuration = (model, str(weights), precision, bool(jit_compile), bool(compiled_loop),
+                     str(folder) if folder else False)
     return _cached_pipeline(*configuration) if vae is None else _cached_pipeline(*configuration, str(vae))
 
 
@@ -54,7 +57,7 @@ def check_generate(prompt, negative_prompt=None, *, model="sd15", precision=devi
 
 def generate(prompt, negative_prompt=None, *, model="sd15", weights="kerascv",
              precision=devices.AUTO, jit_compile=devices.AUTO, compiled_loop=False, upscale=None,
-             refine_strength=DEFAULT_REFINE_STRENGTH, vae=None, loras=None, graph_cache=False, **options):
+             refine_strength=DEFAULT_REFINE_STRENGTH, vae=None, loras=None, graph_cache=devices.AUTO, **options):
     """Generate images from text (and control images) with Stable Diffusion 1.x.
 
     `model`, `weights`, `precision`, `jit_compile`, `compiled_loop`, `vae` and `graph_cache` select a

@@ -6,8 +6,9 @@ values, so the first process saves the graph, optimised once by Grappler for the
 every process (the first included) registers it with the runtime and calls it on its own variables with Grappler off
 for that call only. The key covers the code, the versions, the CPU's instruction sets, what the function does and its
 variables' shapes and dtypes; a function that cannot be cached (a capture that is not one of the given variables,
-outputs other than tensors in tuples) runs traced as before, and a file that does not read is traced and written
-again.
+outputs other than tensors in tuples, an optimised graph that Python cannot import: bfloat16 fused convolutions)
+runs traced as before, and a file that does not read is traced and written again. Pipelines keep graphs by default
+on CPUs without XLA (`chosen_folder`).
 """
 
 import functools
@@ -26,10 +27,12 @@ from tensorflow.python.grappler import cluster as grappler_cluster
 from tensorflow.python.grappler import tf_optimizer
 
 from kcv_sd import devices
-from kcv_sd.cache import keras_home
+from kcv_sd.cache import GRAPH_CACHE_VARIABLE as VARIABLE
+from kcv_sd.cache import SWITCHED_OFF, keras_home
 
-FORMAT = 2  # bump when what is saved, or how it is read, changes (2: function definitions)
+FORMAT = 3  # bump when what is saved, or how it is read, changes (2: function definitions; 3: one file)
 CPU = "/job:localhost/replica:0/task:0/device:CPU:0"
+SUFFIX = ".graph"
 
 
 # Environment variables that change which rewrites TensorFlow makes when it optimises a graph.
@@ -44,7 +47,20 @@ def _version(package):
 
 
 def cache_dir():
-    return keras_home() / "kcv_sd" / "graphs"
+    """$KCV_SD_GRAPH_CACHE where it names a folder, else under KERAS_HOME."""
+    value = os.environ.get(VARIABLE, "").strip()
+    return Path(value) if value and value.lower() not in ("on", *SWITCHED_OFF) else keras_home() / "kcv_sd" / "graphs"
+
+
+def chosen_folder(setting, device, jit_compile):
+    """The folder a pipeline keeps its graphs in, or None for none: `setting` is "auto" (on, unless the environment
+    variable KCV_SD_GRAPH_CACHE is "off"), True (`cache_dir()`), False, or a folder. CPUs without XLA only: the
+    cache runs graphs optimised for the CPU, and XLA compiles its own."""
+    if setting == devices.AUTO:
+        setting = os.environ.get(VARIABLE, "on").strip().lower() not in SWITCHED_OFF
+    if device != "cpu" or jit_compile or setting in (False, None):
+        return None
+    return cache_dir() if setting is True else Path(setting)
 
 
 @functools.cache
@@ -123,6 +139,18 @@ def _optimized(graph_def, graph, outputs):
                                       cluster=grappler_cluster.Cluster())
 
 
+def _parsed(data):
+    """(function library, facts of a call) from a file's bytes: the facts' JSON length (8 bytes), the JSON, the
+    library. One file, written at once, so that a reader never pairs one writer's library with another's facts."""
+    length = int.from_bytes(data[:8], "little")
+    return function_pb2.FunctionDefLibrary.FromString(data[8 + length:]), json.loads(data[8:8 + length])
+
+
+def _packed(meta, library):
+    header = json.dumps(meta).encode()
+    return len(header).to_bytes(8, "little") + header + library.SerializeToString()
+
+
 def _write_atomically(path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as part:
@@ -138,7 +166,8 @@ class CachedGraph:
 
     def __init__(self, fn, signature, variables, description, directory=None):
         self.fn, self.signature, self.variables = fn, list(signature), list(variables)
-        self.path = Path(directory or cache_dir()) / graph_key(description, self.variables, self.signature)
+        self.path = (Path(directory or cache_dir()) / graph_key(description, self.variables, self.signature)
+                     ).with_suffix(SUFFIX)
         self.source = None
         self._call = None
 
@@ -149,8 +178,7 @@ class CachedGraph:
 
     def _build(self):
         try:
-            library = function_pb2.FunctionDefLibrary.FromString(self.path.with_suffix(".pb").read_bytes())
-            meta = json.loads(self.path.with_suffix(".json").read_text())
+            library, meta = _parsed(self.path.read_bytes())
             self.source = "cache"
         except Exception:  # missing, half-written by a killed process, or unreadable: trace it again
             found = self._trace_and_write()
@@ -159,12 +187,18 @@ class CachedGraph:
                 return found
             library, meta = found
             self.source = "traced"
+        if "uncacheable" in meta:  # an earlier process found that this graph cannot be saved
+            self.source = "uncached"
+            return self._traced()
         return self._registered(library, meta)
+
+    def _traced(self):
+        return tf.function(self.fn, input_signature=self.signature, autograph=False)
 
     def _trace_and_write(self):
         """The traced function when it cannot be cached, else (its optimised graph as a function library, the
         facts a call needs), written."""
-        traced = tf.function(self.fn, input_signature=self.signature, autograph=False)
+        traced = self._traced()
         concrete = traced.get_concrete_function()
         index = {id(_handle(v)): i for i, v in enumerate(self.variables)}
         mapping = [index.get(id(capture)) for capture in concrete.captured_inputs]
@@ -183,24 +217,30 @@ class CachedGraph:
                                                   return_elements=outputs, name="")
 
         specs = tf.nest.flatten(self.signature) + [tf.TensorSpec((), tf.resource)] * len(mapping)
-        wrapped = tf.compat.v1.wrap_function(imported, specs)
         library = function_pb2.FunctionDefLibrary()
+        try:
+            wrapped = tf.compat.v1.wrap_function(imported, specs)
+        except ValueError as error:
+            # A node Grappler made that Python cannot import: in 16-bit, a fused convolution or matmul whose
+            # registered op takes no bfloat16 (the runtime rewrites it for oneDNN before it runs). Marked, so that
+            # later processes skip the offline pass.
+            _write_atomically(self.path, _packed({"uncacheable": str(error).split(";")[0]}, library))
+            return traced
         library.function.append(wrapped.function_def)
         library.function.extend(wrapped.graph.as_graph_def().library.function)
         meta = {"function": wrapped.function_def.signature.name, "variables": mapping, "structure": skeleton,
                 "output_dtypes": [t.dtype.name for t in concrete.outputs]}
-        _write_atomically(self.path.with_suffix(".pb"), library.SerializeToString())
-        _write_atomically(self.path.with_suffix(".json"), json.dumps(meta).encode())
+        _write_atomically(self.path, _packed(meta, library))
         return library, meta
 
     def _registered(self, library, meta):
         """A call of the saved function on this process's variables: registered with the eager runtime as it was
         written (no Python graph is built), called with Grappler off."""
         ctx = context.context()
-        for function in _renamed(library, self.path.name).function:
+        for function in _renamed(library, self.path.stem).function:
             if not ctx.has_function(function.signature.name):
                 ctx.add_function_def(function)
-        name = f"{meta['function']}_{self.path.name}"
+        name = f"{meta['function']}_{self.path.stem}"
         specs = tf.nest.flatten(self.signature)
         handles = [_handle(self.variables[i]) for i in meta["variables"]]
         dtypes = [tf.dtypes.as_dtype(dtype) for dtype in meta["output_dtypes"]]

@@ -26,7 +26,7 @@ from kcv_sd.components import load_components
 from kcv_sd.control import check_controlnets, plan_control
 from kcv_sd.emphasis import emphasize
 from kcv_sd.finite import check_finite
-from kcv_sd.graph_cache import CachedGraph
+from kcv_sd.graph_cache import CachedGraph, chosen_folder
 from kcv_sd.image_inputs import latent_repaint_mask, repaint_mask, resized_pixels
 from kcv_sd.lora import (
     as_lora,
@@ -148,15 +148,17 @@ class Pipeline:
             again. False: one trace serves every size, choosing at run time
             (better when many sizes are generated in one process).
         graph_cache: keep the text encoder's, each denoising step's and the
-            decoder's graphs, traced and optimised once, on disk (`kcv_sd.graph_cache`, under KERAS_HOME), and run
-            the saved graph in this and later processes: no tracing and no
-            Grappler at their first call. CPUs without XLA only; elsewhere
-            ignored.
+            decoder's graphs, traced and optimised once, on disk, and run the
+            saved graphs in this and later processes: no tracing and no
+            Grappler at their first call (`kcv_sd.graph_cache`). "auto" (the
+            default): on, under KERAS_HOME, unless the environment variable
+            KCV_SD_GRAPH_CACHE is "off"; True, False, or a folder. CPUs
+            without XLA only; elsewhere ignored.
     """
 
     def __init__(self, model="sd15", weights="kerascv", precision=devices.AUTO,
                  jit_compile=devices.AUTO, components=None, compiled_loop=False, static_routes=True,
-                 xla_decoder=None, vae=None, device=None, graph_cache=False):
+                 xla_decoder=None, vae=None, device=None, graph_cache=devices.AUTO):
         defaults = devices.detected_defaults()
         if device is not None and device != defaults.device:  # forced: that device kind's recipe
             defaults = devices.choose_defaults(device)
@@ -173,9 +175,8 @@ class Pipeline:
         self.jit_compile = bool(jit_compile)
         self.compiled_loop = bool(compiled_loop)
         self.static_routes = bool(static_routes)
-        # The text encoder's, steps' and decoder's optimised graphs from disk (`kcv_sd.graph_cache`): CPUs only,
-        # where it was measured; not with XLA.
-        self.graph_cache = bool(graph_cache) and self.device == "cpu" and not self.jit_compile
+        # The folder of the text encoder's, steps' and decoder's optimised graphs, or None.
+        self.graph_cache = chosen_folder(graph_cache, self.device, self.jit_compile)
         self.tokenizer = get_tokenizer()
         self._encode = self._text_encoding()
         latent_spec = tf.TensorSpec((None, None, None, components.family.unet.latent_channels), tf.float32)
@@ -192,6 +193,12 @@ class Pipeline:
     def config(self):
         return self.components.family.unet
 
+    def graph_sources(self):
+        """Where the graphs of the functions compiled so far came from (`CachedGraph.source`): "cache", "traced"
+        (and written) or "uncached", sorted; empty without the graph cache."""
+        functions = [self._encode, self._decode, *self._compiled.values()]
+        return sorted(f.source for f in functions if isinstance(f, CachedGraph) and f.source)
+
     def _compile(self, fn, signature, jit_compile=None, cached=None):
         """`fn` compiled over `signature`; with the graph cache on, and `cached` (a function giving the variables
         `fn` reads and a description of its graph, or None where it cannot be cached; asked only then), a
@@ -202,7 +209,7 @@ class Pipeline:
         jit_compile = self.jit_compile if jit_compile is None else jit_compile
         found = cached() if cached is not None and self.graph_cache and not jit_compile else None
         if found is not None:
-            return CachedGraph(fn, signature, *found)
+            return CachedGraph(fn, signature, *found, directory=self.graph_cache)
         return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=False)
 
     # --- prompt -> encodings ---

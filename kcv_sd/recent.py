@@ -29,3 +29,6 @@ class RecentlyUsed:
 
     def __len__(self):
         return len(self._values)
+
+    def values(self):
+        return list(self._values.values())

@@ -8,6 +8,9 @@ import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Pipelines keep no graphs on disk unless a test asks (tests/test_graph_cache.py): tests patch layers and methods
+# that a saved graph would not see, and a test run must not fill the user's cache.
+os.environ["KCV_SD_GRAPH_CACHE"] = "off"
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -23,9 +23,9 @@ from bench.cli import main
 from bench.configs import Config, Run, Workload, emulated_precisions, parse_configs, parse_peers, plan_runs
 from bench.flops import unet_flops
 from bench.interleaved import interleaved_pairs, round_orders, run_interleaved, summarize_pair
-from bench.launch import cpu_snapshot, fresh_memory_rate, other_load, run_worker
+from bench.launch import GRAPH_CACHE_VARIABLE, cpu_snapshot, fresh_memory_rate, other_load, run_worker
 from bench.outputs import write_files
-from bench.records import build_record, precision_note, skipped_record
+from bench.records import build_record, graph_cache_state, precision_note, skipped_record
 from bench.table import cold_rows, interleaved_rows
 from bench.targets import target_rows
 from kcv_sd import routing
@@ -290,6 +290,32 @@ def test_cold_runs_are_fresh_processes(tiny_run):
     pids = [r["pid"] for r in report["results"] if r["pid"] is not None]
     assert len(pids) == 3 and len(set(pids)) == 3
     assert os.getpid() not in pids and report["runner_pid"] not in pids
+
+
+def test_a_row_that_wrote_graphs_starts_again_with_the_graph_cache_filled(tiny_run):
+    folder, _, report = tiny_run
+    records = _records(report)
+    plain, controlled = records[("kcv-sd", "float32")], records[("kcv-sd", "float32", "controlnet")]
+    # The ControlNet row found the text encoder's and decoder's graphs of the plain row, not its step's.
+    assert plain["cold"]["graph_cache"] == "empty" and controlled["cold"]["graph_cache"] == "partly filled"
+    for record in (plain, controlled):
+        assert record["cold_filled"]["graph_cache"] == "filled" and record["cold_filled"]["total_s"] > 0
+    assert records[("kcv-sd", "float64")]["cold_filled"] is None
+    cold_table = (folder / "BENCHMARKS.md").read_text().split("### Cold start, part by part")[1].split("\n##")[0]
+    assert cold_table.count("| filled |") == 2 and cold_table.count("| empty |") == 1
+
+
+def test_the_bench_names_kcv_sds_graph_cache_variable():
+    from kcv_sd.cache import GRAPH_CACHE_VARIABLE as kcv_sds
+
+    assert GRAPH_CACHE_VARIABLE == kcv_sds
+
+
+def test_graph_cache_state_names_what_a_process_found():
+    assert graph_cache_state([]) is None and graph_cache_state(["uncached"]) is None
+    assert graph_cache_state(["traced", "traced"]) == "empty"
+    assert graph_cache_state(["cache", "traced"]) == "partly filled"
+    assert graph_cache_state(["cache", "cache", "uncached"]) == "filled (1 of 3 graphs not kept)"
 
 
 def test_warm_up_is_excluded(tiny_run):

@@ -40,6 +40,13 @@ def test_env_prints_devices_flags_and_defaults():
     chosen = devices.detected_defaults()
     assert "TensorFlow" in result.output and "devices: CPU" in result.output
     assert f"precision={chosen.precision}, jit_compile={chosen.jit_compile} ({chosen.reason})" in result.output
+    assert "graph cache: off (KCV_SD_GRAPH_CACHE=off)" in result.output  # tests/conftest.py
+
+
+@pytest.mark.skipif(devices.detected_defaults().jit_compile, reason="the graph cache is for CPUs without XLA")
+def test_env_names_the_graph_caches_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("KCV_SD_GRAPH_CACHE", str(tmp_path))
+    assert f"graph cache: on, in {tmp_path} (KCV_SD_GRAPH_CACHE={tmp_path})" in CliRunner().invoke(main, ["env"]).output
 
 
 def test_a_pipeline_takes_its_devices_defaults_and_routes(tiny_components):

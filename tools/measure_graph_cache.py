@@ -1,7 +1,7 @@
 """First call of a 512x512 SD1.5 pipeline with and without the graph cache, each in a fresh process.
 
-Three processes in turn, sharing one empty cache folder: `graph_cache=False`; `graph_cache=True` with the
-folder empty (it traces, optimises and writes the text encoder's, step's and decoder's graphs); `graph_cache=True` again (it
+Three processes in turn, sharing one empty cache folder: `graph_cache=False`; `graph_cache=FOLDER` with the
+folder empty (it traces, optimises and writes the text encoder's, step's and decoder's graphs); `graph_cache=FOLDER` again (it
 reads them). Each
 builds `Pipeline(model="sd15", weights="random", precision=P)`, then times its first image and a second one
 (2 DDIM steps, guidance 7.5); the first-call overhead is their difference. `--reps` repeats the three in turn.
@@ -22,12 +22,10 @@ def child(precision, cache, folder, side):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
 
-    from kcv_sd import graph_cache
     from kcv_sd.pipeline import Pipeline
 
-    graph_cache.cache_dir = lambda: folder  # this run's folder, not the user's cache
-    began = time.perf_counter()
-    pipeline = Pipeline(model="sd15", weights="random", precision=precision, graph_cache=cache)
+    began = time.perf_counter()  # this run's folder, not the user's cache
+    pipeline = Pipeline(model="sd15", weights="random", precision=precision, graph_cache=cache and folder)
     built = time.perf_counter()
     times, images = [], []
     for _ in range(2):
@@ -35,7 +33,7 @@ def child(precision, cache, folder, side):
         images.append(np.asarray(pipeline("a photograph of an astronaut riding a horse", width=side, height=side,
                                           num_inference_steps=2, seed=1)))
         times.append(time.perf_counter() - start)
-    sources = sorted(getattr(f, "source", "tf.function") for f in pipeline._compiled._values.values())
+    sources = pipeline.graph_sources()
     np.save(os.path.join(folder, f"image_{cache}_{len(os.listdir(folder))}.npy"), images[0])
     print(json.dumps({"cache": cache, "sources": sources, "build_s": round(built - began, 2),
                       "first_s": round(times[0], 2), "second_s": round(times[1], 2),
@@ -57,7 +55,7 @@ def main():
             subprocess.run([sys.executable, __file__, "--precision", args.precision, "--side", str(args.side),
                             "--child", flag, folder], check=True)
         for name in os.listdir(folder):
-            if name.endswith((".pb", ".json")):
+            if name.endswith(".graph"):
                 os.remove(os.path.join(folder, name))  # the next repetition starts empty again
     import numpy as np
 
