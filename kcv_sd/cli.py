@@ -188,8 +188,10 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
 def env():
     """Print versions, devices, CPU features and the defaults chosen here (for bug reports)."""
     from kcv_sd.devices import report
+    from kcv_sd.graph_cache import describe
 
     click.echo(report())
+    click.echo(describe())
 
 
 main.add_command(study)

@@ -155,12 +155,6 @@ def report():
         lines.append(f"GPU compute capability: {gpu_capability()}")
     lines.append(f"defaults: precision={defaults.precision}, jit_compile={defaults.jit_compile} "
                  f"({defaults.reason})")
-    from kcv_sd.graph_cache import VARIABLE, chosen_folder
-
-    folder = chosen_folder(AUTO, defaults.device, defaults.jit_compile)
-    lines.append(f"graph cache: {f'on, in {folder}' if folder else 'off'}" + (
-        f" ({VARIABLE}={os.environ[VARIABLE]})" if VARIABLE in os.environ else
-        "" if folder else " (on a CPU without XLA only)"))
     if defaults.device == "cpu":
         from kcv_sd.components import FAMILIES
         from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE, auto_decision

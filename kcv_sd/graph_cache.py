@@ -63,6 +63,15 @@ def chosen_folder(setting, device, jit_compile):
     return cache_dir() if setting is True else Path(setting)
 
 
+def describe():
+    """`kcv-sd env`'s line: whether pipelines keep graphs here by default, where, and why."""
+    defaults = devices.detected_defaults()
+    folder = chosen_folder(devices.AUTO, defaults.device, defaults.jit_compile)
+    why = (f" ({VARIABLE}={os.environ[VARIABLE]})" if VARIABLE in os.environ
+           else "" if folder else " (on a CPU without XLA only)")
+    return f"graph cache: {f'on, in {folder}' if folder else 'off'}{why}"
+
+
 @functools.cache
 def code_digest():
     """sha256 of kcv_sd's sources: a changed layer must never run an old graph."""

@@ -393,4 +393,4 @@ def test_cli_passes_weights_and_vae(files, tmp_path, monkeypatch):
     monkeypatch.setattr("kcv_sd.generation.get_pipeline", stop)
     result = CliRunner().invoke(main, ["generate", "a", "--model", "tiny", "--precision", "float32", "--weights", str(files["float32"]),
                                        "--vae", "vae.safetensors", "-o", str(tmp_path / "x.png")])
-    assert f"'{files['float32']}'," in result.output and result.output.endswith("'vae.safetensors', False)\n")
+    assert f"'{files['float32']}'," in result.output and result.output.endswith("'vae.safetensors', 'auto')\n")
