@@ -95,7 +95,8 @@ def run_benchmark(workload, runs, log_path, echo, timeout_s, command, ablation_p
                          timeout_s)
         records.append(build_record(run, raw, workload, flops, probe))
     for run, record in zip(runs, records):
-        if (field(record, "cold", "graph_cache") or "filled").startswith(("empty", "partly filled")):
+        state = field(record, "cold", "graph_cache")
+        if state and not state.startswith("filled"):  # its process wrote graphs
             record["cold_filled"] = _cold_start_again(run, record, workload_spec, token_ids, log_path, echo,
                                                       timeout_s)
 

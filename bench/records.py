@@ -53,6 +53,12 @@ def graph_cache_state(sources):
                     else "")
 
 
+def cold_starts(record):
+    """(cold-start parts, what to judge its load by) for a row's own process and, where it ran, its second one with
+    the graph cache filled (which records its own load)."""
+    return [(cold, source) for cold, source in ((record["cold"], record), (record.get("cold_filled"),) * 2) if cold]
+
+
 def cold_parts(raw, warm_median):
     """A cold worker's start split into parts (interpreter, import, build, first call; the first-call overhead over
     `warm_median`), with the graph cache's state."""

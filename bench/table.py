@@ -2,7 +2,7 @@
 BENCHMARKS.md; the targets are in `bench.targets`."""
 
 from bench.configs import XLA_TEXT
-from bench.records import field
+from bench.records import cold_starts, field
 
 KEY_HEADERS = ["system", "xla", "precision", "ControlNet"]
 
@@ -72,9 +72,7 @@ def cold_rows(records):
                              "image s", "cold total s", "fresh memory GiB/s"]
     keys = ("interpreter_s", "import_s", "build_s", "first_call_overhead_s", "generate_s", "total_s")
     return headers, [_key(r) + [cold.get("graph_cache") or "-"] + [seconds(cold.get(key)) for key in keys]
-                     + [_rate(source.get("fresh_memory_gib_s"))]
-                     for r in records for cold, source in ((r["cold"], r), (r.get("cold_filled"), r.get("cold_filled")))
-                     if cold]
+                     + [_rate(source.get("fresh_memory_gib_s"))] for r in records for cold, source in cold_starts(r)]
 
 
 def _rate(gib_s):

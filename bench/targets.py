@@ -6,7 +6,7 @@ import dataclasses
 import functools
 
 from bench.configs import XLA_TEXT
-from bench.records import compute_dtype, field
+from bench.records import cold_starts, compute_dtype, field
 from bench.table import gib, seconds
 
 # Cores of other work (`bench.launch.other_load`) above which a row's timings are not judged. A quiet machine shows a
@@ -129,8 +129,8 @@ def _precision_targets(records, precision, workload_steps, matmul_rates, interle
     ours = [r for r in records if r["system"] == "kcv-sd" and r["precision"] == precision and r["status"] == "ok"]
     for r in ours:
         config = f"xla={XLA_TEXT[r['xla']]}, {precision}" + (", ControlNet" if r.get("controlnet") else "")
-        for cold, source in ((r["cold"], r), (r.get("cold_filled"), r.get("cold_filled"))):
-            state = f", graph cache {cold['graph_cache']}" if field(cold, "graph_cache") else ""
+        for cold, source in cold_starts(r):
+            state = f", graph cache {cold['graph_cache']}" if cold.get("graph_cache") else ""
             rows.append(_target_row(f"first-call overhead vs {FIRST_CALL_LIMIT_S:.0f} s ({config}{state}; s)",
                                     (field(cold, "first_call_overhead_s"), source), (FIRST_CALL_LIMIT_S, None), 1.0,
                                     cold=True))

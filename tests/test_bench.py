@@ -439,6 +439,22 @@ def test_targets_compare_best_rows_in_the_same_precision():
     assert "warm image vs diffusers, equal steps" not in by_name  # no diffusers row in float32
 
 
+def test_first_call_and_cold_start_targets_are_checked_with_the_graph_cache_empty_and_filled():
+    ours = _row("kcv-sd", "float32", warm=6.0, step=2.0, cold=40.0)
+    ours["cold"].update(graph_cache="empty", first_call_overhead_s=15.0)
+    ours["cold_filled"] = {"total_s": 25.0, "first_call_overhead_s": 2.5, "graph_cache": "filled",
+                           "other_load_cores": 0.5}  # another process ran beside it
+    _, rows = target_rows([ours, _row("diffusers", "float32", warm=9.0, step=3.0, cold=30.0)], workload_steps=2)
+    by_name = {row[0]: row[1:] for row in rows}
+    assert by_name["first-call overhead vs 3 s (xla=off, float32, graph cache empty; s)"][-1] == "missed"
+    assert by_name["first-call overhead vs 3 s (xla=off, float32, graph cache filled; s)"][-1] == "unreliable (load)"
+    assert by_name["cold start vs diffusers (float32; s)"][2:] == ["1.33x", "<= 1.00x", "missed"]
+    assert by_name["cold start, graph cache filled, vs diffusers (float32; s)"][2:] == ["0.83x", "<= 1.00x",
+                                                                                         "unreliable (load)"]
+    headers, table = cold_rows([ours])
+    assert [row[headers.index("graph cache")] for row in table] == ["empty", "filled"]
+
+
 def test_targets_against_diffusers_use_the_interleaved_pair():
     records = [_row("kcv-sd", "bfloat16", warm=1.0, step=0.3, cold=30.0),
                _row("diffusers", "bfloat16", warm=2.0, step=0.4, cold=15.0)]
