@@ -6,8 +6,8 @@ values, so the first process saves the graph, optimised once by Grappler for the
 every process (the first included) registers it with the runtime and calls it on its own variables with Grappler off
 for that call only. The key covers the code, the versions, the CPU's instruction sets, what the function does and its
 variables' shapes and dtypes; a function that cannot be cached (a capture that is not one of the given variables,
-outputs other than tensors in tuples, an optimised graph that Python cannot import: bfloat16 fused convolutions)
-runs traced as before, and a file that does not read is traced and written again. Pipelines keep graphs by default
+outputs other than tensors in tuples, a node the function definition cannot be written with) runs traced as
+before, and a file that does not read is traced and written again. Pipelines keep graphs by default
 on CPUs without XLA (`chosen_folder`).
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 from tensorflow.core.framework import function_pb2
+from tensorflow.python.framework import op_def_registry
 from tensorflow.python.eager import context
 from tensorflow.python.grappler import cluster as grappler_cluster
 from tensorflow.python.grappler import tf_optimizer
@@ -155,6 +156,57 @@ def _parsed(data):
     return function_pb2.FunctionDefLibrary.FromString(data[8 + length:]), json.loads(data[8:8 + length])
 
 
+def _output_slots(node, library_signatures):
+    """Each output of `node` in a function's terms: "<output arg>:<index within it>", in order."""
+    signature = library_signatures.get(node.op) or op_def_registry.get(node.op)
+    if signature is None:
+        raise KeyError(f"op {node.op}")
+    slots = []
+    for arg in signature.output_arg:
+        count = (node.attr[arg.number_attr].i if arg.number_attr else
+                 len(node.attr[arg.type_list_attr].list.type) if arg.type_list_attr else 1)
+        slots += [f"{arg.name}:{i}" for i in range(count)]
+    return slots
+
+
+def _function_def(graph_def, feeds, outputs, output_dtypes, name):
+    """`graph_def` as a function `name` of `feeds` (its placeholders, in order) returning `outputs` (of
+    `output_dtypes`), written node by node, without importing the graph into Python (whose import checks each node
+    against its registered op). KeyError or IndexError for a node or op it cannot place."""
+    library_signatures = {f.signature.name: f.signature for f in graph_def.library.function}
+    nodes = {node.name: node for node in graph_def.node}
+    function = function_pb2.FunctionDef()
+    function.signature.name = name
+    arguments = {}
+    for i, feed in enumerate(feeds):
+        node = nodes[feed.split(":")[0]]
+        function.signature.input_arg.add(name=f"arg{i}", type=node.attr["dtype"].type)
+        arguments[node.name] = f"arg{i}"
+    slots = {}
+
+    def reference(tensor):
+        if tensor.startswith("^"):
+            return None if tensor[1:] in arguments else tensor
+        node_name, _, index = tensor.partition(":")
+        if node_name in arguments:
+            return arguments[node_name]
+        if node_name not in slots:
+            slots[node_name] = _output_slots(nodes[node_name], library_signatures)
+        return f"{node_name}:{slots[node_name][int(index or 0)]}"
+
+    for node in graph_def.node:
+        if node.name in arguments:
+            continue
+        copy = function.node_def.add()
+        copy.CopyFrom(node)
+        del copy.input[:]
+        copy.input.extend(filter(None, map(reference, node.input)))
+    for i, (output, dtype) in enumerate(zip(outputs, output_dtypes)):
+        function.signature.output_arg.add(name=f"output{i}", type=dtype.as_datatype_enum)
+        function.ret[f"output{i}"] = reference(output)
+    return function
+
+
 def _packed(meta, library):
     header = json.dumps(meta).encode()
     return len(header).to_bytes(8, "little") + header + library.SerializeToString()
@@ -229,15 +281,23 @@ class CachedGraph:
         library = function_pb2.FunctionDefLibrary()
         try:
             wrapped = tf.compat.v1.wrap_function(imported, specs)
-        except ValueError as error:
-            # A node Grappler made that Python cannot import: in 16-bit, a fused convolution or matmul whose
-            # registered op takes no bfloat16 (the runtime rewrites it for oneDNN before it runs). Marked, so that
-            # later processes skip the offline pass.
-            _write_atomically(self.path, _packed({"uncacheable": str(error).split(";")[0]}, library))
-            return traced
-        library.function.append(wrapped.function_def)
-        library.function.extend(wrapped.graph.as_graph_def().library.function)
-        meta = {"function": wrapped.function_def.signature.name, "variables": mapping, "structure": skeleton,
+            library.function.append(wrapped.function_def)
+            library.function.extend(wrapped.graph.as_graph_def().library.function)
+            name = wrapped.function_def.signature.name
+        except ValueError:
+            # A node Grappler made that Python's import refuses: in 16-bit, a fused convolution whose registered
+            # op takes no bfloat16 (the runtime rewrites it for oneDNN before it runs, and checks nothing there).
+            # The function is then written from the graph directly.
+            name = f"cached_{self.path.stem}"
+            try:
+                library.function.append(_function_def(graph_def, feeds, outputs,
+                                                      [t.dtype for t in concrete.outputs], name))
+            except (KeyError, IndexError) as error:  # an op or output it cannot place: marked, so that later
+                library = function_pb2.FunctionDefLibrary()  # processes skip the offline pass
+                _write_atomically(self.path, _packed({"uncacheable": f"{type(error).__name__}: {error}"}, library))
+                return traced
+            library.function.extend(graph_def.library.function)
+        meta = {"function": name, "variables": mapping, "structure": skeleton,
                 "output_dtypes": [t.dtype.name for t in concrete.outputs]}
         _write_atomically(self.path, _packed(meta, library))
         return library, meta

@@ -8,6 +8,7 @@ import tensorflow as tf
 from safetensors.numpy import save_file
 
 from kcv_sd import graph_cache
+from kcv_sd.components import load_components
 from kcv_sd.graph_cache import CachedGraph, graph_key
 from kcv_sd.pipeline import Pipeline
 from kcv_sd.text_encoder import TINY_TEXT, build_text_encoder
@@ -37,6 +38,17 @@ def test_graphs_are_written_once_then_read_and_give_the_same_images(tiny_pipelin
     second = _cached(tiny_pipeline)
     assert np.array_equal(_image(second), plain) and second.graph_sources() == ["cache"] * 3
     assert sorted(p.name for p in graphs.iterdir()) == written
+
+
+def test_a_mixed_bfloat16_pipeline_keeps_every_graph_and_its_images(keras_home):
+    """Its step's optimised graph is one Python will not import (`_FusedConv2D` in bfloat16): written node by node."""
+    components = load_components("tiny", "random", precision="mixed_bfloat16", seed=0)
+    images = []
+    for keep in (False, True, True):
+        pipeline = Pipeline(components=components, graph_cache=keep)
+        images.append(np.asarray(pipeline("a cat", width=64, height=64, num_inference_steps=1, seed=3)))
+    assert pipeline.graph_sources() == ["cache"] * 3
+    assert np.array_equal(images[1], images[0]) and np.array_equal(images[2], images[0])
 
 
 def test_a_controlnet_step_read_back_gives_the_image_of_the_process_that_wrote_it(tiny_pipeline, shared_controlnet,
@@ -141,24 +153,45 @@ def test_an_unreadable_graph_is_traced_and_written_again(tmp_path):
     assert third(tf.constant([1.0, 1.0])).numpy().tolist() == [2.0, 3.0] and third.source == "cache"
 
 
-def test_a_graph_python_cannot_import_after_optimisation_runs_traced_and_is_marked(tmp_path):
-    """Grappler fuses a bfloat16 convolution and its bias into a `_FusedConv2D`, whose registered op takes no
-    bfloat16 (the runtime rewrites it for oneDNN before it runs): such a graph runs as a plain tf.function, and
-    the file written says so, so later processes skip the offline pass."""
-    kernel = tf.Variable(tf.ones((3, 3, 4, 8), tf.bfloat16))
-    bias = tf.Variable(tf.zeros((8,), tf.bfloat16))
-    signature = [tf.TensorSpec((1, 6, 6, 4), tf.bfloat16)]
+def _bfloat16_convolution():
+    kernel = tf.Variable(tf.random.stateless_normal((3, 3, 4, 8), (1, 2), dtype=tf.bfloat16))
+    bias = tf.Variable(tf.random.stateless_normal((8,), (3, 4), dtype=tf.bfloat16))
 
     def convolve(x):
         return tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "SAME"), bias)
 
-    expected = convolve(tf.ones((1, 6, 6, 4), tf.bfloat16)).numpy()
-    for source in ("uncached", "uncached"):
-        graph = CachedGraph(convolve, signature, [kernel, bias], "bfloat16 convolution", tmp_path)
-        assert np.array_equal(graph(tf.ones((1, 6, 6, 4), tf.bfloat16)).numpy(), expected)
-        assert graph.source == source
+    return convolve, [kernel, bias], [tf.TensorSpec((None, None, None, 4), tf.bfloat16)]
+
+
+def test_a_graph_python_will_not_import_is_written_node_by_node_and_read_back(tmp_path):
+    """Grappler fuses a bfloat16 convolution and its bias into a `_FusedConv2D`, whose registered op takes no
+    bfloat16 (the runtime rewrites it for oneDNN before it runs), so Python's import refuses the optimised graph:
+    the function is written from the graph's nodes instead."""
+    convolve, variables, signature = _bfloat16_convolution()
+    x = tf.random.stateless_normal((2, 6, 5, 4), (5, 6), dtype=tf.bfloat16)
+    expected = tf.function(convolve)(x).numpy()
+    concrete = tf.function(convolve, input_signature=signature).get_concrete_function()
+    optimised = graph_cache._optimized(concrete.graph.as_graph_def(), concrete.graph,
+                                       [t.name for t in concrete.outputs])
+    with pytest.raises(ValueError, match="_FusedConv2D"), tf.Graph().as_default():  # what the fallback is for
+        tf.graph_util.import_graph_def(optimised, name="")
+    for source in ("traced", "cache"):
+        graph = CachedGraph(convolve, signature, variables, "bfloat16 convolution", tmp_path)
+        assert np.array_equal(graph(x).numpy(), expected) and graph.source == source
+
+
+def test_a_graph_it_cannot_write_runs_traced_and_is_marked(tmp_path, monkeypatch):
+    def unplaceable(*args):
+        raise KeyError("op NoSuchOp")
+
+    monkeypatch.setattr(graph_cache, "_function_def", unplaceable)
+    convolve, variables, signature = _bfloat16_convolution()
+    x = tf.ones((1, 6, 6, 4), tf.bfloat16)
+    for _ in range(2):
+        graph = CachedGraph(convolve, signature, variables, "bfloat16 convolution", tmp_path)
+        assert np.array_equal(graph(x).numpy(), tf.function(convolve)(x).numpy()) and graph.source == "uncached"
     marker, = tmp_path.glob("*.graph")
-    assert "uncacheable" in graph_cache._parsed(marker.read_bytes())[1]
+    assert graph_cache._parsed(marker.read_bytes())[1] == {"uncacheable": "KeyError: 'op NoSuchOp'"}
 
 
 def test_the_cli_and_generate_pass_the_setting_to_their_pipeline(tmp_path, monkeypatch):
