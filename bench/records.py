@@ -1,7 +1,8 @@
 """One result row per system and configuration, from its cold worker's raw timings.
 
 The first image is split into first-call overhead (tracing, compilation) and the image itself, taken as the warm
-median; `cold_filled` is a second fresh process of a kcv-sd row whose own process wrote graphs to the graph cache. Host overhead is the warm median less the timed stages. With a ControlNet, the ControlNet step, the plain UNet
+median; `cold_filled` is a second fresh process of a kcv-sd row whose own process wrote graphs to the graph cache.
+Host overhead is the warm median less the timed stages. With a ControlNet, the ControlNet step, the plain UNet
 step and the ControlNet alone come from the same passes; the UNet's FLOP/s use the plain step, beside the matmul
 rate of the precision's compute dtype.
 """

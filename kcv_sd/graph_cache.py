@@ -47,10 +47,18 @@ def _version(package):
         return None
 
 
+def _environment_setting():
+    """$KCV_SD_GRAPH_CACHE as a setting: False ("off"), a folder, or True (unset, empty or "on")."""
+    value = os.environ.get(VARIABLE, "").strip()
+    if value.lower() in SWITCHED_OFF:
+        return False
+    return Path(value) if value and value.lower() != "on" else True
+
+
 def cache_dir():
     """$KCV_SD_GRAPH_CACHE where it names a folder, else under KERAS_HOME."""
-    value = os.environ.get(VARIABLE, "").strip()
-    return Path(value) if value and value.lower() not in ("on", *SWITCHED_OFF) else keras_home() / "kcv_sd" / "graphs"
+    setting = _environment_setting()
+    return setting if isinstance(setting, Path) else keras_home() / "kcv_sd" / "graphs"
 
 
 def chosen_folder(setting, device, jit_compile):
@@ -58,7 +66,7 @@ def chosen_folder(setting, device, jit_compile):
     variable KCV_SD_GRAPH_CACHE is "off"), True (`cache_dir()`), False, or a folder. CPUs without XLA only: the
     cache runs graphs optimised for the CPU, and XLA compiles its own."""
     if setting == devices.AUTO:
-        setting = os.environ.get(VARIABLE, "on").strip().lower() not in SWITCHED_OFF
+        setting = _environment_setting()
     if device != "cpu" or jit_compile or setting in (False, None):
         return None
     return cache_dir() if setting is True else Path(setting)
