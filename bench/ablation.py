@@ -1,9 +1,9 @@
 """kcv-sd's latency levers one at a time, in one fresh worker: the ablation table.
 
-One set of random-weight models serves every variant, with oneDNN weight caching where memory allows a copy per
-variant (`choose_weight_cache`, as `kcv-sd generate` decides for one); each variant is
-warmed up once, then all run in interleaved rounds, so that drift in the machine's load falls on all alike. A variant
-is compared with its `baseline`: the plain pipeline, or for the ControlNet levers the pipeline with a ControlNet.
+One set of random-weight models serves every variant, with oneDNN weight caching on an AMX CPU where memory allows a
+copy per variant (`choose_weight_cache`, as `kcv-sd generate` decides for one); each variant is warmed up once, then
+all run in interleaved rounds, so that drift in the machine's load falls on all alike. A variant is compared with its
+`baseline`: the plain pipeline, or for the ControlNet levers the pipeline with a ControlNet.
 """
 
 import dataclasses

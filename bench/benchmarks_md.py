@@ -49,8 +49,8 @@ DEFINITIONS = """\
   pretrained weights cannot be downloaded on this machine. Timings depend on the architecture, not on weight
   values; the images are noise.
 - kcv-sd's processes (rows, interleaved pairs, ablation) run as `kcv-sd generate --weight-cache auto` does: oneDNN
-  **weight caching** (`kcv_sd.weight_cache`) where four more copies of the UNet's and ControlNets' weights are free
-  (the ablation: four per variant): faster on a CPU, for one more copy of those weights per compiled step function,
+  **weight caching** (`kcv_sd.weight_cache`) on a CPU with AMX where four more copies of the UNet's and ControlNets'
+  weights are free (the ablation: four per variant), for one more copy of those weights per compiled step function,
   which the peak RSS includes. Each row's notes say which it was. KerasCV and diffusers run stock; **OpenVINO** runs diffusers' parts
   converted with `openvino.convert_model` at static shapes and compiled for the CPU (conversion counts as build)."""
 

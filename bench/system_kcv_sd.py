@@ -1,7 +1,7 @@
 """kcv-sd itself: `kcv_sd.Pipeline` with random weights of the chosen family.
 
-It runs as `kcv-sd generate` does: the graph cache on a CPU without XLA, oneDNN weight caching where memory allows
-(`choose_weight_cache`, "auto"), unless the config's `weight_cache` says "on" or "off"
+It runs as `kcv-sd generate` does: the graph cache on a CPU without XLA, oneDNN weight caching on an AMX CPU where memory
+allows (`choose_weight_cache`, "auto"), unless the config's `weight_cache` says "on" or "off"
 (`tools/measure_weight_cache.py`). With `controlnet` on, one random ControlNet of the family guides every step from
 `depth_ramp` at the output size.
 """

@@ -14,6 +14,7 @@ from kcv_sd.errors import InvalidArgumentError
 from kcv_sd.png import check_destination
 from kcv_sd.upscale import DEFAULT_REFINE_STRENGTH, generate_upscaled
 from kcv_sd.weight_cache import SETTINGS, choose_weight_cache
+from kcv_sd.weight_cache import report as weight_cache_report
 
 
 def output_paths(output, count):
@@ -187,10 +188,13 @@ def generate(prompt, negative_prompt, width, height, steps, guidance, cfg_cutoff
 @main.command()
 def env():
     """Print versions, devices, CPU features and the defaults chosen here (for bug reports)."""
-    from kcv_sd.devices import report
+    from kcv_sd import __version__
     from kcv_sd.graph_cache import describe
 
-    click.echo(report())
+    click.echo(devices.report(__version__))
+    defaults = devices.detected_defaults()
+    if defaults.device == "cpu":
+        click.echo(weight_cache_report(family_by_name("sd15"), "SD1.5", defaults.precision))
     click.echo(describe())
 
 

@@ -12,7 +12,6 @@ Explicit values always win. `kcv-sd env` prints what this module sees.
 
 import dataclasses
 import functools
-import os
 import platform
 from pathlib import Path
 
@@ -133,12 +132,10 @@ def resolve(precision=AUTO, jit_compile=AUTO, defaults=None):
             defaults.jit_compile if jit_compile == AUTO else jit_compile)
 
 
-def report():
+def report(kcv_sd_version):
     """What a bug report needs: versions, devices, CPU features, defaults and why."""
     import keras
     import tensorflow as tf
-
-    from kcv_sd import __version__
 
     flags = cpu_flags()
     shown = ", ".join(flag for flag in REPORTED_CPU_FLAGS if flag in flags) or "none of " + "/".join(
@@ -146,7 +143,7 @@ def report():
     defaults = detected_defaults()
     devices = [f"{d.device_type} {d.name}" for d in tf.config.list_logical_devices()]
     lines = [
-        f"kcv-sd {__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"kcv-sd {kcv_sd_version}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
         f"Python {platform.python_version()} on {platform.platform()}",
         f"devices: {', '.join(devices)}",
         f"CPU: {cpu_name()}; {shown}",
@@ -155,15 +152,4 @@ def report():
         lines.append(f"GPU compute capability: {gpu_capability()}")
     lines.append(f"defaults: precision={defaults.precision}, jit_compile={defaults.jit_compile} "
                  f"({defaults.reason})")
-    if defaults.device == "cpu":
-        from kcv_sd.components import FAMILIES
-        from kcv_sd.weight_cache import FROZEN_WEIGHTS_VARIABLE, auto_decision
-
-        if FROZEN_WEIGHTS_VARIABLE in os.environ:
-            lines.append(f"{FROZEN_WEIGHTS_VARIABLE}={os.environ[FROZEN_WEIGHTS_VARIABLE]} is set: "
-                         "`kcv-sd generate --weight-cache auto` keeps it")
-        for controlnets in (0, 1):
-            _, why = auto_decision(FAMILIES["sd15"], defaults.precision, controlnets)
-            lines.append(f"kcv-sd generate --weight-cache auto, SD1.5{' + a ControlNet' * controlnets} in "
-                         f"{defaults.precision}: {why}")
     return "\n".join(lines)

@@ -13,14 +13,17 @@ weights keeps computing with its first ones, silently. kcv-sd's pipelines
 load all weights before their first call and run their models only inside
 compiled functions, so their outputs do not change
 (`tests/test_weight_cache.py`). `kcv-sd generate` decides with
-`choose_weight_cache` (cached where memory allows); Python callers opt in.
-GPU kernels are unaffected.
+`choose_weight_cache`: cached on CPUs with AMX where memory allows; on the
+other CPUs measured it made 256x256 and 512x512 steps no faster and only cost
+memory and first-call time (docs/latency_levers.md, section 23). Python
+callers opt in. GPU kernels are unaffected.
 """
 
 import contextlib
 import os
 from pathlib import Path
 
+from kcv_sd.devices import cpu_flags
 from kcv_sd.errors import InvalidArgumentError
 
 FROZEN_WEIGHTS_VARIABLE = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
@@ -30,6 +33,8 @@ SETTINGS = ("auto", "on", "off")
 # at 512x512) and whatever else the machine runs.
 FREE_COPIES_NEEDED = 4
 GIB = 2**30
+# The CPU feature under which "auto" caches (Linux's flag for AMX's tiles).
+AMX_FLAG = "amx_tile"
 
 
 def cache_weights_for_inference():
@@ -71,10 +76,14 @@ def cached_bytes(family, precision, controlnets=0, step_functions=1):
     return step_functions * per_parameter * parameters
 
 
-def auto_decision(family, precision, controlnets=0, step_functions=1, available=None):
+def auto_decision(family, precision, controlnets=0, step_functions=1, available=None, flags=None):
     """What "auto" decides where the environment does not: (cached, why).
-    On when `FREE_COPIES_NEEDED` times `cached_bytes` are free (`available`,
-    default `available_memory()`)."""
+    On where the CPU has AMX (`flags`, default this CPU's) and
+    `FREE_COPIES_NEEDED` times `cached_bytes` are free (`available`, default
+    `available_memory()`)."""
+    if AMX_FLAG not in (cpu_flags() if flags is None else flags):
+        return False, ("weight cache off: without AMX it made no step faster at 256x256 or 512x512 "
+                       "(docs/latency_levers.md, section 23); --weight-cache on turns it on")
     extra = cached_bytes(family, precision, controlnets, step_functions)
     available = available_memory() if available is None else available
     if available is None or available < FREE_COPIES_NEEDED * extra:
@@ -84,7 +93,7 @@ def auto_decision(family, precision, controlnets=0, step_functions=1, available=
     return True, f"weight cache on: {extra / GIB:.1f} GiB more, {available / GIB:.1f} GiB free"
 
 
-def choose_weight_cache(setting, family, precision, controlnets=0, step_functions=1, available=None):
+def choose_weight_cache(setting, family, precision, controlnets=0, step_functions=1, available=None, flags=None):
     """Turn caching on or off for this process, as `setting` says: "on",
     "off", or "auto": an environment value of the variable stands, else
     `auto_decision`. Call before any model runs. Returns (cached, why)."""
@@ -94,8 +103,22 @@ def choose_weight_cache(setting, family, precision, controlnets=0, step_function
         cached = caching_asked()
         return cached, f"weight cache {'on' if cached else 'off'}: {FROZEN_WEIGHTS_VARIABLE} is set"
     if setting == "auto":
-        cached, why = auto_decision(family, precision, controlnets, step_functions, available)
+        cached, why = auto_decision(family, precision, controlnets, step_functions, available, flags)
     else:
         cached, why = setting == "on", f"weight cache {setting} as asked"
     os.environ[FROZEN_WEIGHTS_VARIABLE] = "1" if cached else "0"
     return cached, why
+
+
+def report(family, label, precision):
+    """`kcv-sd env`'s lines on what "auto" decides here, for `family` (named
+    `label`) with and without a ControlNet; decides nothing."""
+    lines = []
+    if FROZEN_WEIGHTS_VARIABLE in os.environ:
+        lines.append(f"{FROZEN_WEIGHTS_VARIABLE}={os.environ[FROZEN_WEIGHTS_VARIABLE]} is set: "
+                     "`kcv-sd generate --weight-cache auto` keeps it")
+    for controlnets in (0, 1):
+        _, why = auto_decision(family, precision, controlnets)
+        lines.append(f"kcv-sd generate --weight-cache auto, {label}{' + a ControlNet' * controlnets} in "
+                     f"{precision}: {why}")
+    return "\n".join(lines)

@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from kcv_sd.components import FAMILIES
 from kcv_sd.weight_cache import (
+    AMX_FLAG,
     FREE_COPIES_NEEDED,
     FROZEN_WEIGHTS_VARIABLE,
     GIB,
@@ -179,20 +180,34 @@ def test_sd15_parameter_counts_are_the_models():
 
 
 def test_auto_caches_where_four_copies_are_free(monkeypatch):
-    """SD1.5 + one ControlNet in float32: a 4.5 GiB copy; bfloat16 halves it."""
+    """SD1.5 + one ControlNet in float32 on an AMX CPU: a 4.5 GiB copy; bfloat16 halves it."""
     monkeypatch.delenv(FROZEN_WEIGHTS_VARIABLE, raising=False)
-    family = FAMILIES["sd15"]
+    family, amx = FAMILIES["sd15"], {"avx512f", AMX_FLAG}
     extra = cached_bytes(family, "float32", controlnets=1)
     assert round(extra / GIB, 2) == 4.55 and cached_bytes(family, "bfloat16", controlnets=1) == extra // 2
     assert cached_bytes(family, "float32", 1, step_functions=2) == 2 * extra
-    cached, why = choose_weight_cache("auto", family, "float32", 1, available=FREE_COPIES_NEEDED * extra - 1)
+    cached, why = choose_weight_cache("auto", family, "float32", 1, available=FREE_COPIES_NEEDED * extra - 1,
+                                      flags=amx)
     assert not cached and os.environ[FROZEN_WEIGHTS_VARIABLE] == "0"
     assert why.startswith("weight cache off: it would take 4.5 GiB more, and 18.2 GiB is free")
     monkeypatch.delenv(FROZEN_WEIGHTS_VARIABLE)
-    cached, why = choose_weight_cache("auto", family, "float32", 1, available=FREE_COPIES_NEEDED * extra)
+    cached, why = choose_weight_cache("auto", family, "float32", 1, available=FREE_COPIES_NEEDED * extra, flags=amx)
     assert cached and os.environ[FROZEN_WEIGHTS_VARIABLE] == "1"
-    cached, _ = choose_weight_cache("auto", family, "float32", 1, available=0)
+    cached, _ = choose_weight_cache("auto", family, "float32", 1, available=0, flags=amx)
     assert cached, "an environment value stands under auto"
+
+
+@pytest.mark.parametrize("flags", [set(), {"avx512f", "avx512_bf16", "avx512_vnni"}])
+def test_auto_leaves_it_off_without_amx(monkeypatch, flags):
+    """On a CPU without AMX caching made 256x256 and 512x512 steps no faster (docs section 23), so "auto" keeps
+    the memory and the first call's time, however much memory is free."""
+    monkeypatch.delenv(FROZEN_WEIGHTS_VARIABLE, raising=False)
+    cached, why = choose_weight_cache("auto", FAMILIES["sd15"], "bfloat16", available=1000 * GIB, flags=flags)
+    assert not cached and os.environ[FROZEN_WEIGHTS_VARIABLE] == "0"
+    assert why.startswith("weight cache off: without AMX") and "--weight-cache on" in why
+    monkeypatch.delenv(FROZEN_WEIGHTS_VARIABLE)
+    cached, _ = choose_weight_cache("on", FAMILIES["sd15"], "bfloat16", available=0, flags=flags)
+    assert cached, "an explicit on still caches"
 
 
 @pytest.mark.parametrize("setting", ["on", "off"])
@@ -203,10 +218,16 @@ def test_an_explicit_setting_wins(monkeypatch, setting):
 
 
 def test_kcv_sd_env_says_what_auto_decides():
-    from kcv_sd.devices import report
+    from click.testing import CliRunner
 
-    lines = [line for line in report().splitlines() if "--weight-cache auto" in line]
-    assert len(lines) == 2 and all(": weight cache o" in line for line in lines), lines
+    from kcv_sd.cli import main
+    from kcv_sd.devices import cpu_flags
+
+    output = CliRunner().invoke(main, ["env"]).output
+    lines = [line for line in output.splitlines() if "--weight-cache auto" in line]
+    assert len(lines) == 2 and all(": weight cache o" in line for line in lines), output
+    if AMX_FLAG not in cpu_flags():
+        assert all(": weight cache off: without AMX" in line for line in lines), lines
     assert os.environ.get(FROZEN_WEIGHTS_VARIABLE) is None, "reporting decides nothing"
 
 
