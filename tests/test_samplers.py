@@ -31,6 +31,7 @@ from kcv_sd.samplers import (
     KerasCVDDIM,
     resolve,
 )
+from kcv_sd.samplers.ddim import kerascv_alphas_cumprod
 from kcv_sd.step import fresh_noise, noise_keys
 
 STEP_COUNTS = [1, 2, 3, 5, 20, 25, 50]
@@ -235,6 +236,15 @@ def test_ddim_matches_kerascv_generate_image(num_steps):
     np.testing.assert_array_equal(schedule.timesteps, np.array(kerascv.timesteps, np.float32))
     ours = eager_run(KerasCVDDIM(), schedule, start, noise, np.asarray)[-1]
     np.testing.assert_allclose(ours, kerascv.final_latents, rtol=1e-5, atol=1e-5)
+
+
+def test_kerascv_alphas_table_is_derived_exactly():
+    """DDIM's table, derived from SD's betas, equals KerasCV's literal `_ALPHAS_CUMPROD` value for value."""
+    from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
+
+    table = kerascv_alphas_cumprod()
+    assert table.dtype == np.float64 and table.tolist() == list(_ALPHAS_CUMPROD)
+    assert not table.flags.writeable
 
 
 def test_fresh_noise_is_the_same_eager_in_graphs_and_under_xla():

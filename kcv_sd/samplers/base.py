@@ -100,9 +100,14 @@ def scaled_linear_sigmas(beta_start, beta_end, num_train_timesteps):
     """Noise levels sqrt((1 - a_t) / a_t) of SD's "scaled_linear" schedule in
     float64, t = 0..num_train_timesteps - 1 (diffusers rounds its table to
     float32 before use, which costs ~1e-5 relative at small t)."""
-    betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
-    alphas_cumprod = np.cumprod(1 - betas)
+    alphas_cumprod = scaled_linear_alphas_cumprod(beta_start, beta_end, num_train_timesteps)
     return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+
+
+def scaled_linear_alphas_cumprod(beta_start, beta_end, num_train_timesteps):
+    """alpha_cumprod of SD's "scaled_linear" betas in float64, t = 0..num_train_timesteps - 1."""
+    betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
+    return np.cumprod(1 - betas)
 
 
 def check_num_steps(num_steps, num_train_timesteps):

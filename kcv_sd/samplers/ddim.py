@@ -2,20 +2,34 @@
 
 KerasCV spaces its timesteps as round(i * 999 / (n - 1)), i.e. from 999 down
 to 0 inclusive, and reads alphas from its own rounded `_ALPHAS_CUMPROD` table;
-both are reproduced here so the same model outputs give the same latents.
+both are reproduced here so the same model outputs give the same latents. The
+table is SD's scaled-linear alpha_cumprod rounded to float32 and written as the
+shortest decimal that reads back as that float32, so `kerascv_alphas_cumprod`
+derives it instead of importing KerasCV (tests/test_samplers.py compares all
+1000 values).
 """
 
 import dataclasses
+import functools
 
 import numpy as np
-from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
 
 from kcv_sd.samplers.base import (
     Sampler,
     Schedule,
     check_num_steps,
+    scaled_linear_alphas_cumprod,
     variance_preserving_levels,
 )
+
+
+@functools.cache
+def kerascv_alphas_cumprod(num_train_timesteps=1000):
+    """KerasCV's `_ALPHAS_CUMPROD` (SD's betas 0.00085 to 0.012), as a read-only float64 array."""
+    exact = scaled_linear_alphas_cumprod(0.00085, 0.012, num_train_timesteps)
+    table = np.array([float(np.format_float_positional(np.float32(a), unique=True)) for a in exact])
+    table.setflags(write=False)
+    return table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +45,7 @@ class KerasCVDDIM(Sampler):
         n = self.num_train_timesteps
         ratio = (n - 1) / (num_steps - 1) if num_steps > 1 else n
         ascending = (np.arange(0, num_steps) * ratio).round().astype(np.int64)
-        alphas = np.asarray(_ALPHAS_CUMPROD, np.float64)[ascending]
+        alphas = kerascv_alphas_cumprod(n)[ascending]
         alphas_prev = np.concatenate([[1.0], alphas[:-1]])
         coefficients = np.sqrt(np.stack([1 - alphas, alphas, 1 - alphas_prev, alphas_prev], -1))
         return Schedule(
