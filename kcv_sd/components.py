@@ -135,8 +135,8 @@ _RANDOM_INITIALIZERS = (
 
 def zero_initialized():
     """A scope in which Keras resolves every random initializer named by a
-    layer (KerasCV's text encoder and VAE blocks name "glorot_uniform" and
-    "uniform") to zeros, through Keras' own custom-object scope (this thread
+    layer (the text encoder's and VAE's Keras layers name "glorot_uniform"
+    and "uniform") to zeros, through Keras' own custom-object scope (this thread
     only): the fill right after building overwrites the weights anyway, so
     drawing them would be wasted work."""
     return keras.saving.custom_object_scope({name: keras.initializers.Zeros for name in _RANDOM_INITIALIZERS})

@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from kcv_sd.unet import UNetEncoder, control_input_names
-from kcv_sd.unet_blocks import PaddedConv2D
+from kcv_sd.unet_blocks import RoutedConv2D
 
 
 class ConditioningEmbedding(keras.layers.Layer):
@@ -30,7 +30,7 @@ class ConditioningEmbedding(keras.layers.Layer):
         policy = self.dtype_policy
 
         def conv(filters, strides=1, kernel_initializer=initializer):
-            return PaddedConv2D(filters, 3, padding=1, strides=strides,
+            return RoutedConv2D(filters, 3, padding=1, strides=strides,
                                 kernel_initializer=kernel_initializer, dtype=policy)
 
         self.conv_in = conv(stage_channels[0])
@@ -81,9 +81,9 @@ class ControlNet(UNetEncoder):
         self.conditioning_embedding = ConditioningEmbedding(
             config.conditioning_channels, c.block_channels[0], initializer
         )
-        self.zero_convs = [PaddedConv2D(ch, 1, kernel_initializer="zeros")
+        self.zero_convs = [RoutedConv2D(ch, 1, kernel_initializer="zeros")
                            for ch in self.skip_channels]
-        self.mid_zero_conv = PaddedConv2D(c.block_channels[-1], 1, kernel_initializer="zeros")
+        self.mid_zero_conv = RoutedConv2D(c.block_channels[-1], 1, kernel_initializer="zeros")
         self.output_names = control_input_names(c)
         self._model = None
 

@@ -40,17 +40,3 @@ class GroupNorm(keras.layers.GroupNormalization):
         normalized = rows * tf.reshape(scale, (-1, 1, channels)) + tf.reshape(offset, (-1, 1, channels))
         return tf.cast(tf.reshape(normalized, shape), self.compute_dtype)
 
-
-def use_group_norm(model, epsilon=None):
-    """Make every Keras `GroupNormalization` inside `model` a `GroupNorm`,
-    optionally setting its epsilon.
-
-    KerasCV's VAE blocks construct Keras' layer themselves; `GroupNorm` adds
-    no state, so switching the class of the built layers keeps their weights
-    and their place in the weight order."""
-    for layer in model._flatten_layers():
-        if isinstance(layer, keras.layers.GroupNormalization):
-            layer.__class__ = GroupNorm
-            if epsilon is not None:
-                layer.epsilon = epsilon
-    return model

@@ -1,6 +1,6 @@
 """Kernel routes: which kernel a UNet or ControlNet layer runs at a given size.
 
-Two layers have a choice. A `PaddedConv2D` runs as a matmul (over gathered
+Two layers have a choice. A `RoutedConv2D` runs as a matmul (over gathered
 patches for 3x3 kernels) or as a convolution; an `Attention` attends to all
 queries at once or in chunks that bound the scores in memory. Both choices
 depend on the feature-map size only.

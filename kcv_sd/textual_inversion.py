@@ -4,7 +4,7 @@ An embedding file holds one or more vectors as wide as the text encoder's
 token embeddings (768 for SD1.x). A token of n vectors becomes n new token
 ids after the vocabulary, read in prompts as `token`, `token_1`, ...
 `token_{n-1}` would be in diffusers (which expands `token` to them); the
-vectors are rows of the text encoder's `ExtensibleCLIPEmbedding`, and the
+vectors are rows of the text encoder's `CLIPEmbedding`, and the
 pipeline's tokenizer maps the token's text to its ids.
 
 Files read:
@@ -22,7 +22,7 @@ from kcv_sd.convert.checks import TEXT_WIDTH_FAMILIES
 from kcv_sd.convert.errors import CheckpointError
 from kcv_sd.convert.state_dict import check_readable
 from kcv_sd.errors import InvalidArgumentError
-from kcv_sd.text_encoder import ExtensibleCLIPEmbedding
+from kcv_sd.text_encoder import CLIPEmbedding
 
 
 def read_embedding(path, allow_pickle=False):
@@ -70,7 +70,7 @@ def token_names(token, count):
 
 
 def embedding_layer(text_encoder):
-    (layer,) = [layer for layer in text_encoder.layers if isinstance(layer, ExtensibleCLIPEmbedding)]
+    (layer,) = [layer for layer in text_encoder.layers if isinstance(layer, CLIPEmbedding)]
     return layer
 
 

@@ -1,9 +1,8 @@
-"""CLIP prompt tokenizer for Stable Diffusion, using KerasCV's BPE tokenizer.
+"""CLIP prompt tokenizer for Stable Diffusion: finding the vocabulary, padding, added tokens.
 
-The BPE logic is KerasCV's own ``SimpleTokenizer``, so prompt ids match
-``keras_cv.models.StableDiffusion`` exactly. This module only adds what
-KerasCV lacks: finding the vocabulary file without a network connection, and
-clear errors.
+The BPE itself is `kcv_sd.bpe`, whose ids are KerasCV's. This module adds
+what KerasCV lacks: finding the vocabulary file without a network
+connection, and clear errors.
 
 The vocabulary ``bpe_simple_vocab_16e6.txt.gz`` is looked up in this order:
 
@@ -33,8 +32,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer
 
+from kcv_sd.bpe import MERGES_USED, BytePairEncoder
 from kcv_sd.cache import cached_download, keras_home
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
 
@@ -49,10 +48,7 @@ VOCABULARY_SHA256 = (
     "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 )
 
-# SimpleTokenizer reads merges lines [1 : 49152 - 256 - 2 + 1]: the vocabulary
-# is 49152 ids, less 256 byte symbols and 2 special tokens.
 _MERGES_HEADER = b"#version: 0.2\n"
-_MERGES_USED_BY_KERAS_CV = 49152 - 256 - 2
 # A merge line is two non-blank symbols separated by one space.
 _MERGE_LINE = re.compile(r"\S+ \S+")
 
@@ -105,7 +101,7 @@ def _extract_merges(binary_path):
         if not _MERGE_LINE.fullmatch(line):
             break
         merges.append(line)
-    if len(merges) < _MERGES_USED_BY_KERAS_CV:
+    if len(merges) < MERGES_USED:
         return None
     return _MERGES_HEADER + "".join(f"{m}\n" for m in merges).encode("utf-8")
 
@@ -167,7 +163,7 @@ class ClipTokenizer:
 
     def __init__(self, bpe_path=None):
         vocabulary = find_vocabulary_file(bpe_path)
-        self._bpe = SimpleTokenizer(bpe_path=str(vocabulary))
+        self._bpe = BytePairEncoder(vocabulary)
 
     @property
     def start(self):

@@ -13,7 +13,7 @@ from keras import ops
 
 from kcv_sd.group_norm import GroupNorm
 from kcv_sd.routing import routes
-from kcv_sd.unet_blocks import PaddedConv2D, ResBlock, SpatialTransformer, Upsample
+from kcv_sd.unet_blocks import ResBlock, RoutedConv2D, SpatialTransformer, Upsample
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
@@ -52,7 +52,7 @@ class UNetEncoder:
         init = initializer
         self.time_dense1 = keras.layers.Dense(c.time_embed_dim, kernel_initializer=init)
         self.time_dense2 = keras.layers.Dense(c.time_embed_dim, kernel_initializer=init)
-        self.conv_in = PaddedConv2D(c.block_channels[0], 3, padding=1, kernel_initializer=init)
+        self.conv_in = RoutedConv2D(c.block_channels[0], 3, padding=1, kernel_initializer=init)
 
         # Per level, (resblock, transformer or None) pairs, then a stride-2
         # conv except on the last level.
@@ -69,7 +69,7 @@ class UNetEncoder:
                 skip_channels.append(channels)
             downsample = None
             if level < len(c.block_channels) - 1:
-                downsample = PaddedConv2D(channels, 3, strides=2, padding=1,
+                downsample = RoutedConv2D(channels, 3, strides=2, padding=1,
                                           kernel_initializer=init, level=level)
                 skip_channels.append(channels)
             self.down_levels.append((blocks, downsample))
@@ -149,7 +149,7 @@ class UNet(UNetEncoder):
         self.norm_out = GroupNorm(groups=c.norm_groups, epsilon=c.norm_epsilon)
         # The 4-channel exit conv is cheap: keep it in float32 so the sampler
         # never sees float16 noise predictions.
-        self.conv_out = PaddedConv2D(c.latent_channels, 3, padding=1,
+        self.conv_out = RoutedConv2D(c.latent_channels, 3, padding=1,
                                      kernel_initializer=init, dtype="float32")
         self._models = {}
 

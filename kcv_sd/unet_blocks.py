@@ -17,6 +17,8 @@ from keras import ops
 
 from kcv_sd import dense_rows, routing, token_merging
 from kcv_sd.group_norm import GroupNorm
+from kcv_sd.padded_conv import PaddedConv2D
+
 
 def weights_policy(policy):
     """The dtype policy of a layer with large weights (convolutions, dense).
@@ -33,32 +35,20 @@ def weights_policy(policy):
     return policy
 
 
-class PaddedConv2D(keras.layers.Layer):
-    """Zero padding then a valid convolution (symmetric, unlike 'same' at stride 2).
-
-    The variables are a plain `Conv2D`'s (KerasCV's weight order); the
-    computation is a matmul for 1x1 kernels and, for larger kernels, a matmul
-    over patches when the input has few rows per input channel, else the
-    convolution: the route `kcv_sd.routing` chooses.
+class RoutedConv2D(PaddedConv2D):
+    """A `PaddedConv2D` whose kernel `kcv_sd.routing` chooses: a matmul for
+    1x1 kernels and, for larger kernels, a matmul over patches when the input
+    has few rows per input channel, else the convolution. Its weights are
+    stored in the compute dtype (`weights_policy`).
     """
 
     def __init__(self, filters, kernel_size, padding=0, strides=1,
                  kernel_initializer="glorot_uniform", level=0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(filters, kernel_size, padding, strides, kernel_initializer, **kwargs)
         self.level = level  # halvings of the latent at this layer's input
-        self.padding2d = keras.layers.ZeroPadding2D(padding, dtype=self.dtype_policy)
-        self.conv2d = keras.layers.Conv2D(
-            filters, kernel_size, strides=strides,
-            kernel_initializer=kernel_initializer, dtype=weights_policy(self.dtype_policy),
-        )
-        self.kernel_size = kernel_size
-        self.strides = strides
 
-    def build(self, input_shape):
-        self.conv2d.build(self.padding2d.compute_output_shape(input_shape))
-
-    def compute_output_shape(self, input_shape):
-        return self.conv2d.compute_output_shape(self.padding2d.compute_output_shape(input_shape))
+    def conv_policy(self):
+        return weights_policy(self.dtype_policy)
 
     def _patches(self, padded):
         """(batch, out_h, out_w, k*k*channels), taps in the kernel's (row,
@@ -123,15 +113,15 @@ class ResBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         policy = self.dtype_policy
         self.norm1 = _group_norm(groups, epsilon, policy)
-        self.conv1 = PaddedConv2D(output_channels, 3, padding=1,
+        self.conv1 = RoutedConv2D(output_channels, 3, padding=1,
                                   kernel_initializer=initializer, level=level, dtype=policy)
         self.embedding_projection = _dense(output_channels, initializer, dtype=policy)
         self.norm2 = _group_norm(groups, epsilon, policy)
-        self.conv2 = PaddedConv2D(output_channels, 3, padding=1,
+        self.conv2 = RoutedConv2D(output_channels, 3, padding=1,
                                   kernel_initializer=initializer, level=level, dtype=policy)
         self.skip_projection = None
         if input_channels != output_channels:
-            self.skip_projection = PaddedConv2D(
+            self.skip_projection = RoutedConv2D(
                 output_channels, 1, kernel_initializer=initializer, dtype=policy
             )
         self.output_channels = output_channels
@@ -342,11 +332,11 @@ class SpatialTransformer(keras.layers.Layer):
         super().__init__(**kwargs)
         policy = self.dtype_policy
         self.norm = _group_norm(groups, epsilon, policy)
-        self.proj_in = PaddedConv2D(channels, 1, kernel_initializer=initializer, dtype=policy)
+        self.proj_in = RoutedConv2D(channels, 1, kernel_initializer=initializer, dtype=policy)
         self.transformer_block = TransformerBlock(
             num_heads, channels // num_heads, gelu_approximate, initializer, level=level, dtype=policy
         )
-        self.proj_out = PaddedConv2D(channels, 1, kernel_initializer=initializer, dtype=policy)
+        self.proj_out = RoutedConv2D(channels, 1, kernel_initializer=initializer, dtype=policy)
 
     def build(self, input_shape):
         x_shape, context_shape = input_shape
@@ -382,7 +372,7 @@ class Upsample(keras.layers.Layer):
         super().__init__(**kwargs)
         self.level = level  # the input's; the output is one level up
         self.ups = keras.layers.UpSampling2D(2, dtype=self.dtype_policy)
-        self.conv = PaddedConv2D(channels, 3, padding=1, kernel_initializer=initializer,
+        self.conv = RoutedConv2D(channels, 3, padding=1, kernel_initializer=initializer,
                                  level=level - 1, dtype=self.dtype_policy)
 
     def build(self, input_shape):

@@ -4,13 +4,17 @@ import shutil
 
 import numpy as np
 import pytest
-from keras_cv.src.models.stable_diffusion.text_encoder import CLIPEmbedding
-from references import TINY_FAMILY_DIFFUSERS, state_dicts, tiny_family_references, write_diffusers_folder
+from references import (
+    TINY_FAMILY_DIFFUSERS,
+    state_dicts,
+    tiny_family_references,
+    write_diffusers_folder,
+)
 
 from kcv_sd import config as unet_configs
 from kcv_sd.convert import CheckpointError, convert_diffusers_folder
 from kcv_sd.errors import InvalidArgumentError, WeightsNotFoundError
-from kcv_sd.text_encoder import TINY_TEXT, build_text_encoder
+from kcv_sd.text_encoder import TINY_TEXT, CLIPEmbedding, build_text_encoder
 from kcv_sd.unet import UNet
 from kcv_sd.vae import TINY_VAE, build_decoder, build_encoder
 

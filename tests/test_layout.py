@@ -29,6 +29,18 @@ def test_control_image_side_and_package_import_load_no_tensorflow():
     assert run(LIGHT) == "[]"
 
 
+def test_a_generation_imports_neither_kerascv_nor_torch():
+    """kcv-sd owns its blocks: importing KerasCV would import all of it, and
+    torch first where torch is installed (docs/latency_levers.md, section 24)."""
+    code = "; ".join([
+        "import sys, kcv_sd",
+        "kcv_sd.generate('a', width=64, height=64, model='tiny', weights='random', num_inference_steps=1,"
+        " output_type='np', jit_compile=False)",
+        "print(sorted({'keras_cv', 'torch', 'keras_hub'} & set(sys.modules)))",
+    ])
+    assert run(code) == "[]"
+
+
 def project_imports(path, name):
     """The project modules that the module `name` (file `path`) imports,
     anywhere in it: at the top or inside a function."""

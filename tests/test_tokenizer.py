@@ -84,6 +84,13 @@ def test_ids_match_instant_clip_tokenizer(clip_tokenizer, prompt):
     assert clip_tokenizer.encode(prompt) == expected
 
 
+@pytest.mark.parametrize("prompt", [*PROMPTS, "<|endoftext|> &amp;amp; x", "a <|startoftext|>b"])
+def test_ids_match_kerascv_tokenizer(clip_tokenizer, extracted_vocabulary, prompt):
+    from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer
+
+    assert clip_tokenizer.encode(prompt) == SimpleTokenizer(str(extracted_vocabulary)).encode(prompt)
+
+
 def test_known_ids(clip_tokenizer):
     assert clip_tokenizer.encode("A person riding a motorcycle") == [
         49406, 320, 2533, 6765, 320, 10297, 49407,

@@ -228,7 +228,7 @@ def test_padded_conv_as_matmul_equals_the_convolution(kernel, strides, padding, 
                                                       spatial_shape_known, monkeypatch):
     """Both routes (0: convolution except 1x1; 10**6: matmul) give the
     convolution's result, also traced for any height and width."""
-    layer = unet_blocks.PaddedConv2D(5, kernel, padding=padding, strides=strides)
+    layer = unet_blocks.RoutedConv2D(5, kernel, padding=padding, strides=strides)
     x = np.random.default_rng(kernel + strides).standard_normal((2, 7, 9, 6)).astype("float32")
     layer.build(x.shape)
     layer.conv2d.bias.assign(np.linspace(-1, 1, 5))
@@ -247,7 +247,7 @@ def _op_types(fn, *specs):
 def test_patches_at_any_size_slice_each_tap_once_without_shape_arithmetic(kernel, strides):
     """Graph ops are what a first call traces and optimises: each tap is one slice with constant bounds, also
     where height and width are only known at run time."""
-    layer = unet_blocks.PaddedConv2D(5, kernel, padding=1, strides=strides)
+    layer = unet_blocks.RoutedConv2D(5, kernel, padding=1, strides=strides)
     layer.build((2, 7, 9, 6))
     types = _op_types(layer._patches, tf.TensorSpec((None, None, None, 6), tf.float32))
     assert types.count("StridedSlice") == kernel**2 and "Shape" not in types and "Pack" not in types
@@ -269,10 +269,10 @@ def test_dense_on_tokens_is_keras_dense_without_tensordot(use_bias):
 def test_padded_conv_takes_the_matmul_for_few_rows_per_channel(height, width, route, monkeypatch):
     """8 channels: 1x2x2 = 4 input rows -> matmul; 1x4x4 = 16 rows -> convolution."""
     taken = []
-    original = unet_blocks.PaddedConv2D._as_matmul
-    monkeypatch.setattr(unet_blocks.PaddedConv2D, "_as_matmul",
+    original = unet_blocks.RoutedConv2D._as_matmul
+    monkeypatch.setattr(unet_blocks.RoutedConv2D, "_as_matmul",
                         lambda self, padded: taken.append("matmul") or original(self, padded))
-    layer = unet_blocks.PaddedConv2D(8, 3, padding=1)
+    layer = unet_blocks.RoutedConv2D(8, 3, padding=1)
     layer(np.ones((1, height, width, 8), "float32"))
     assert (taken == ["matmul"]) == (route == "matmul")
 
@@ -290,8 +290,8 @@ def test_static_routes_take_the_run_time_routes(tiny_unet, monkeypatch):
     choose at run time, with the same results. A small score budget makes the
     top level's attention chunk, so both routes of both layer kinds occur."""
     taken = []
-    as_matmul, in_chunks = unet_blocks.PaddedConv2D._as_matmul, unet_blocks._attend_in_chunks
-    monkeypatch.setattr(unet_blocks.PaddedConv2D, "_as_matmul",
+    as_matmul, in_chunks = unet_blocks.RoutedConv2D._as_matmul, unet_blocks._attend_in_chunks
+    monkeypatch.setattr(unet_blocks.RoutedConv2D, "_as_matmul",
                         lambda self, padded: taken.append("matmul") or as_matmul(self, padded))
     monkeypatch.setattr(unet_blocks, "_attend_in_chunks",
                         lambda *args: taken.append("chunked") or in_chunks(*args))
@@ -311,7 +311,7 @@ def test_accelerators_keep_their_convolutions(tiny_unet):
     """On a GPU or TPU only 1x1 convolutions are matmuls (the CPU's patch
     matmuls stay on CPUs); attention chunks by the same budget."""
     convolutions = [layer for top in tiny_unet.model().layers for layer in top._flatten_layers(include_self=True)
-                    if isinstance(layer, unet_blocks.PaddedConv2D)]
+                    if isinstance(layer, unet_blocks.RoutedConv2D)]
     size = (1, 8, 8, 77)
     assert "matmul" in {conv.route(size) for conv in convolutions if conv.kernel_size == 3}  # on the CPU
     for device in ("gpu", "tpu"):

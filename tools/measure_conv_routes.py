@@ -1,7 +1,7 @@
-"""`PaddedConv2D`'s two routes on SD1.5 shapes: convolution vs matmul over patches.
+"""`RoutedConv2D`'s two routes on SD1.5 shapes: convolution vs matmul over patches.
 
 For each (precision, kernel, side, input channels -> output channels) one
-`kcv_sd.unet_blocks.PaddedConv2D` (batch 2, random weights) runs its
+`kcv_sd.unet_blocks.RoutedConv2D` (batch 2, random weights) runs its
 convolution (`layer.conv2d` on the padded input) and its matmul route
 (`layer._as_matmul`), each in its own `tf.function`, alternately, `--reps`
 times after a warm-up; the table gives the medians, the matmul/convolution
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcv_sd.precision import dtype_policy_scope
-from kcv_sd.unet_blocks import PaddedConv2D
+from kcv_sd.unet_blocks import RoutedConv2D
 from measure_unet_efficiency import seconds  # tools/ is on the path when run as a script
 
 # (side, input channels, output channels): SD1.5 UNet levels at 128x128 to 1024x1024 pixels.
@@ -31,7 +31,7 @@ SHAPES = [(2, 1280, 1280), (4, 1280, 1280), (8, 1280, 1280), (16, 1280, 1280), (
 
 def measure(precision, kernel, side, channels_in, channels_out, reps):
     with dtype_policy_scope(precision):
-        layer = PaddedConv2D(channels_out, kernel, padding=kernel // 2)
+        layer = RoutedConv2D(channels_out, kernel, padding=kernel // 2)
         x = np.random.default_rng(side).standard_normal((2, side, side, channels_in)).astype("float32")
         layer.build(x.shape)
     x = tf.cast(x, layer.compute_dtype)

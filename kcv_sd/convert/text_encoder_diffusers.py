@@ -1,22 +1,19 @@
 """transformers' `CLIPTextModel` (text_encoder/model.safetensors) -> `build_text_encoder`'s model.
 
 SD1.x conditions on OpenAI's CLIP ViT-L/14 text tower: 12 layers, 768 wide,
-quick_gelu, 196 weight tensors. Our model is made of the same KerasCV layers,
-so each CLIP module maps to one of them. Files saved by transformers < 5 (the
+quick_gelu, 196 weight tensors. Our model has the same layers
+(`kcv_sd.text_encoder`), so each CLIP module maps to one of them. Files saved by transformers < 5 (the
 Hub's SD1.5 ones) prefix every key with "text_model."; transformers 5 saves
 them without it. Both are read.
 """
 
 import keras
-from keras_cv.src.models.stable_diffusion.text_encoder import (
-    CLIPEmbedding,
-    CLIPEncoderLayer,
-)
 
 from kcv_sd.convert.checks import TEXT_WIDTH_FAMILIES, describe
 from kcv_sd.convert.errors import CheckpointError
 from kcv_sd.convert.porter import WeightPorter
 from kcv_sd.convert.ports import port_dense, port_norm
+from kcv_sd.text_encoder import CLIPEmbedding, CLIPEncoderLayer
 
 PREFIXES = ("text_model.", "")
 TOKEN_EMBEDDING = "embeddings.token_embedding.weight"

@@ -8,15 +8,13 @@ the i-th level of the sequence. SD1.5's VAE has 248 keys (decoder 138,
 post_quant_conv 2, encoder 106, quant_conv 2).
 """
 
-from keras_cv.src.models.stable_diffusion.attention_block import AttentionBlock
-from keras_cv.src.models.stable_diffusion.padded_conv2d import PaddedConv2D
-from keras_cv.src.models.stable_diffusion.resnet_block import ResnetBlock
-
 from kcv_sd.convert.checks import describe
 from kcv_sd.convert.errors import CheckpointError
 from kcv_sd.convert.porter import WeightPorter
 from kcv_sd.convert.ports import port_conv, port_norm
 from kcv_sd.group_norm import GroupNorm
+from kcv_sd.padded_conv import PaddedConv2D
+from kcv_sd.vae_blocks import AttentionBlock, ResnetBlock
 from kcv_sd.weights import weighted_layers
 
 LEVELS = 4  # resolution levels `kcv_sd.vae` builds
@@ -32,18 +30,18 @@ ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def port_vae_resnet(porter, block, prefix):
-    """KerasCV `ResnetBlock` <- `ResnetBlock2D` (no timestep projection in a VAE)."""
+    """`ResnetBlock` <- `ResnetBlock2D` (no timestep projection in a VAE)."""
     port_norm(porter, block.norm1, f"{prefix}.norm1")
     port_conv(porter, block.conv1, f"{prefix}.conv1")
     port_norm(porter, block.norm2, f"{prefix}.norm2")
     port_conv(porter, block.conv2, f"{prefix}.conv2")
-    # KerasCV builds the 1x1 projection only where the channels change.
-    if isinstance(block.residual_projection, PaddedConv2D):
+    # The 1x1 projection exists only where the channels change.
+    if block.residual_projection is not None:
         port_conv(porter, block.residual_projection, f"{prefix}.conv_shortcut")
 
 
 def port_vae_attention(porter, block, prefix):
-    """KerasCV `AttentionBlock` (1x1 convs) <- diffusers' single-head VAE `Attention`."""
+    """`AttentionBlock` (1x1 convs) <- diffusers' single-head VAE `Attention`."""
     port_norm(porter, block.norm, f"{prefix}.group_norm")
     for ours, theirs in zip(("q", "k", "v", "proj_out"), ATTENTION_PROJECTIONS):
         port_conv(porter, getattr(block, ours), f"{prefix}.{theirs}")
