@@ -13,7 +13,6 @@ on CPUs without XLA (`chosen_folder`).
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import tempfile
@@ -38,13 +37,6 @@ SUFFIX = ".graph"
 
 # Environment variables that change which rewrites TensorFlow makes when it optimises a graph.
 GRAPH_ENVIRONMENT = ("TF_ENABLE_ONEDNN_OPTS", "TF_DISABLE_MKL", "TF_ENABLE_MKL_NATIVE_FORMAT")
-
-
-def _version(package):
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _environment_setting():
@@ -92,7 +84,7 @@ def code_digest():
 
 def graph_key(description, variables, signature):
     """The file name of a function's graph: everything that shapes the graph, nothing that only fills it."""
-    parts = [FORMAT, code_digest(), tf.__version__, keras.__version__, _version("keras-cv"),
+    parts = [FORMAT, code_digest(), tf.__version__, keras.__version__,
              sorted(devices.cpu_flags()), {name: os.environ.get(name) for name in GRAPH_ENVIRONMENT}, description,
              [(tuple(v.shape), str(v.dtype)) for v in variables], repr(signature)]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:40]
