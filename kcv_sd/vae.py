@@ -37,7 +37,6 @@ def build_decoder(config=SD15_VAE, name="decoder"):
     """Sequential model: latent (B, h, w, 4) -> image (B, 8h, 8w, 3) in [-1, 1]."""
     c0, c1, c2, c3 = config.block_channels
     eps = config.norm_epsilon
-
     layers = [
         keras.Input((None, None, config.latent_channels)),
         keras.layers.Rescaling(1.0 / LATENT_SCALE),

@@ -15,10 +15,6 @@ from kcv_sd.group_norm import GroupNorm
 from kcv_sd.padded_conv import PaddedConv2D
 
 
-def _with_channels(shape, channels):
-    return tuple(shape[:-1]) + (channels,)
-
-
 class ResnetBlock(keras.layers.Layer):
     """x + conv(swish(norm(conv(swish(norm(x)))))), with a 1x1 projection of
     x where the channel count changes (created at build, so it comes last in
@@ -34,7 +30,7 @@ class ResnetBlock(keras.layers.Layer):
         self.residual_projection = None
 
     def build(self, input_shape):
-        inner = _with_channels(input_shape, self.output_dim)
+        inner = self.conv1.compute_output_shape(input_shape)
         self.norm1.build(input_shape)
         self.conv1.build(input_shape)
         self.norm2.build(inner)
@@ -44,7 +40,7 @@ class ResnetBlock(keras.layers.Layer):
             self.residual_projection.build(input_shape)
 
     def compute_output_shape(self, input_shape):
-        return _with_channels(input_shape, self.output_dim)
+        return self.conv1.compute_output_shape(input_shape)  # conv2 keeps it
 
     def call(self, inputs):
         x = self.conv1(keras.activations.swish(self.norm1(inputs)))
