@@ -15,8 +15,8 @@ from bench.interleaved import run_interleaved_pairs
 from bench.launch import graph_folder, run_worker
 from bench.records import build_record, cold_parts, field, skipped_record
 
-SCHEMA_VERSION = 6  # 2: ControlNet axis, peak memory, ablation; 3: interleaved pairs; 4: other load, images' RSS;
-# 5: fresh memory rate; 6: the graph cache's state, cold starts with it filled
+SCHEMA_VERSION = 7  # 2: ControlNet axis, peak memory, ablation; 3: interleaved pairs; 4: other load, images' RSS;
+# 5: fresh memory rate; 6: the graph cache's state, cold starts with it filled; 7: the control embedding's stage
 PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy", "torch", "diffusers", "transformers", "openvino")
 # Quoted in the project issue from the KerasCV Stable Diffusion benchmark (GPU, pretrained weights), shown beside ours
 # and labelled as such; never measured here.

@@ -26,13 +26,17 @@ DEFINITIONS = """\
   over the repeats.
 - **Stages**: text encoding (prompt and empty negative prompt), one guided denoising step (UNet on both halves,
   guidance, update), VAE decoding, each synchronised; host overhead is the warm median minus text encoding, steps
-  x step time and decoding (tokenization, noise, scheduling, Python glue). It comes out slightly negative when the
+  x step time and decoding (and, with a ControlNet, the control image's embedding) (tokenization, noise,
+  scheduling, Python glue). It comes out slightly negative when the
   separately synchronised stages add up to more than a whole image: read small values as zero.
 - **Step s**: one guided denoising step as the configuration runs it (with its ControlNet when ControlNet is on).
 - **ControlNet**: one random ControlNet of the SD1.5 depth ControlNet's architecture on every step, fed a
-  synthetic depth map; KerasCV and the OpenVINO peer have none. In the same stage passes the plain UNet step and the ControlNet alone (on
-  the guided batch) are timed beside the ControlNet step; the step ratio is UNet+ControlNet step / UNet step, both
-  medians from one process.
+  synthetic depth map; KerasCV and the OpenVINO peer have none. kcv-sd embeds the control image once per call (the
+  hint encoder; diffusers runs it in every step) and times that apart. In the same stage passes the plain UNet step
+  and the ControlNet alone (on the guided batch, from the embedding) are timed beside the ControlNet step; the step
+  ratio is UNet+ControlNet step / UNet step, both medians from one process. The FLOP ratio is 1 + the ControlNet's
+  analytic FLOPs per step / the UNet's (`bench/flops.py`): the step ratio of a ControlNet that runs at the UNet's
+  FLOP rate.
 - **UNet GFLOP/s**: an analytic count of the UNet's convolutions, dense layers and attention matmuls
   (`bench/flops.py`) for one guided step, divided by the median time of the plain UNet step, beside the matmul
   rate in the precision's compute dtype (float32; bfloat16 for bfloat16 and mixed_bfloat16; float16 likewise) on the

@@ -8,7 +8,7 @@ TensorFlow.
 
 import tensorflow as tf
 
-from bench.flops import unet_flops
+from bench.flops import controlnet_flops, unet_flops
 from bench.measure import tf_sync, timed
 from kcv_sd.components import family_by_name
 from kcv_sd.tokenizer import MAX_PROMPT_LENGTH, get_tokenizer
@@ -38,6 +38,8 @@ def job(spec, result):
     result["devices"] = devices()
     result["matmul"] = {"compare_sizes": list(COMPARE_SIZES), "flops_per_s_by_dtype": rates}
     result["token_ids"] = get_tokenizer().pad_batch([w["prompt"], ""]).tolist()
-    # A guided step runs the UNet on both halves: twice the images.
-    result["unet_step_flops"] = unet_flops(family_by_name(w["model"]).unet, w["height"] // 8, w["width"] // 8,
-                                           batch=2 * w["batch"], context_length=MAX_PROMPT_LENGTH)
+    # A guided step runs the UNet (and a ControlNet) on both halves: twice the images.
+    family, size = family_by_name(w["model"]), (w["height"] // 8, w["width"] // 8)
+    result["unet_step_flops"] = unet_flops(family.unet, *size, batch=2 * w["batch"], context_length=MAX_PROMPT_LENGTH)
+    result["controlnet_step_flops"] = controlnet_flops(family.controlnet, *size, batch=2 * w["batch"],
+                                                       context_length=MAX_PROMPT_LENGTH)

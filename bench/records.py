@@ -2,8 +2,8 @@
 
 The first image is split into first-call overhead (tracing, compilation) and the image itself, taken as the warm
 median; `cold_filled` is a second fresh process of a kcv-sd row whose own process wrote graphs to the graph cache.
-Host overhead is the warm median less the timed stages. With a ControlNet, the ControlNet step, the plain UNet
-step and the ControlNet alone come from the same passes; the UNet's FLOP/s use the plain step, beside the matmul
+Host overhead is the warm median less the timed stages. With a ControlNet, its embedding of the control image (once
+per call), the ControlNet step, the plain UNet step and the ControlNet alone come from the same passes; the UNet's FLOP/s use the plain step, beside the matmul
 rate of the precision's compute dtype.
 """
 
@@ -82,11 +82,13 @@ def _stages(passes, steps, warm_median):
     stages = {"text_encoding_s": statistics.median(p["text_encoding_s"] for p in passes),
               "step_s": over_steps("step_s"), "decode_s": statistics.median(p["decode_s"] for p in passes),
               "passes": len(passes)}
-    timed = stages["text_encoding_s"] + steps * stages["step_s"] + stages["decode_s"]
-    stages["host_overhead_s"] = warm_median - timed
-    if "unet_step_s" in passes[0]:
-        stages.update(unet_step_s=over_steps("unet_step_s"), controlnet_s=over_steps("controlnet_s"))
+    if "unet_step_s" in passes[0]:  # with a ControlNet: its embedding of the control image once per call
+        stages.update(control_embedding_s=statistics.median(p["control_embedding_s"] for p in passes),
+                      unet_step_s=over_steps("unet_step_s"), controlnet_s=over_steps("controlnet_s"))
         stages["controlnet_step_ratio"] = stages["step_s"] / stages["unet_step_s"]
+    timed = (stages["text_encoding_s"] + stages.get("control_embedding_s", 0) + steps * stages["step_s"]
+             + stages["decode_s"])
+    stages["host_overhead_s"] = warm_median - timed
     return stages
 
 
@@ -114,6 +116,9 @@ def build_record(run, raw, workload, unet_step_flops, probe):
         memory=memory if "peak_rss_bytes" in raw else None, other_load_cores=raw.get("other_load_cores"),
         fresh_memory_gib_s=raw.get("fresh_memory_gib_s"))
     stages = record["stages"]
+    if field(stages, "controlnet_step_ratio") and unet_step_flops and probe.get("controlnet_step_flops"):
+        # The ratio a ControlNet running at the UNet's FLOP rate reaches (`bench.flops.controlnet_flops`).
+        stages["controlnet_flop_ratio"] = 1 + probe["controlnet_step_flops"] / unet_step_flops
     if stages and unet_step_flops:
         achieved = unet_step_flops / stages.get("unet_step_s", stages["step_s"])
         matmul = field(probe, "matmul", "flops_per_s_by_dtype", compute_dtype(run.precision))

@@ -38,8 +38,9 @@ class Runner(TFDevice):
         if config.get("controlnet"):
             self.controlnet = resolve_controlnet(self.pipeline, "random")
             self.control_image = depth_ramp(w["width"], w["height"])
-            # The ControlNet alone, on the guided (doubled) batch, as the step runs it.
-            self._controlnet_alone = tf.function(self.controlnet.model(), jit_compile=config["xla"])
+            # The ControlNet alone, on the guided (doubled) batch, as the step runs it (from the control image's
+            # embedding, which a call computes once).
+            self._controlnet_alone = tf.function(self.controlnet.step_model(), jit_compile=config["xla"])
             self.notes.append("random ControlNet (the family's ControlNet architecture) on every step")
 
     def graph_sources(self):
@@ -52,17 +53,18 @@ class Runner(TFDevice):
 
     def stages(self, seed):
         """Text encoding, guided denoising steps and decoding, each synchronised. Each step is a one-step `denoise`
-        call: the compiled step the full schedule runs. With a ControlNet, the plain UNet step and the ControlNet
-        alone follow every step on the same inputs."""
+        call: the compiled step the full schedule runs. With a ControlNet, the control image's embedding (once per
+        call) comes first, and the plain UNet step and the ControlNet alone follow every step on the same inputs."""
         w, p = self.workload, self.pipeline
         encodings, text_encoding_s = timed(p.encode_prompts, [w["prompt"], ""], sync=tf_sync)
         context = tf.repeat(encodings, w["batch"], axis=0)
         latent = keras.random.normal((w["batch"], w["height"] // 8, w["width"] // 8, p.config.latent_channels),
                                      seed=seed)
-        plan = None
+        plan, times = None, {"step_s": []}
         if self.controlnet is not None:
             plan = p.plan_control(self.controlnet, self.control_image, 1, w["width"], w["height"], w["batch"])
-        times = {"step_s": [], "unet_step_s": [], "controlnet_s": []} if plan else {"step_s": []}
+            plan, times["control_embedding_s"] = timed(p.embed_control, plan, sync=lambda out: tf_sync(out.embeddings))
+            times.update(unet_step_s=[], controlnet_s=[])
         for _ in range(w["steps"]):
             next_latent = timed_into(times["step_s"], p.denoise, latent, context, 1, w["guidance_scale"], True,
                                      control=plan, sync=tf_sync)
@@ -79,4 +81,4 @@ class Runner(TFDevice):
         doubled = tf.concat([latent, latent], axis=0)
         t_embed = timestep_embedding(np.array([500.0], np.float32), self.pipeline.config.timestep_dim)
         return {"latent": doubled, "timestep_embedding": tf.repeat(t_embed, tf.shape(doubled)[0], axis=0),
-                "context": context, "control_image": tf.concat([plan.images[0]] * 2, axis=0)}
+                "context": context, "control_embedding": tf.concat([plan.embeddings[0]] * 2, axis=0)}

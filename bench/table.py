@@ -87,11 +87,18 @@ def stage_rows(records):
 
 
 def controlnet_rows(records):
-    """UNet step, ControlNet alone and the two together, timed in the same passes."""
-    headers = KEY_HEADERS[:3] + ["UNet step s", "ControlNet alone s", "UNet+ControlNet step s", "step ratio"]
-    rows = [_key(r)[:3] + [seconds(r["stages"][key]) for key in ("unet_step_s", "controlnet_s", "step_s")]
-            + [f"{ratio:.2f}x"] for r in records if (ratio := field(r, "stages", "controlnet_step_ratio")) is not None]
-    return headers, rows
+    """The control image's embedding (once per call), UNet step, ControlNet alone and the two together, timed in the
+    same passes; beside the step ratio, the ratio of their FLOPs (what the step ratio is at the UNet's FLOP rate)."""
+    headers = KEY_HEADERS[:3] + ["embedding per call s", "UNet step s", "ControlNet alone s", "UNet+ControlNet step s",
+                                 "step ratio", "FLOP ratio"]
+    keys = ("control_embedding_s", "unet_step_s", "controlnet_s", "step_s")
+    return headers, [_key(r)[:3] + [seconds(r["stages"].get(key)) for key in keys]
+                     + [_times(r["stages"]["controlnet_step_ratio"]), _times(r["stages"].get("controlnet_flop_ratio"))]
+                     for r in records if field(r, "stages", "controlnet_step_ratio") is not None]
+
+
+def _times(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def interleaved_rows(interleaved):

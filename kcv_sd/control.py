@@ -193,6 +193,9 @@ class ControlPlan:
     scales: list  # conditioning scale per ControlNet
     keep: np.ndarray  # bool (steps, controlnets)
     guess_mode: bool
+    # Each ControlNet's embedding of its images, float32 (B, h, w, C0) (`kcv_sd.pipeline.Pipeline.embed_control`);
+    # None: the denoising loop computes them.
+    embeddings: tuple = None
 
     def loaded(self, config, precision):
         """This plan with its ControlNets loaded (`load_controlnet`)."""
@@ -207,7 +210,7 @@ class ControlPlan:
     def for_batch(self, batch):
         """This plan with each control image repeated over a batch of `batch` latents, (batch, H, W, 3)."""
         return dataclasses.replace(self, images=[tf.repeat(tf.convert_to_tensor(image)[None], batch, axis=0)
-                                                 for image in self.images])
+                                                 for image in self.images], embeddings=None)
 
     def step_scales(self, step, num_residuals):
         """Per-ControlNet, per-residual multipliers at `step`, float32 (n, residuals)."""

@@ -3,7 +3,10 @@
 `ControlNet` owns the layers; `ControlNet.model()` wires them into a
 functional model whose outputs are named like the residual inputs of
 `UNet.model(with_control=True)`, so one feeds the other by name. The control
-image enters through `ConditioningEmbedding`, the hint encoder.
+image enters through `ConditioningEmbedding`, the hint encoder. Its output
+depends on the control image alone, so a pipeline computes it once per call
+(`embedding_model()`) and every step runs the rest (`step_model()`), where
+diffusers runs the hint encoder again at every step, on both guidance halves.
 """
 
 import itertools
@@ -85,35 +88,63 @@ class ControlNet(UNetEncoder):
                            for ch in self.skip_channels]
         self.mid_zero_conv = RoutedConv2D(c.block_channels[-1], 1, kernel_initializer="zeros")
         self.output_names = control_input_names(c)
-        self._model = None
+        self._models = {}
 
-    def __call__(self, latent, t_embed, context, control_image):
-        """Wires the layers on (symbolic) tensors; returns residuals by name."""
+    def __call__(self, latent, t_embed, context, control_embedding):
+        """Wires the layers on (symbolic) tensors, from the control image's
+        embedding (`conditioning_embedding`'s output); returns residuals by name."""
         emb = self.embed_time(t_embed)
-        x = self.conv_in(latent) + self.conditioning_embedding(control_image)
+        features = self.conv_in(latent)
+        x = features + ops.cast(control_embedding, features.dtype)
         skips, x = self.encode(x, emb, context)
         residuals = [conv(skip) for conv, skip in zip(self.zero_convs, skips)]
         residuals.append(self.mid_zero_conv(x))
         return dict(zip(self.output_names, residuals))
 
+    def _step_inputs(self):
+        c = self.config.unet
+        return {
+            "latent": keras.Input((None, None, c.latent_channels), name="latent"),
+            "timestep_embedding": keras.Input((c.timestep_dim,), name="timestep_embedding"),
+            "context": keras.Input((None, c.context_dim), name="context"),
+        }
+
+    def _control_image(self):
+        return keras.Input((None, None, self.config.image_channels), name="control_image")
+
     def model(self):
-        """A functional model with named inputs, built once.
+        """The whole ControlNet as a functional model with named inputs, built once.
 
         Inputs: `latent` (B, h, w, latent_channels), `timestep_embedding`
         (B, timestep_dim), `context` (B, T, context_dim), `control_image`
         (B, 8h, 8w, 3) in [0, 1]. Outputs: a dict of residuals keyed by
         `kcv_sd.unet.control_input_names`, unscaled (see `kcv_sd.control.control_scales`).
+        Its weights are every weight of the ControlNet (what files hold).
         """
-        if self._model is None:
-            c = self.config.unet
-            inputs = {
-                "latent": keras.Input((None, None, c.latent_channels), name="latent"),
-                "timestep_embedding": keras.Input((c.timestep_dim,), name="timestep_embedding"),
-                "context": keras.Input((None, c.context_dim), name="context"),
-                "control_image": keras.Input((None, None, self.config.image_channels),
-                                             name="control_image"),
-            }
-            outputs = self(inputs["latent"], inputs["timestep_embedding"],
-                           inputs["context"], inputs["control_image"])
-            self._model = keras.Model(inputs, outputs, name="controlnet")
-        return self._model
+        if "whole" not in self._models:
+            inputs = {**self._step_inputs(), "control_image": self._control_image()}
+            embedding = self.conditioning_embedding(inputs["control_image"])
+            outputs = self(inputs["latent"], inputs["timestep_embedding"], inputs["context"], embedding)
+            self._models["whole"] = keras.Model(inputs, outputs, name="controlnet")
+        return self._models["whole"]
+
+    def embedding_model(self):
+        """The hint encoder alone: `control_image` (B, 8h, 8w, 3) in [0, 1] ->
+        its embedding, float32 (B, h, w, block_channels[0])."""
+        if "embedding" not in self._models:
+            image = self._control_image()
+            embedding = ops.cast(self.conditioning_embedding(image), "float32")
+            self._models["embedding"] = keras.Model(image, embedding, name="controlnet_embedding")
+        return self._models["embedding"]
+
+    def step_model(self):
+        """What a denoising step runs: `model()`'s inputs and outputs, but for
+        `control_embedding` (`embedding_model()`'s output) in place of the image."""
+        if "step" not in self._models:
+            channels = self.config.unet.block_channels[0]
+            inputs = {**self._step_inputs(),
+                      "control_embedding": keras.Input((None, None, channels), name="control_embedding")}
+            outputs = self(inputs["latent"], inputs["timestep_embedding"], inputs["context"],
+                           inputs["control_embedding"])
+            self._models["step"] = keras.Model(inputs, outputs, name="controlnet_step")
+        return self._models["step"]

@@ -550,6 +550,26 @@ class Pipeline:
         check_controlnets(plan.controlnets, self.config)
         return plan.for_batch(batch)
 
+    def embed_control(self, plan):
+        """`plan` (a `ControlPlan` whose images are repeated over the batch) with each ControlNet's embedding of
+        its images: they depend on the images alone, so a run computes them once and every step reuses them."""
+        def embedder(controlnet):
+            def build():
+                def embed(images):
+                    with device_routes(self.route_policy):  # sizes vary: the layers choose at run time
+                        return controlnet.embedding_model()(images)
+
+                model = controlnet.embedding_model()
+                return self._compile(embed, [tf.TensorSpec((None, None, None, 3), tf.float32)], cached=lambda: (
+                    model.weights, ["control embedding", self.components.precision, repr(controlnet.config),
+                                    epsilons(model), repr(self.route_policy)]))
+
+            return self._compiled.get(("control embedding", controlnet), build)
+
+        return dataclasses.replace(plan, embeddings=tuple(
+            embedder(controlnet)(tf.convert_to_tensor(images, tf.float32))
+            for controlnet, images in zip(plan.controlnets, plan.images)))
+
     def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim",
                 progress=False, control=None, start=None, guided_steps=None, deep_cache=None,
                 token_merging=None):
@@ -558,7 +578,8 @@ class Pipeline:
 
         `control` is a `kcv_sd.control.ControlPlan` over the steps that run
         (with a `start`, the last int(num_steps * strength)), its images
-        repeated over the batch; at steps where none of its ControlNets is
+        repeated over the batch and embedded once (here, unless
+        `embed_control` did it); at steps where none of its ControlNets is
         inside its guidance window the plain step runs. With `guided`, only
         the first `guided_steps` of the steps that run use guidance (None:
         all); later ones run the conditional half of `context` alone. With
@@ -593,11 +614,13 @@ class Pipeline:
                                [self.components.unet.feature_channels]], 0)
             state = (*state, tf.zeros(shape))
         num_residuals = self.config.num_skip_connections + 1
+        if control is not None and control.embeddings is None:
+            control = self.embed_control(control)
         inputs = LoopInputs(
             latent, state,
             timestep_embedding(schedule.timesteps, self.config.timestep_dim), context,
             tf.constant(guidance_scale, tf.float32), tf.constant(schedule.coefficients),
-            control_images=() if control is None else tuple(control.images),
+            control_embeddings=() if control is None else control.embeddings,
             control_scales=() if control is None else np.stack(
                 [control.step_scales(i, num_residuals) for i in range(count)]),
             control_keep=() if control is None else control.keep.any(axis=1),

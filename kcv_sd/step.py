@@ -2,8 +2,9 @@
 `LoopInputs`) and its body, which the step-by-step loop and the compiled
 `tf.while_loop` both run.
 
-A step predicts the noise with the UNet (and the ControlNets, their scaled
-residuals summed), combines the two classifier-free-guidance halves, applies
+A step predicts the noise with the UNet (and the ControlNets, from their
+control images' embeddings computed once per run, their scaled residuals
+summed), combines the two classifier-free-guidance halves, applies
 the sampler's update and, when inpainting, re-imposes the init latents
 outside the mask. A stochastic sampler's fresh noise is drawn inside the
 step from per-image keys and the step index (`fresh_noise`), so the
@@ -67,7 +68,7 @@ class StepInputs(NamedTuple):
     context: tf.Tensor  # (2B or B, T, context_dim): unconditional half first
     guidance_scale: tf.Tensor  # ()
     coefficients: tf.Tensor  # (K,): the sampler's row for this step
-    control_images: tuple = ()  # with ControlNets: one (B, H, W, 3) each
+    control_embeddings: tuple = ()  # with ControlNets: each one's embedding of its image (B, h, w, C0)
     control_scales: tf.Tensor = ()  # with ControlNets: (ControlNets, residuals)
     blend: tuple = ()  # inpainting: (init_latent, noise, mask (B, h, w, 1), level (2,))
     fresh: tuple = ()  # stochastic samplers: (noise keys (B, 2) int32, step index () int32)
@@ -84,7 +85,7 @@ class LoopInputs(NamedTuple):
     context: tf.Tensor
     guidance_scale: tf.Tensor
     coefficients: tf.Tensor  # (steps, K)
-    control_images: tuple = ()
+    control_embeddings: tuple = ()
     control_scales: tf.Tensor = ()  # (steps, ControlNets, residuals)
     control_keep: tf.Tensor = ()  # bool (steps,): any ControlNet inside its window
     conditional_context: tf.Tensor = ()  # with a cutoff: the conditional half of `context`
@@ -100,7 +101,7 @@ class LoopInputs(NamedTuple):
             latent, state, self.t_embeds[i][None],  # not [i : i + 1]: a size XLA knows
             self.conditional_context if spec.cutoff and not guided else self.context,
             self.guidance_scale, self.coefficients[i],
-            self.control_images if controlled else (),
+            self.control_embeddings if controlled else (),
             self.control_scales[i] if controlled else (),
             (*self.blend, self.noise_levels[i + 1]) if spec.inpaint else (),
             (self.noise_keys, i) if SAMPLERS[spec.sampler].stochastic else ())
@@ -151,7 +152,7 @@ def step_body(spec, predict, inputs):
     sampler = SAMPLERS[spec.sampler]
     model_input = sampler.model_input(inputs.latent, inputs.coefficients)
     state, kept = (inputs.state[:-1], inputs.state[-1]) if spec.deep_cache else (inputs.state, None)
-    noise = predict(model_input, inputs.t_embed, inputs.context, inputs.control_images, inputs.control_scales,
+    noise = predict(model_input, inputs.t_embed, inputs.context, inputs.control_embeddings, inputs.control_scales,
                     kept)
     if spec.deep_cache:
         noise, kept = noise
@@ -187,7 +188,7 @@ def advance(spec, step_for, inputs, i, latent, state):
 
 
 def noise_predictor(spec, unet, route_policy=CPU_ROUTES):
-    """`predict(latent, t_embed, context, control_images, control_scales)`:
+    """`predict(latent, t_embed, context, control_embeddings, control_scales)`:
     the UNet's noise prediction for the (doubled, if guided) batch, float32.
 
     With ControlNets, their scaled residuals are summed and fed to the UNet;
@@ -215,7 +216,7 @@ def noise_predictor(spec, unet, route_policy=CPU_ROUTES):
         with device_routes(route_policy), merging(spec.token_merging):
             return predict_noise(*args)
 
-    def predict_noise(latent, t_embed, context, control_images=(), control_scales=(), features=None):
+    def predict_noise(latent, t_embed, context, control_embeddings=(), control_scales=(), features=None):
         batch = tf.shape(latent)[0]
         doubled = tf.concat([latent] * copies, axis=0)
         t_doubled = tf.repeat(t_embed, copies * batch, axis=0)
@@ -229,13 +230,13 @@ def noise_predictor(spec, unet, route_policy=CPU_ROUTES):
         if not spec.controlnets:
             return tf.cast(routed(unet.model(), copies)(inputs), tf.float32)
         residuals = None
-        for index, (controlnet, image) in enumerate(zip(spec.controlnets, control_images)):
+        for index, (controlnet, embedding) in enumerate(zip(spec.controlnets, control_embeddings)):
             if conditional_only:
                 control_inputs = {"latent": latent, "timestep_embedding": t_doubled[:batch],
-                                  "context": context[batch:], "control_image": image}
+                                  "context": context[batch:], "control_embedding": embedding}
             else:
-                control_inputs = {**inputs, "control_image": tf.concat([image] * copies, axis=0)}
-            outputs = routed(controlnet.model(), 1 if conditional_only else copies)(control_inputs)
+                control_inputs = {**inputs, "control_embedding": tf.concat([embedding] * copies, axis=0)}
+            outputs = routed(controlnet.step_model(), 1 if conditional_only else copies)(control_inputs)
             scaled = [tf.cast(outputs[name], tf.float32) * control_scales[index, j]
                       for j, name in enumerate(controlnet.output_names)]
             if conditional_only:
@@ -268,7 +269,8 @@ def step_signature(spec, config):
         tf.TensorSpec((None, None, config.context_dim), tf.float32),
         tf.TensorSpec((), tf.float32),
         tf.TensorSpec((rows,), tf.float32),
-        tuple(tf.TensorSpec((None, None, None, 3), tf.float32) for _ in spec.controlnets),
+        tuple(tf.TensorSpec((None, None, None, c.config.unet.block_channels[0]), tf.float32)
+              for c in spec.controlnets),
         tf.TensorSpec((count, config.num_skip_connections + 1), tf.float32) if count else (),
         (latent, latent, tf.TensorSpec((None, None, None, 1), tf.float32), tf.TensorSpec((2,), tf.float32))
         if spec.inpaint else (),
@@ -285,7 +287,7 @@ def loop_signature(spec, config):
     flags = tf.TensorSpec((None,), tf.bool)
     return LoopInputs(
         one.latent, one.state, per_step(one.t_embed, 1), one.context, one.guidance_scale,
-        per_step(one.coefficients), one.control_images,
+        per_step(one.coefficients), one.control_embeddings,
         per_step(one.control_scales) if spec.controlnets else (),
         flags if spec.controlnets else (),
         one.context if spec.cutoff else (),

@@ -21,7 +21,7 @@ from bench.ablation import LEVERS
 from bench.benchmarks_md import as_text, render
 from bench.cli import main
 from bench.configs import Config, Run, Workload, emulated_precisions, parse_configs, parse_peers, plan_runs
-from bench.flops import unet_flops
+from bench.flops import controlnet_flops, unet_flops
 from bench.interleaved import interleaved_pairs, round_orders, run_interleaved, summarize_pair
 from bench.launch import GRAPH_CACHE_VARIABLE, cpu_snapshot, fresh_memory_rate, other_load, run_worker
 from bench.outputs import write_files
@@ -29,7 +29,8 @@ from bench.records import build_record, graph_cache_state, precision_note, skipp
 from bench.table import cold_rows, interleaved_rows
 from bench.targets import target_rows
 from kcv_sd import routing
-from kcv_sd.config import UNetConfig
+from kcv_sd.config import ControlNetConfig, UNetConfig
+from kcv_sd.controlnet import ControlNet
 from kcv_sd.precision import PRECISIONS
 from kcv_sd.unet import UNet
 
@@ -68,24 +69,27 @@ def test_flops_match_a_hand_count():
     assert unet_flops(HAND_CONFIG, 4, 4, batch=3, context_length=3) == 3 * expected
 
 
-def _graph_matmul_flops(config, height, width, batch, context_length):
-    """FLOPs of every Conv2D, MatMul and BatchMatMul in the traced UNet graph.
+def _graph_matmul_flops(config, height, width, batch, context_length, controlnet=None):
+    """FLOPs of every Conv2D, MatMul and BatchMatMul in the traced UNet graph
+    (or, given a `ControlNetConfig` for `config`, its ControlNet's step model).
 
     Traced with static routes, as the pipeline does: run-time route choices
     (`tf.cond`) would hide the matmuls inside branch functions that this walk
     of the top-level graph does not enter."""
-    model = UNet(config, initializer="zeros").model()
+    specs = {"latent": tf.TensorSpec((batch, height, width, config.latent_channels)),
+             "timestep_embedding": tf.TensorSpec((batch, config.timestep_dim)),
+             "context": tf.TensorSpec((batch, context_length, config.context_dim))}
+    if controlnet is None:
+        model = UNet(config, initializer="zeros").model()
+    else:
+        model = ControlNet(controlnet, initializer="zeros").step_model()
+        specs["control_embedding"] = tf.TensorSpec((batch, height, width, config.block_channels[0]))
 
-    def traced(latent, t, context):
+    def traced(inputs):
         with routing.static_routes(batch, height, width, context_length):
-            return model({"latent": latent, "timestep_embedding": t, "context": context})
+            return model(inputs)
 
-    traced = tf.function(traced)
-    graph = traced.get_concrete_function(
-        tf.TensorSpec((batch, height, width, config.latent_channels)),
-        tf.TensorSpec((batch, config.timestep_dim)),
-        tf.TensorSpec((batch, context_length, config.context_dim)),
-    ).graph
+    graph = tf.function(traced).get_concrete_function(specs).graph
     total = 0
     for op in graph.get_operations():
         out = op.outputs[0].shape.as_list() if op.outputs else []
@@ -109,6 +113,9 @@ def _graph_matmul_flops(config, height, width, batch, context_length):
 def test_flops_match_the_traced_graph(config, height, width):
     assert (unet_flops(config, height, width, batch=2, context_length=77)
             == _graph_matmul_flops(config, height, width, 2, 77))
+    controlnet = ControlNetConfig(unet=config)
+    assert (controlnet_flops(controlnet, height, width, batch=2, context_length=77)
+            == _graph_matmul_flops(config, height, width, 2, 77, controlnet))
 
 
 def test_config_grids():
@@ -200,15 +207,18 @@ def test_controlnet_step_ratio_and_unet_flops_use_the_plain_step():
     raw = {"status": "ok", "pid": 1, "spawned_at": 100.0, "started_at": 100.1, "import_s": 2.0,
            "build_s": 3.0, "first_call_s": 10.0, "first_image_at": 115.2, "warm_s": [5.0], "notes": [],
            "peak_rss_bytes": 3 * 2**30,
-           "stages": [{"text_encoding_s": 0.5, "step_s": [1.3, 1.2], "unet_step_s": [1.0, 1.0],
-                       "controlnet_s": [0.3, 0.25], "decode_s": 1.5}]}
+           "stages": [{"text_encoding_s": 0.5, "control_embedding_s": 0.25, "step_s": [1.3, 1.2],
+                       "unet_step_s": [1.0, 1.0], "controlnet_s": [0.3, 0.25], "decode_s": 1.5}]}
     workload = Workload("tiny", 64, 64, steps=2, batch=1, repeats=1)
-    probe = {"matmul": {"flops_per_s_by_dtype": {"float32": 4e9, "float16": 1e9, "bfloat16": 8e9}}}
+    probe = {"matmul": {"flops_per_s_by_dtype": {"float32": 4e9, "float16": 1e9, "bfloat16": 8e9}},
+             "controlnet_step_flops": 0.6e9}
     record = build_record(Run("kcv-sd", False, "mixed_bfloat16", controlnet=True), raw, workload, 2e9, probe)
     assert record["controlnet"] is True
     assert record["stages"]["step_s"] == pytest.approx(1.25)
     assert record["stages"]["controlnet_s"] == pytest.approx(0.275)
     assert record["stages"]["controlnet_step_ratio"] == pytest.approx(1.25)
+    assert record["stages"]["controlnet_flop_ratio"] == pytest.approx(1.3)
+    assert record["stages"]["host_overhead_s"] == pytest.approx(5.0 - 0.5 - 0.25 - 2 * 1.25 - 1.5)
     assert record["unet"]["achieved_flops_per_s"] == pytest.approx(2e9)
     assert record["unet"]["fraction_of_same_dtype_matmul"] == pytest.approx(0.25)  # bfloat16's rate
     assert record["memory"] == {"peak_rss_bytes": 3 * 2**30, "peak_rss_images_bytes": None, "peak_device_bytes": None}
@@ -282,6 +292,8 @@ def test_controlnet_configuration_times_unet_and_controlnet_apart(tiny_run):
     markdown = (folder / "BENCHMARKS.md").read_text()
     controlnet_table = markdown.split("### ControlNet step cost")[1].split("##")[0]
     assert f"{stages['controlnet_step_ratio']:.2f}x" in controlnet_table
+    assert stages["control_embedding_s"] > 0 and f"{stages['controlnet_flop_ratio']:.2f}x" in controlnet_table
+    assert 1 < stages["controlnet_flop_ratio"] < 2
     assert "ControlNet step cost" in output
 
 

@@ -61,6 +61,24 @@ def test_residuals_steer_the_unet(tiny_unet):
     assert np.abs(steered - plain).max() > 1e-3
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_embedding_then_step_model_is_the_whole_controlnet(precision):
+    """The pipeline embeds the control image once per call and runs the step model every step: the two together
+    give the whole model's residuals, bit for bit, in float32 and under a mixed policy."""
+    with dtype_policy_scope(precision):
+        controlnet = ControlNet(CONTROLNET_TINY)
+    controlnet.model()
+    randomize([controlnet.conditioning_embedding, *controlnet.zero_convs, controlnet.mid_zero_conv], seed=2)
+    inputs, whole = run(controlnet, 8, 16)
+    embedding = controlnet.embedding_model()(control_image(2, 8, 16))
+    assert embedding.dtype == "float32" and tuple(embedding.shape) == (2, 8, 16, CONTROLNET_TINY.unet.block_channels[0])
+    stepped = controlnet.step_model()({**inputs, "control_embedding": np.asarray(embedding)})
+    assert {id(w) for w in controlnet.step_model().weights} < {id(w) for w in controlnet.model().weights}
+    for name in controlnet.output_names:
+        assert np.any(np.asarray(whole[name])), name
+        np.testing.assert_array_equal(np.asarray(stepped[name]), np.asarray(whole[name]), err_msg=name)
+
+
 def test_mixed_precision_residuals_are_float16():
     with dtype_policy_scope("mixed_float16"):
         controlnet = ControlNet(CONTROLNET_TINY)
