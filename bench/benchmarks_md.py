@@ -21,7 +21,8 @@ DEFINITIONS = """\
 - **Cold start**: wall time from spawning a fresh Python process to the first finished image(s), split into
   interpreter start-up, imports, build with weights, and the first call. The first call is split again into its
   first-call overhead (tracing and compilation: first image minus the warm median) and the image itself (the warm
-  median).
+  median). A kcv-sd row whose process wrote graphs to the graph cache starts once more with the cache filled; that
+  process makes one more image, and its overhead is over that image.
 - **Warm**: later images in the same process; the first image is the warm-up and is excluded. Median with min-max
   over the repeats.
 - **Stages**: text encoding (prompt and empty negative prompt), one guided denoising step (UNet on both halves,

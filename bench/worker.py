@@ -34,8 +34,8 @@ def reply(text):
 
 
 def cold(spec, result):
-    """One system: import, build, the first image (which ends the cold start; with `first_image_only`, the job),
-    then warm images and stage passes, phase by phase, so that a failure keeps what was measured. Peak memory is
+    """One system: import, build, the first image (which ends the cold start), then warm images (with
+    `one_warm_image`, one, which ends the job) and stage passes, phase by phase, so that a failure keeps what was measured. Peak memory is
     taken before the stage passes (what a user's images need; the passes compile functions a user never runs) and
     at the end either way."""
     result.update(pid=os.getpid(), spawned_at=spec["spawned_at"], started_at=STARTED_AT, notes=[], warm_s=[],
@@ -55,14 +55,14 @@ def cold(spec, result):
         progress(f"first image in {result['first_call_s']:.1f} s "
                  f"(cold start {result['first_image_at'] - result['spawned_at']:.1f} s)")
         result["graph_sources"] = runner.graph_sources() if hasattr(runner, "graph_sources") else []
-        if spec.get("first_image_only"):
-            result["phase"] = None
-            return
         result["phase"] = "warm runs"
-        for i in range(repeats):
+        for i in range(1 if spec.get("one_warm_image") else repeats):
             timed_into(result["warm_s"], runner.generate, i + 1)
             progress(f"warm run {i + 1}/{repeats}: {result['warm_s'][-1]:.2f} s")
         result["peak_rss_images_bytes"] = peak_rss_bytes()
+        if spec.get("one_warm_image"):
+            result["phase"] = None
+            return
         result["phase"] = "stage timing"
         for i in range(repeats):
             result["stages"].append(runner.stages(i + 1))
