@@ -3,8 +3,8 @@
 The first image is split into first-call overhead (tracing, compilation) and the image itself, taken as the warm
 median; `cold_filled` is a second fresh process of a kcv-sd row whose own process wrote graphs to the graph cache.
 Host overhead is the warm median less the timed stages. With a ControlNet, its embedding of the control image (once
-per call), the ControlNet step, the plain UNet step and the ControlNet alone come from the same passes; the UNet's FLOP/s use the plain step, beside the matmul
-rate of the precision's compute dtype.
+per call), the ControlNet step, the plain UNet step and the ControlNet alone come from the same passes; the UNet's
+FLOP/s use the plain step, beside the matmul rate of the precision's compute dtype.
 """
 
 import statistics

@@ -137,8 +137,8 @@ def _precision_targets(records, precision, workload_steps, matmul_rates, interle
         if field(r, "stages", "controlnet_step_ratio") is not None:
             floor = field(r, "stages", "controlnet_flop_ratio")
             floor = f"; their FLOPs {floor:.2f}x" if floor else ""
-            rows.append(_target_row(f"UNet+ControlNet step / UNet step ({config}; s{floor})", (r["stages"]["step_s"], r),
-                                    (r["stages"]["unet_step_s"], r), CONTROLNET_TARGET))
+            rows.append(_target_row(f"UNet+ControlNet step / UNet step ({config}; s{floor})",
+                                    (r["stages"]["step_s"], r), (r["stages"]["unet_step_s"], r), CONTROLNET_TARGET))
     rss = _memory(best("kcv-sd", "memory", "peak_rss_images_bytes", controlnet=True))
     rows.append(_target_row(f"peak RSS, images, with a ControlNet vs {CONTROLNET_RSS_LIMIT / 2**30:.0f} GiB "
                             f"({precision}; GiB)", rss, (CONTROLNET_RSS_LIMIT, None), 1.0, gib))

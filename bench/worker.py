@@ -35,9 +35,9 @@ def reply(text):
 
 def cold(spec, result):
     """One system: import, build, the first image (which ends the cold start), then warm images (with
-    `one_warm_image`, one, which ends the job) and stage passes, phase by phase, so that a failure keeps what was measured. Peak memory is
-    taken before the stage passes (what a user's images need; the passes compile functions a user never runs) and
-    at the end either way."""
+    `one_warm_image`, one, which ends the job) and stage passes, phase by phase, so that a failure keeps what was
+    measured. Peak memory is taken before the stage passes (what a user's images need; the passes compile functions
+    a user never runs) and at the end either way."""
     result.update(pid=os.getpid(), spawned_at=spec["spawned_at"], started_at=STARTED_AT, notes=[], warm_s=[],
                   stages=[])
     repeats, runner = spec["workload"]["repeats"], None

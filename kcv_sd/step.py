@@ -3,7 +3,7 @@
 `tf.while_loop` both run.
 
 A step predicts the noise with the UNet (and the ControlNets, from their
-control images' embeddings computed once per run, their scaled residuals
+control images' embeddings computed once per call, their scaled residuals
 summed), combines the two classifier-free-guidance halves, applies
 the sampler's update and, when inpainting, re-imposes the init latents
 outside the mask. A stochastic sampler's fresh noise is drawn inside the
