@@ -113,9 +113,14 @@ def _graph_matmul_flops(config, height, width, batch, context_length, controlnet
 def test_flops_match_the_traced_graph(config, height, width):
     assert (unet_flops(config, height, width, batch=2, context_length=77)
             == _graph_matmul_flops(config, height, width, 2, 77))
+
+
+def test_controlnet_flops_match_the_traced_step_model():
+    config = UNetConfig(block_channels=(8, 16, 16, 16), num_heads=2, context_dim=16, timestep_dim=8,
+                        time_embed_dim=16, norm_groups=4)
     controlnet = ControlNetConfig(unet=config)
-    assert (controlnet_flops(controlnet, height, width, batch=2, context_length=77)
-            == _graph_matmul_flops(config, height, width, 2, 77, controlnet))
+    assert (controlnet_flops(controlnet, 9, 13, batch=2, context_length=77)  # 9x13: odd at every level
+            == _graph_matmul_flops(config, 9, 13, 2, 77, controlnet))
 
 
 def test_config_grids():
