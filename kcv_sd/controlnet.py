@@ -90,12 +90,18 @@ class ControlNet(UNetEncoder):
         self.output_names = control_input_names(c)
         self._models = {}
 
-    def __call__(self, latent, t_embed, context, control_embedding):
-        """Wires the layers on (symbolic) tensors, from the control image's
-        embedding (`conditioning_embedding`'s output); returns residuals by name."""
+    def __call__(self, latent, t_embed, context, control_image=None, control_embedding=None):
+        """Wires the layers on (symbolic) tensors, from the control image or,
+        in its place, its embedding (`conditioning_embedding`'s output, any
+        float dtype); returns residuals by name. The layers are called in
+        one order either way, which orders `model().layers` (and so the
+        draws of `kcv_sd.components.randomize`)."""
         emb = self.embed_time(t_embed)
         features = self.conv_in(latent)
-        x = features + ops.cast(control_embedding, features.dtype)
+        if control_embedding is None:
+            x = features + self.conditioning_embedding(control_image)
+        else:
+            x = features + ops.cast(control_embedding, features.dtype)
         skips, x = self.encode(x, emb, context)
         residuals = [conv(skip) for conv, skip in zip(self.zero_convs, skips)]
         residuals.append(self.mid_zero_conv(x))
@@ -123,8 +129,8 @@ class ControlNet(UNetEncoder):
         """
         if "whole" not in self._models:
             inputs = {**self._step_inputs(), "control_image": self._control_image()}
-            embedding = self.conditioning_embedding(inputs["control_image"])
-            outputs = self(inputs["latent"], inputs["timestep_embedding"], inputs["context"], embedding)
+            outputs = self(inputs["latent"], inputs["timestep_embedding"], inputs["context"],
+                           control_image=inputs["control_image"])
             self._models["whole"] = keras.Model(inputs, outputs, name="controlnet")
         return self._models["whole"]
 
@@ -145,6 +151,6 @@ class ControlNet(UNetEncoder):
             inputs = {**self._step_inputs(),
                       "control_embedding": keras.Input((None, None, channels), name="control_embedding")}
             outputs = self(inputs["latent"], inputs["timestep_embedding"], inputs["context"],
-                           inputs["control_embedding"])
+                           control_embedding=inputs["control_embedding"])
             self._models["step"] = keras.Model(inputs, outputs, name="controlnet_step")
         return self._models["step"]

@@ -73,6 +73,10 @@ def test_embedding_then_step_model_is_the_whole_controlnet(precision):
     embedding = controlnet.embedding_model()(control_image(2, 8, 16))
     assert embedding.dtype == "float32" and tuple(embedding.shape) == (2, 8, 16, CONTROLNET_TINY.unet.block_channels[0])
     stepped = controlnet.step_model()({**inputs, "control_embedding": np.asarray(embedding)})
+    # The whole model lists its layers in call order (timestep MLP, input conv, hint encoder, ...): the order
+    # `randomize` draws a seed's weights in, the same as before the two models were split.
+    assert controlnet.model().layers[3:6] == [controlnet.time_dense1, controlnet.conv_in,
+                                              controlnet.conditioning_embedding]
     assert {id(w) for w in controlnet.step_model().weights} < {id(w) for w in controlnet.model().weights}
     for name in controlnet.output_names:
         assert np.any(np.asarray(whole[name])), name
