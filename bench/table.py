@@ -17,6 +17,10 @@ def cores(value):
     return "-" if value is None else f"{value:.2f}"
 
 
+def times(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 def gib(value):
     return "-" if value is None else f"{value / 2**30:.1f}"
 
@@ -93,12 +97,8 @@ def controlnet_rows(records):
                                  "step ratio", "FLOP ratio"]
     keys = ("control_embedding_s", "unet_step_s", "controlnet_s", "step_s")
     return headers, [_key(r)[:3] + [seconds(r["stages"].get(key)) for key in keys]
-                     + [_times(r["stages"]["controlnet_step_ratio"]), _times(r["stages"].get("controlnet_flop_ratio"))]
+                     + [times(r["stages"]["controlnet_step_ratio"]), times(r["stages"].get("controlnet_flop_ratio"))]
                      for r in records if field(r, "stages", "controlnet_step_ratio") is not None]
-
-
-def _times(ratio):
-    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def interleaved_rows(interleaved):

@@ -56,9 +56,10 @@ def cold(spec, result):
                  f"(cold start {result['first_image_at'] - result['spawned_at']:.1f} s)")
         result["graph_sources"] = runner.graph_sources() if hasattr(runner, "graph_sources") else []
         result["phase"] = "warm runs"
-        for i in range(1 if spec.get("one_warm_image") else repeats):
+        warm_runs = 1 if spec.get("one_warm_image") else repeats
+        for i in range(warm_runs):
             timed_into(result["warm_s"], runner.generate, i + 1)
-            progress(f"warm run {i + 1}/{repeats}: {result['warm_s'][-1]:.2f} s")
+            progress(f"warm run {i + 1}/{warm_runs}: {result['warm_s'][-1]:.2f} s")
         result["peak_rss_images_bytes"] = peak_rss_bytes()
         if spec.get("one_warm_image"):
             result["phase"] = None

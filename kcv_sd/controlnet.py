@@ -82,7 +82,7 @@ class ControlNet(UNetEncoder):
         self.config = config
         c = config.unet
         self.conditioning_embedding = ConditioningEmbedding(
-            config.conditioning_channels, c.block_channels[0], initializer
+            config.conditioning_channels, self.embedding_channels, initializer
         )
         self.zero_convs = [RoutedConv2D(ch, 1, kernel_initializer="zeros")
                            for ch in self.skip_channels]
@@ -106,6 +106,11 @@ class ControlNet(UNetEncoder):
         residuals = [conv(skip) for conv, skip in zip(self.zero_convs, skips)]
         residuals.append(self.mid_zero_conv(x))
         return dict(zip(self.output_names, residuals))
+
+    @property
+    def embedding_channels(self):
+        """Channels of the control image's embedding: the UNet's first level's."""
+        return self.config.unet.block_channels[0]
 
     def _step_inputs(self):
         c = self.config.unet
@@ -136,7 +141,7 @@ class ControlNet(UNetEncoder):
 
     def embedding_model(self):
         """The hint encoder alone: `control_image` (B, 8h, 8w, 3) in [0, 1] ->
-        its embedding, float32 (B, h, w, block_channels[0])."""
+        its embedding, float32 (B, h, w, `embedding_channels`)."""
         if "embedding" not in self._models:
             image = self._control_image()
             embedding = ops.cast(self.conditioning_embedding(image), "float32")
@@ -147,9 +152,8 @@ class ControlNet(UNetEncoder):
         """What a denoising step runs: `model()`'s inputs and outputs, but for
         `control_embedding` (`embedding_model()`'s output) in place of the image."""
         if "step" not in self._models:
-            channels = self.config.unet.block_channels[0]
-            inputs = {**self._step_inputs(),
-                      "control_embedding": keras.Input((None, None, channels), name="control_embedding")}
+            inputs = {**self._step_inputs(), "control_embedding": keras.Input(
+                (None, None, self.embedding_channels), name="control_embedding")}
             outputs = self(inputs["latent"], inputs["timestep_embedding"], inputs["context"],
                            control_embedding=inputs["control_embedding"])
             self._models["step"] = keras.Model(inputs, outputs, name="controlnet_step")

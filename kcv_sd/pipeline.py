@@ -553,22 +553,25 @@ class Pipeline:
     def embed_control(self, plan):
         """`plan` (a `ControlPlan` whose images are repeated over the batch) with each ControlNet's embedding of
         its images: they depend on the images alone, so a run computes them once and every step reuses them."""
-        def embedder(controlnet):
-            def build():
-                def embed(images):
-                    with device_routes(self.route_policy):  # sizes vary: the layers choose at run time
-                        return controlnet.embedding_model()(images)
-
-                model = controlnet.embedding_model()
-                return self._compile(embed, [tf.TensorSpec((None, None, None, 3), tf.float32)], cached=lambda: (
-                    model.weights, ["control embedding", self.components.precision, repr(controlnet.config),
-                                    epsilons(model), repr(self.route_policy)]))
-
-            return self._compiled.get(("control embedding", controlnet), build)
-
         return dataclasses.replace(plan, embeddings=tuple(
-            embedder(controlnet)(tf.convert_to_tensor(images, tf.float32))
+            self._embedding_function(controlnet)(tf.convert_to_tensor(images, tf.float32))
             for controlnet, images in zip(plan.controlnets, plan.images)))
+
+    def _embedding_function(self, controlnet):
+        """The compiled `controlnet.embedding_model()`; its layers choose their routes at run time (one graph for
+        every size)."""
+        def build():
+            model = controlnet.embedding_model()
+
+            def embed(images):
+                with device_routes(self.route_policy):
+                    return model(images)
+
+            return self._compile(embed, [tf.TensorSpec((None, None, None, 3), tf.float32)], cached=lambda: (
+                model.weights, ["control embedding", self.components.precision, repr(controlnet.config),
+                                epsilons(model), repr(self.route_policy)]))
+
+        return self._compiled.get(("control embedding", controlnet), build)
 
     def denoise(self, noise, context, num_steps, guidance_scale, guided, sampler="ddim",
                 progress=False, control=None, start=None, guided_steps=None, deep_cache=None,

@@ -269,8 +269,7 @@ def step_signature(spec, config):
         tf.TensorSpec((None, None, config.context_dim), tf.float32),
         tf.TensorSpec((), tf.float32),
         tf.TensorSpec((rows,), tf.float32),
-        tuple(tf.TensorSpec((None, None, None, c.config.unet.block_channels[0]), tf.float32)
-              for c in spec.controlnets),
+        tuple(tf.TensorSpec((None, None, None, c.embedding_channels), tf.float32) for c in spec.controlnets),
         tf.TensorSpec((count, config.num_skip_connections + 1), tf.float32) if count else (),
         (latent, latent, tf.TensorSpec((None, None, None, 1), tf.float32), tf.TensorSpec((2,), tf.float32))
         if spec.inpaint else (),
